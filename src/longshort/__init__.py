@@ -1,0 +1,25 @@
+"""longshort: train, validate, tune, diagnose and ship LSTM sequence models."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Config", "Run", "__version__", "load", "load_config", "train"]
+
+if TYPE_CHECKING:
+    from longshort.config import Config, load_config
+    from longshort.run import Run, load, train
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import longshort` stays fast (the CLI imports torch only for the commands that need it).
+    if name in ("Config", "load_config"):
+        from longshort import config
+
+        return getattr(config, name)
+    if name in ("Run", "load", "train"):
+        from longshort import run
+
+        return getattr(run, name)
+    raise AttributeError(name)

@@ -1,0 +1,154 @@
+"""``longshort`` command line: train, evaluate, predict, datasets.
+
+Input and usage errors print one line ``error: ...`` on stderr and exit with status 2; an interrupted run
+says how to resume it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from longshort.errors import LongshortError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is the same one line as every other input error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _config_epilog() -> str:
+    from longshort.config import config_keys
+
+    rows = "\n".join(f"  {k:<36} {d:<18} {desc}" for k, d, desc in config_keys())
+    return "config keys (set in --config YAML or as KEY=VALUE):\n" + rows
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from longshort.config import apply_overrides, read_yaml, validate
+    from longshort.run import train
+
+    if args.resume:
+        if args.overrides or args.config or args.data or args.test_data or args.out:
+            raise LongshortError("--resume continues a run with its saved config: give no other options")
+        train(resume=args.resume)
+        return
+    raw = read_yaml(args.config) if args.config else {}
+    extra = list(args.overrides)
+    if args.data:
+        extra.append(f"data.source={args.data}")
+    if args.test_data:
+        extra.append(f"data.test_source={args.test_data}")
+    for o in extra:
+        if "=" not in o:
+            raise LongshortError(f"'{o}' is neither an option nor a KEY=VALUE override")
+    cfg = validate(apply_overrides(raw, extra))
+    train(cfg, out=args.out)
+
+
+def _print_metrics(m: dict[str, object]) -> None:
+    keys = ["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "log_loss", "n"]
+    for k in keys:
+        v = m[k]
+        print(f"{k:<16} {v:.4f}" if isinstance(v, float) else f"{k:<16} {v}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from longshort.run import load
+
+    run = load(args.run_dir)
+    m = run.evaluate(args.data)
+    name = "evaluate-" + (Path(args.data).stem if args.data else "test") + ".json"
+    (run.dir / name).write_text(json.dumps(m, indent=1))
+    _print_metrics(m)
+    print(f"written: {run.dir / name}")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from longshort.data.pipeline import load_for_model
+    from longshort.run import load
+
+    run = load(args.run_dir)
+    # Labels are optional here; when the file has them they must be classes the model knows.
+    data = load_for_model(args.data, run.config.data, run.prep, run.config.seed, labels="optional")
+    proba = run.predict_proba(data, prepared=True)
+    names = run.prep.class_names
+    ids = data.ids if data.ids is not None else data.order if data.order is not None else np.arange(len(data))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "predicted", *[f"p_{c}" for c in names], *(["label"] if data.y is not None else [])])
+        for i in range(len(data)):
+            label = [names[int(data.y[i])]] if data.y is not None else []
+            w.writerow([ids[i], names[int(proba[i].argmax())], *[f"{p:.6f}" for p in proba[i]], *label])
+    print(f"{len(data)} predictions written to {out}")
+
+
+def _cmd_datasets(args: argparse.Namespace) -> None:
+    from longshort.data.builtin import BUILTINS
+
+    for name, b in BUILTINS.items():
+        print(f"builtin:{name:<12} {b.summary}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="longshort", description="Train, evaluate and use LSTM sequence classifiers.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser(
+        "train", help="train a model and write a run directory", epilog=_config_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train on --data (or the built-in dataset) and write RUN_DIR with config, weights, metrics, "
+                    "plots. Without --test-data a test split is cut from --data.",
+    )
+    t.add_argument("--config", metavar="FILE", help="YAML config (defaults for everything not given)")
+    t.add_argument("--data", metavar="PATH", help="training data: .npz, .csv, .parquet, .ts or builtin:NAME")
+    t.add_argument("--test-data", metavar="PATH", help="separate test file (no test split is cut from --data)")
+    t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/DATE-TIME-DATA)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a trained run on its test split or on --data")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--data", metavar="PATH", help="labelled file to evaluate on (default: the run's test split)")
+    e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("predict", help="class and probabilities for every sequence of a file")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--data", metavar="PATH", required=True)
+    r.add_argument("--output", metavar="FILE.csv", required=True)
+    r.set_defaults(func=_cmd_predict)
+
+    d = sub.add_parser("datasets", help="list the built-in datasets")
+    d.set_defaults(func=_cmd_datasets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LongshortError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: continue with 'longshort train --resume RUN_DIR'", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

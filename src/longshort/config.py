@@ -1,0 +1,129 @@
+"""The config tree: one typed, validated object per run, read from YAML plus ``key.sub=value`` overrides.
+
+Each component owns its section next to its code (``data/config.py``, ``nn/classifier.py``,
+``train/trainer.py``); this module assembles them, reads and writes YAML, applies overrides, and turns
+validation failures into one readable line that names the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from longshort.data.config import DataConfig
+from longshort.errors import ConfigError
+from longshort.nn.classifier import ClassifierConfig
+from longshort.train.trainer import TrainConfig
+
+
+class Config(BaseModel):
+    """Everything one run needs. ``longshort train`` writes it, resolved, to ``RUN_DIR/config.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    task: Literal["classify"] = "classify"
+    seed: int = Field(0, description="fixes data order, splits, initial weights, dropout and augmentation")
+    data: DataConfig = DataConfig()
+    model: ClassifierConfig = ClassifierConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names accepted at ``loc`` (a path of field names) inside ``model``."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        sub = field.annotation
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return []
+        model = sub
+    return sorted(model.model_fields)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(Config, loc[:-1]))
+        return f"unknown key '{key}' (allowed here: {allowed})"
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"'{key}': {msg}{shown}"
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("config " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=5"`` -> (["train", "epochs"], 5). Values are read as YAML scalars or lists, never eval'd."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not of the form key.sub=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{'.'.join(path[: i + 1])}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p}: the top level must be a mapping of sections")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (or the defaults), apply ``overrides``, validate."""
+    raw = read_yaml(path) if path else {}
+    return validate(apply_overrides(raw, list(overrides or [])))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every leaf, for ``--help`` and the docs."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        key = f"{prefix}{name}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += config_keys(ann, key + ".")
+        else:
+            args = typing.get_args(ann) if typing.get_origin(ann) is Literal else ()
+            desc = field.description or ""
+            if args:
+                desc = (desc + " " if desc else "") + "(" + " | ".join(map(str, args)) + ")"
+            rows.append((key, repr(field.default), desc))
+    return rows

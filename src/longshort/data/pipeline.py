@@ -1,0 +1,229 @@
+"""From a config to model-ready splits, and from a new file to model input with the same preprocessing.
+
+Leakage rules enforced here:
+- a continuous series is split by time *before* windowing, with ``gap`` rows (default window + horizon)
+  dropped between train, validation and test, so no window or label straddles two splits;
+- independent sequences are split at random, stratified by class, from the seed;
+- scaling statistics and class weights come from the training split alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from longshort.data.builtin import BUILTINS
+from longshort.data.config import DataConfig, SeriesFormat
+from longshort.data.sources import read_any
+from longshort.data.types import SequenceData, SeriesData
+from longshort.data.windows import make_windows
+from longshort.errors import ConfigError, DataError
+
+
+@dataclass
+class Preprocessor:
+    """Everything fitted on the training split that new data must go through; saved as ``preprocess.json``."""
+
+    layout: str  # sequences | long | series
+    class_names: list[str]
+    feature_names: list[str]
+    mean: list[float] = field(default_factory=list)  # per feature; empty = no scaling
+    std: list[float] = field(default_factory=list)
+    aux_mean: float = 0.0
+    aux_std: float = 1.0
+
+    # -- fitting --------------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, train: SequenceData, layout: str, scale: str) -> Preprocessor:
+        names = train.class_names or _sorted_labels(train.y)
+        prep = cls(layout=layout, class_names=list(names), feature_names=list(train.feature_names))
+        if scale == "standard":
+            valid = _valid_steps(train)
+            std = valid.std(0)
+            prep.mean = valid.mean(0).astype(float).tolist()
+            prep.std = np.where(std > 1e-12, std, 1.0).astype(float).tolist()
+        if train.aux is not None and len(train.aux):
+            prep.aux_mean = float(train.aux.mean())
+            prep.aux_std = float(train.aux.std()) or 1.0
+        return prep
+
+    # -- applying -------------------------------------------------------------------------------------
+
+    def encode_labels(self, data: SequenceData) -> np.ndarray:
+        """Class indices for ``data.y``; a label never seen in training is an error naming it and its row."""
+        assert data.y is not None
+        y = data.y
+        if data.class_names is not None and y.dtype.kind in "iu":
+            y = np.asarray(data.class_names)[y]  # readers with a fixed vocabulary give indices into it
+        keys = np.asarray([str(v) for v in y])
+        index = {c: i for i, c in enumerate(self.class_names)}
+        unknown = ~np.isin(keys, self.class_names)
+        if unknown.any():
+            i = int(np.argmax(unknown))
+            raise DataError(
+                data.source,
+                f"label '{keys[i]}' of sequence {i} is not one of the training classes "
+                f"({', '.join(self.class_names)})",
+            )
+        return np.asarray([index[k] for k in keys], dtype=np.int64)
+
+    def transform(self, data: SequenceData, labelled: bool = True) -> SequenceData:
+        """Scaled features (padding stays zero), encoded labels, standardised aux target."""
+        if data.feature_names != self.feature_names and data.n_features != len(self.feature_names):
+            raise DataError(
+                data.source,
+                f"has {data.n_features} features but the model was trained on {len(self.feature_names)} "
+                f"({', '.join(self.feature_names)})",
+            )
+        x = data.X
+        if self.mean:
+            mask = np.arange(x.shape[1])[None, :] < data.lengths[:, None]
+            x = ((x - np.float32(self.mean)) / np.float32(self.std)) * mask[..., None]
+        y = self.encode_labels(data) if labelled and data.y is not None else None
+        aux = None if data.aux is None else (data.aux - self.aux_mean) / self.aux_std
+        return SequenceData(
+            X=x.astype(np.float32), lengths=data.lengths, y=y, feature_names=self.feature_names,
+            source=data.source, aux=None if aux is None else aux.astype(np.float32), order=data.order,
+            class_names=self.class_names, ids=data.ids,
+        )
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Preprocessor:
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass
+class Splits:
+    train: SequenceData
+    val: SequenceData | None
+    test: SequenceData | None
+    prep: Preprocessor
+    notes: list[str] = field(default_factory=list)  # what was done, for the user (sizes, gap, source)
+
+
+def _valid_steps(data: SequenceData) -> np.ndarray:
+    mask = np.arange(data.X.shape[1])[None, :] < data.lengths[:, None]
+    return data.X[mask].astype(np.float64)
+
+
+def _sorted_labels(y: np.ndarray | None) -> list[str]:
+    if y is None:
+        raise DataError("(training data)", "has no labels")
+    return [str(v) for v in np.unique(y)]
+
+
+def read_source(source: str, cfg: DataConfig, seed: int, require_label: bool = True) -> SequenceData | SeriesData:
+    """A file or ``builtin:NAME``."""
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name not in BUILTINS:
+            raise ConfigError(f"unknown built-in dataset '{name}' (available: {', '.join(BUILTINS)})")
+        return BUILTINS[name].make(n=cfg.builtin.n, length=cfg.builtin.length, seed=seed)
+    return read_any(Path(source), cfg, require_label=require_label)
+
+
+def layout_of(raw: SequenceData | SeriesData) -> str:
+    if isinstance(raw, SeriesData):
+        return "series"
+    return "long" if raw.ids is not None else "sequences"  # only the long-format reader names its sequences
+
+
+def series_gap(cfg: DataConfig) -> int:
+    s = cfg.series
+    return cfg.split.gap if cfg.split.gap is not None else s.window + s.horizon
+
+
+def _chronological_bounds(n: int, fractions: list[float], gap: int, source: str) -> list[tuple[int, int]]:
+    """Consecutive [start, stop) row ranges with ``gap`` rows dropped between neighbours."""
+    usable = n - gap * (len(fractions) - 1)
+    if usable <= 0:
+        raise DataError(source, f"has {n} rows, too few for {len(fractions)} splits with a gap of {gap} rows")
+    sizes = [round(f * usable) for f in fractions[1:]]
+    sizes = [usable - sum(sizes), *sizes]
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size + gap
+    return bounds
+
+
+def _window_split(part: SeriesData, scfg: SeriesFormat, name: str) -> SequenceData:
+    try:
+        return make_windows(part, scfg)
+    except DataError as exc:
+        raise DataError(exc.path, f"{name} split: {exc.detail} (lower split fractions or window/horizon)") from None
+
+
+def _stratified_indices(y: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
+    """Random split preserving class proportions (falls back to unstratified for classes too small)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    labels = np.asarray([str(v) for v in y])
+    out: list[np.ndarray] = []
+    rest, rest_frac = idx, 1.0
+    for frac in fractions[1:]:
+        if frac <= 0:
+            out.append(np.array([], dtype=np.int64))
+            continue
+        share = frac / rest_frac
+        _, counts = np.unique(labels[rest], return_counts=True)
+        strat = labels[rest] if counts.min() >= 2 else None
+        rest, part = train_test_split(rest, test_size=share, random_state=seed, stratify=strat)
+        out.append(np.sort(part))
+        rest_frac -= frac
+    return [np.sort(rest), *out]
+
+
+def prepare(cfg: DataConfig, seed: int) -> Splits:
+    """Read, split, window and scale the data named by ``cfg`` (and ``cfg.test_source`` when set)."""
+    raw = read_source(cfg.source, cfg, seed)
+    layout = layout_of(raw)
+    fractions = [1 - cfg.split.val - (0 if cfg.test_source else cfg.split.test), cfg.split.val]
+    if not cfg.test_source:
+        fractions.append(cfg.split.test)
+    notes: list[str] = []
+    if isinstance(raw, SeriesData):
+        gap = series_gap(cfg)
+        bounds = _chronological_bounds(len(raw), fractions, gap, raw.source)
+        names = ["train", "val", "test"]
+        parts = [_window_split(raw.rows(a, b), cfg.series, names[i]) if b > a else None
+                 for i, (a, b) in enumerate(bounds)]
+        notes.append(f"chronological split of {len(raw)} rows, gap {gap} rows: " +
+                     ", ".join(f"{names[i]} rows {a}-{b - 1}" for i, (a, b) in enumerate(bounds)))
+    else:
+        assert raw.y is not None
+        parts = [raw.subset(i) if len(i) else None for i in _stratified_indices(raw.y, fractions, seed)]
+        notes.append(f"stratified random split of independent sequences (seed {seed})")
+    train = parts[0]
+    assert train is not None
+    prep = Preprocessor.fit(train, layout, cfg.scale)
+    if cfg.test_source:
+        test = load_for_model(cfg.test_source, cfg, prep, seed)
+        notes.append(f"test set from {cfg.test_source}")
+    else:
+        test = None if parts[2] is None else prep.transform(parts[2])
+    val = None if parts[1] is None else prep.transform(parts[1])
+    return Splits(train=prep.transform(train), val=val, test=test, prep=prep, notes=notes)
+
+
+def load_for_model(source: str, cfg: DataConfig, prep: Preprocessor, seed: int,
+                   labels: Literal["require", "optional"] = "require") -> SequenceData:
+    """Read a new file the way the training data was read, window it, and apply ``prep``.
+
+    With ``labels="optional"`` (prediction) a file without labels is fine; labels that are there are still
+    checked against the training classes.
+    """
+    required = labels == "require"
+    raw = read_source(source, cfg, seed, require_label=required)
+    if isinstance(raw, SeriesData):
+        raw = make_windows(raw, cfg.series, labelled=required)
+    return prep.transform(raw, labelled=raw.y is not None)

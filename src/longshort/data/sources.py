@@ -1,0 +1,517 @@
+"""Readers that turn a data file into :class:`SequenceData` or :class:`SeriesData`.
+
+Every problem a user can fix in the file raises :class:`DataError` naming the file and the array, line,
+row or column at fault.
+
+Row numbers in messages about CSV/Parquet tables come from the DataFrame index that :func:`read_table`
+sets: for CSV the index is the line number in the file with the header as line 1 (so the first data row
+is "row 2"), for Parquet it is the 0-based row position. A DataFrame built by hand keeps its own index.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from longshort.data.config import DataConfig, LongFormat, SeriesFormat
+from longshort.data.types import SequenceData, SeriesData
+from longshort.errors import DataError
+
+SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet", ".ts": "ts"}
+CSV_FIRST_ROW = 2  # line number of the first data row of a CSV file (the header is line 1)
+
+
+def detect_format(path: Path, fmt: str) -> str:
+    """The reader to use for ``path``: ``fmt`` itself, or for 'auto' the one its suffix names."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file not found")
+    if path.is_dir():
+        raise DataError(path, "is a directory, not a file")
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIX_FORMATS:
+        accepted = ", ".join(SUFFIX_FORMATS)
+        shown = f"'{suffix}'" if suffix else "no suffix"
+        raise DataError(path, f"cannot tell the format from {shown}; accepted suffixes are {accepted} "
+                              "(or set data.format)")
+    return SUFFIX_FORMATS[suffix]
+
+
+# ---------------------------------------------------------------------------------------------- npz
+
+
+def read_npz(path: Path) -> SequenceData:
+    """Sequences from an .npz archive with ``X`` [N, T, C], optional ``y`` [N] and ``lengths`` [N]."""
+    arrays = _load_npz(path)
+    if "X" not in arrays:
+        raise DataError(path, f"no array 'X' (arrays are: {', '.join(arrays) or 'none'})")
+    X = _check_x(path, arrays["X"])
+    n, t = X.shape[:2]
+    lengths = _check_lengths(path, arrays.get("lengths"), n, t)
+    y = _check_y(path, arrays.get("y"), n)
+    valid = np.arange(t)[None, :] < lengths[:, None]
+    X = np.where(valid[:, :, None], X, np.float32(0))
+    _check_finite_x(path, X, valid)
+    names = [f"x{i}" for i in range(X.shape[2])]
+    return SequenceData(X=X, lengths=lengths, y=y, feature_names=names, source=str(path))
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(path, f"not a readable .npz archive ({exc})") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(path, "holds a single .npy array, not an .npz archive of named arrays")
+    arrays: dict[str, np.ndarray] = {}
+    with archive:
+        for name in archive.files:
+            try:
+                arrays[name] = archive[name]
+            except ValueError as exc:
+                raise DataError(path, f"array '{name}' is ragged or of object dtype; store equal-length "
+                                      "float arrays padded with zeros plus a 'lengths' array") from exc
+    return arrays
+
+
+def _check_x(path: Path, X: np.ndarray) -> np.ndarray:
+    if X.ndim != 3:
+        raise DataError(path, f"array 'X' must be 3-D [sequences, steps, channels], got shape {X.shape} "
+                              "(a univariate set needs shape [N, T, 1])")
+    if X.dtype.kind not in "fiu":
+        raise DataError(path, f"array 'X' has non-numeric dtype {X.dtype}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(path, f"contains no sequences (array 'X' has shape {X.shape})")
+    if X.shape[2] == 0:
+        raise DataError(path, f"array 'X' has no channels (shape {X.shape})")
+    return X.astype(np.float32)
+
+
+def _check_lengths(path: Path, lengths: np.ndarray | None, n: int, t: int) -> np.ndarray:
+    if lengths is None:
+        return np.full(n, t, dtype=np.int64)
+    if lengths.shape != (n,):
+        raise DataError(path, f"array 'lengths' has shape {lengths.shape}, expected ({n},) to match 'X'")
+    if lengths.dtype.kind not in "iu":
+        raise DataError(path, f"array 'lengths' must hold integers, got dtype {lengths.dtype}")
+    bad = np.flatnonzero((lengths < 1) | (lengths > t))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(path, f"array 'lengths': value {lengths[i]} at index {i} is outside 1..{t} "
+                              "(the number of steps in 'X')")
+    return lengths.astype(np.int64)
+
+
+def _check_y(path: Path, y: np.ndarray | None, n: int) -> np.ndarray | None:
+    if y is None:
+        return None
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(path, f"array 'y' has shape {y.shape}, expected ({n},): one label per sequence in 'X'")
+    if y.dtype.kind in "iub":
+        return y.astype(np.int64)
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y) & (y == np.round(y))):
+            raise DataError(path, "array 'y' holds non-integer floats; store class labels as ints or strings")
+        return y.astype(np.int64)
+    if y.dtype.kind == "S":
+        return y.astype(str)
+    if y.dtype.kind == "U":
+        return y
+    raise DataError(path, f"array 'y' has dtype {y.dtype}; store class labels as ints or strings")
+
+
+def _check_finite_x(path: Path, X: np.ndarray, valid: np.ndarray) -> None:
+    bad = ~np.isfinite(X) & valid[:, :, None]
+    if not bad.any():
+        return
+    i, t, c = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    raise DataError(path, f"array 'X': {_describe(X[i, t, c])} at sequence {i}, step {t}, channel {c}")
+
+
+def _describe(value: float) -> str:
+    return "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+# ---------------------------------------------------------------------------------------------- .ts
+
+# The sktime/aeon .ts format is parsed by hand: aeon and sktime are heavy dependencies (and pull in
+# their own numpy/pandas pins) for what is a small line-based text format.
+
+_TS_FLAGS = {"timestamps", "missing", "univariate", "equallength", "classlabel", "targetlabel"}
+
+
+def read_ts(path: Path) -> SequenceData:
+    """Sequences from an sktime/aeon ``.ts`` file (equal or unequal length, no timestamps).
+
+    Line, dimension and value positions in messages are 1-based.
+    """
+    lines = _read_text(path)
+    header, data_start = _ts_header(path, lines)
+    classes: list[str] | None = header.get("classlabel")  # type: ignore[assignment]
+    has_target = bool(header.get("targetlabel"))
+    cases: list[list[np.ndarray]] = []
+    labels: list[str] = []
+    line_nos: list[int] = []
+    for line_no, line in enumerate(lines[data_start:], start=data_start + 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("@"):
+            raise DataError(path, f"line {line_no}: header line after @data")
+        fields = text.split(":")
+        if classes is not None or has_target:
+            if len(fields) < 2:
+                raise DataError(path, f"line {line_no}: expected dimensions followed by ':' and a label")
+            labels.append(fields.pop().strip())
+        cases.append([_ts_dimension(path, line_no, d, f) for d, f in enumerate(fields, start=1)])
+        line_nos.append(line_no)
+    if not cases:
+        raise DataError(path, "contains no sequences (no data lines after @data)")
+    lengths = _ts_lengths(path, cases, line_nos, header)
+    X = _ts_pad(cases, lengths)
+    y, aux = _ts_labels(path, labels, line_nos, classes, has_target)
+    names = [f"dim{i}" for i in range(X.shape[2])]
+    return SequenceData(X=X, lengths=lengths, y=y, feature_names=names, source=str(path), aux=aux,
+                        class_names=classes)
+
+
+def _read_text(path: Path) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"is not UTF-8 text ({exc})") from exc
+
+
+def _ts_header(path: Path, lines: list[str]) -> tuple[dict[str, object], int]:
+    """Header values keyed by lower-case name, and the index of the first line after @data."""
+    header: dict[str, object] = {}
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if not text.startswith("@"):
+            raise DataError(path, f"line {i + 1}: expected a '@' header line or a '#' comment before @data")
+        words = text[1:].split()
+        if not words:
+            raise DataError(path, f"line {i + 1}: '@' without a header name")
+        key = words.pop(0).lower()
+        if key == "data":
+            _ts_check_header(path, header)
+            return header, i + 1
+        if key in _TS_FLAGS:
+            header[key] = _ts_flag(path, i + 1, key, words)
+        elif key in {"dimensions", "serieslength"}:
+            header[key] = _ts_int(path, i + 1, key, words)
+    raise DataError(path, "no @data line: not a .ts file")
+
+
+def _ts_flag(path: Path, line_no: int, key: str, words: list[str]) -> object:
+    if not words or words[0].lower() not in {"true", "false"}:
+        raise DataError(path, f"line {line_no}: @{key} must be followed by true or false")
+    on = words[0].lower() == "true"
+    if key == "classlabel":
+        if on and len(words) < 2:
+            raise DataError(path, f"line {line_no}: @classLabel true must list the class labels")
+        return words[1:] if on else None
+    return on
+
+
+def _ts_int(path: Path, line_no: int, key: str, words: list[str]) -> int:
+    if len(words) != 1 or not words[0].isdigit() or int(words[0]) < 1:
+        raise DataError(path, f"line {line_no}: @{key} must be followed by a positive integer")
+    return int(words[0])
+
+
+def _ts_check_header(path: Path, header: dict[str, object]) -> None:
+    if header.get("timestamps"):
+        raise DataError(path, "timestamped .ts files are not supported (@timeStamps true)")
+    if header.get("classlabel") is not None and header.get("targetlabel"):
+        raise DataError(path, "both @classLabel true and @targetLabel true; a file has one kind of label")
+
+
+def _ts_dimension(path: Path, line_no: int, dim: int, field: str) -> np.ndarray:
+    tokens = field.split(",")
+    try:
+        values = np.array(tokens, dtype=np.float64)
+    except ValueError:  # find the token at fault
+        values = np.array([_ts_value(path, line_no, dim, pos, tok) for pos, tok in enumerate(tokens, start=1)])
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        pos = int(bad[0]) + 1
+        raise DataError(path, f"line {line_no}: dimension {dim}, value {pos} is '{tokens[pos - 1].strip()}', "
+                              "not a finite number")
+    return values
+
+
+def _ts_value(path: Path, line_no: int, dim: int, pos: int, token: str) -> float:
+    token = token.strip()
+    if token == "?":
+        raise DataError(path, f"line {line_no}: dimension {dim}, value {pos} is missing ('?'); "
+                              "missing values are not supported")
+    try:
+        return float(token)
+    except ValueError:
+        raise DataError(path, f"line {line_no}: dimension {dim}, value {pos} is '{token}', "
+                              "not a number") from None
+
+
+def _ts_lengths(path: Path, cases: list[list[np.ndarray]], line_nos: list[int],
+                header: dict[str, object]) -> np.ndarray:
+    n_dims = header.get("dimensions") or (1 if header.get("univariate") else len(cases[0]))
+    lengths = np.empty(len(cases), dtype=np.int64)
+    for i, (case, line_no) in enumerate(zip(cases, line_nos, strict=True)):
+        if len(case) != n_dims:
+            raise DataError(path, f"line {line_no}: {len(case)} dimensions, expected {n_dims}")
+        dim_lengths = {len(d) for d in case}
+        if len(dim_lengths) > 1:
+            raise DataError(path, f"line {line_no}: dimensions have different lengths "
+                                  f"({', '.join(str(len(d)) for d in case)}); all dimensions of a case "
+                                  "must have the same length")
+        lengths[i] = dim_lengths.pop()
+    if header.get("equallength"):
+        expected = header.get("serieslength") or int(lengths[0])
+        off = np.flatnonzero(lengths != expected)
+        if off.size:
+            i = int(off[0])
+            raise DataError(path, f"line {line_nos[i]}: length {lengths[i]}, but @equalLength true "
+                                  f"and the series length is {expected}")
+    return lengths
+
+
+def _ts_pad(cases: list[list[np.ndarray]], lengths: np.ndarray) -> np.ndarray:
+    X = np.zeros((len(cases), int(lengths.max()), len(cases[0])), dtype=np.float32)
+    for i, case in enumerate(cases):
+        X[i, : lengths[i]] = np.stack(case, axis=1)
+    return X
+
+
+def _ts_labels(path: Path, labels: list[str], line_nos: list[int], classes: list[str] | None,
+               has_target: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(y, aux): class labels as a str array, or a regression target (@targetLabel true) as aux."""
+    if has_target:
+        try:
+            return None, np.array(labels, dtype=np.float32)
+        except ValueError:
+            bad = next(i for i, s in enumerate(labels) if not _is_float(s))
+            raise DataError(path, f"line {line_nos[bad]}: target '{labels[bad]}' is not a number") from None
+    if classes is None:
+        return None, None
+    y = np.array(labels, dtype=str)
+    unknown = np.flatnonzero(~np.isin(y, classes))
+    if unknown.size:
+        i = int(unknown[0])
+        raise DataError(path, f"line {line_nos[i]}: label '{y[i]}' is not in the @classLabel list "
+                              f"({' '.join(classes)})")
+    return y, None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def read_table(path: Path, fmt: str) -> pd.DataFrame:
+    """A CSV or Parquet file as a DataFrame whose index is the file row number used in messages."""
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"read_table reads csv or parquet, not {fmt!r}")
+    try:
+        df = _read_csv(path) if fmt == "csv" else _read_parquet(path)
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(path, "file is empty") from exc
+    except pd.errors.ParserWarning as exc:
+        raise DataError(path, f"cannot parse CSV: {exc} (a row has more fields than the header)") from exc
+    except (ValueError, OSError, pa.ArrowException) as exc:
+        kind = "CSV" if fmt == "csv" else "Parquet"
+        raise DataError(path, f"cannot parse {kind}: {str(exc).strip()}") from exc
+    if len(df) == 0:
+        raise DataError(path, "has no rows")
+    first_row = CSV_FIRST_ROW if fmt == "csv" else 0
+    df.columns = [str(c) for c in df.columns]
+    df.index = pd.RangeIndex(first_row, first_row + len(df))
+    return df
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)  # extra fields would be dropped silently
+        return pd.read_csv(path, index_col=False)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    df = pd.read_parquet(path)
+    if not isinstance(df.index, pd.RangeIndex) or df.index.name is not None:
+        df = df.reset_index()  # a stored index (often the timestamps) becomes a column
+    return df
+
+
+def _require_columns(df: pd.DataFrame, columns: list[str], path: Path) -> None:
+    for col in columns:
+        if col not in df.columns:
+            raise DataError(path, f"missing column '{col}' (columns are: {', '.join(df.columns)})")
+
+
+def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
+    """Column ``col`` as float64, naming the first row that is not a finite number."""
+    s = df[col]
+    if pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+        values = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif pd.api.types.is_object_dtype(s.dtype) or pd.api.types.is_string_dtype(s.dtype):
+        parsed = pd.to_numeric(s, errors="coerce")
+        bad = parsed.isna() & s.notna()
+        if bad.any():
+            row = bad.idxmax()
+            raise DataError(path, f"column '{col}' is not numeric: row {row} holds '{s.loc[row]}'")
+        values = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        raise DataError(path, f"column '{col}' has dtype {s.dtype}, not a number")
+    finite = np.isfinite(values)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise DataError(path, f"column '{col}': {_describe(values[i])} at row {df.index[i]}")
+    return values
+
+
+def _features_matrix(df: pd.DataFrame, features: list[str], path: Path) -> np.ndarray:
+    if not features:
+        raise DataError(path, f"no feature columns (columns are: {', '.join(df.columns)})")
+    return np.stack([_numeric_column(df, c, path) for c in features], axis=1).astype(np.float32)
+
+
+def _check_no_missing(df: pd.DataFrame, col: str, path: Path) -> None:
+    missing = df[col].isna()
+    if missing.any():
+        raise DataError(path, f"column '{col}': missing value at row {missing.idxmax()}")
+
+
+def _stable_order(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
+    """Positions of the rows sorted by ``col``, ties kept in file order."""
+    try:
+        return np.argsort(df[col].to_numpy(), kind="stable")
+    except TypeError as exc:
+        raise DataError(path, f"column '{col}' mixes values that cannot be ordered ({exc})") from exc
+
+
+def read_long(df: pd.DataFrame, cfg: LongFormat, path: Path, require_label: bool) -> SequenceData:
+    """One sequence per ``series_id`` (first-appearance order), rows ordered by ``time`` when given."""
+    has_label = cfg.label in df.columns
+    if require_label and not has_label:
+        _require_columns(df, [cfg.label], path)
+    key_cols = [cfg.series_id] + ([cfg.time] if cfg.time else [])
+    _require_columns(df, key_cols + (cfg.features or []), path)
+    for col in key_cols + ([cfg.label] if has_label else []):
+        _check_no_missing(df, col, path)
+    features = cfg.features or [c for c in df.columns if c not in {*key_cols, cfg.label}]
+    values = _features_matrix(df, features, path)
+    codes, uniques = pd.factorize(df[cfg.series_id], sort=False)
+    y = _long_labels(df, cfg, codes, path) if has_label else None
+
+    order = _time_then_series_order(df, cfg, codes, path)
+    codes_sorted = codes[order]
+    lengths = np.bincount(codes).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    pos = np.arange(len(order)) - starts[codes_sorted]
+    X = np.zeros((len(lengths), int(lengths.max()), len(features)), dtype=np.float32)
+    X[codes_sorted, pos] = values[order]
+    return SequenceData(X=X, lengths=lengths, y=y, feature_names=list(features), source=str(path),
+                        ids=np.asarray(uniques))
+
+
+def _time_then_series_order(df: pd.DataFrame, cfg: LongFormat, codes: np.ndarray, path: Path) -> np.ndarray:
+    by_time = _stable_order(df, cfg.time, path) if cfg.time else np.arange(len(df))
+    return by_time[np.argsort(codes[by_time], kind="stable")]
+
+
+def _long_labels(df: pd.DataFrame, cfg: LongFormat, codes: np.ndarray, path: Path) -> np.ndarray:
+    """The label of each series, checking it is the same on every row of the series."""
+    labels = df[cfg.label].to_numpy()
+    _, first = np.unique(codes, return_index=True)
+    expected = labels[first][codes]
+    differs = np.flatnonzero(expected != labels)
+    if differs.size:
+        i = int(differs[0])
+        series = df[cfg.series_id].iloc[i]
+        raise DataError(path, f"series '{series}' has more than one label: row {df.index[i]} has "
+                              f"'{labels[i]}', earlier rows have '{expected[i]}'")
+    return _label_array(labels[first])
+
+
+def _label_array(labels: np.ndarray) -> np.ndarray:
+    """Integer labels as int64 (also floats that are whole numbers), anything else as strings."""
+    if labels.dtype.kind in "iub":
+        return labels.astype(np.int64)
+    if labels.dtype.kind == "f" and np.all(labels == np.round(labels)):
+        return labels.astype(np.int64)
+    return labels.astype(str)
+
+
+def read_series(df: pd.DataFrame, cfg: SeriesFormat, path: Path) -> SeriesData:
+    """One continuous series, a row per step, sorted by ``cfg.time`` when given.
+
+    Default features are the numeric columns except ``time``, the target included. A text column is
+    taken as numeric when most of its values are numbers, so a stray typo is reported instead of the
+    whole column being silently dropped.
+    """
+    if len(df) == 0:
+        raise DataError(path, "has no rows")
+    _require_columns(df, [cfg.target] + ([cfg.time] if cfg.time else []) + (cfg.features or []), path)
+    first_row = int(df.index[0])
+    if cfg.time:
+        _check_no_missing(df, cfg.time, path)
+    features = cfg.features or [c for c in df.columns if c != cfg.time and _looks_numeric(df[c])]
+    values = _features_matrix(df, features, path)
+    target = _numeric_column(df, cfg.target, path)
+    if cfg.time:
+        order = _stable_order(df, cfg.time, path)
+        values, target = values[order], target[order]
+    return SeriesData(values=values, target=target, feature_names=list(features), target_name=cfg.target,
+                      source=str(path), first_row=first_row)
+
+
+def _looks_numeric(s: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(s.dtype) or pd.api.types.is_numeric_dtype(s.dtype):
+        return True
+    if not (pd.api.types.is_object_dtype(s.dtype) or pd.api.types.is_string_dtype(s.dtype)):
+        return False
+    present = s.dropna()
+    return len(present) > 0 and pd.to_numeric(present, errors="coerce").notna().mean() > 0.5
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+
+
+def read_any(path: Path, cfg: DataConfig, require_label: bool = True) -> SequenceData | SeriesData:
+    """Read ``path`` as ``cfg`` describes: sequences (npz, .ts, long tables) or one continuous series."""
+    path = Path(path)
+    fmt = detect_format(path, cfg.format)
+    if fmt in ("npz", "ts"):
+        if cfg.layout not in ("auto", "sequences"):
+            raise DataError(path, f"layout '{cfg.layout}' needs a CSV or Parquet table; a .{fmt} file holds "
+                                  "sequences (use layout 'sequences' or 'auto')")
+        data = read_npz(path) if fmt == "npz" else read_ts(path)
+        if require_label and data.y is None:
+            where = "no array 'y'" if fmt == "npz" else "no class labels (@classLabel true)"
+            raise DataError(path, f"has {where}; labels are needed here")
+        return data
+    df = read_table(path, fmt)
+    layout = cfg.layout
+    if layout == "auto":
+        layout = "long" if cfg.long.series_id in df.columns else "series"
+    if layout == "sequences":
+        raise DataError(path, "layout 'sequences' needs an .npz or .ts file; for a CSV/Parquet table use "
+                              f"layout 'long' (a row per sequence step, with a '{cfg.long.series_id}' column) "
+                              "or 'series' (one continuous series cut into windows)")
+    if layout == "long":
+        return read_long(df, cfg.long, path, require_label)
+    return read_series(df, cfg.series, path)

@@ -1,0 +1,77 @@
+"""The in-memory shapes data takes between reading and batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SequenceData:
+    """A set of independent (possibly variable-length) multivariate sequences.
+
+    ``X`` is zero-padded after each sequence's length, so ``X[i, lengths[i]:]`` is all zeros.
+    ``y`` holds raw labels as read (ints or strings) until the pipeline encodes them to class indices.
+    ``aux`` is an optional per-sequence regression target (forward change of the target column for
+    windowed series). ``order`` is an optional time key per sequence (window end row for windowed series)
+    used to keep chronological order.
+    """
+
+    X: np.ndarray  # float32 [N, T, C]
+    lengths: np.ndarray  # int64 [N]
+    y: np.ndarray | None  # [N] raw labels, or None when unlabelled
+    feature_names: list[str]
+    source: str = ""
+    aux: np.ndarray | None = None  # float32 [N]
+    order: np.ndarray | None = None  # int64 [N]
+    class_names: list[str] | None = field(default=None)  # fixed class vocabulary, when the reader knows it
+    ids: np.ndarray | None = None  # [N] identifier per sequence (series_id), for prediction output
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[2])
+
+    def subset(self, idx: np.ndarray) -> SequenceData:
+        """Rows ``idx``, trimmed to the longest remaining sequence."""
+        lengths = self.lengths[idx]
+        t = int(lengths.max()) if len(idx) else 0
+        return SequenceData(
+            X=self.X[idx, :t],
+            lengths=lengths,
+            y=None if self.y is None else self.y[idx],
+            feature_names=self.feature_names,
+            source=self.source,
+            aux=None if self.aux is None else self.aux[idx],
+            order=None if self.order is None else self.order[idx],
+            class_names=self.class_names,
+            ids=None if self.ids is None else self.ids[idx],
+        )
+
+
+@dataclass
+class SeriesData:
+    """One continuous multivariate series, a row per time step, before windowing."""
+
+    values: np.ndarray  # float32 [T, C] feature columns
+    target: np.ndarray  # float64 [T] the column labels are derived from
+    feature_names: list[str]
+    target_name: str
+    source: str = ""
+    first_row: int = 0  # row number in the source file of values[0] (for messages)
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    def rows(self, start: int, stop: int) -> SeriesData:
+        return SeriesData(
+            values=self.values[start:stop],
+            target=self.target[start:stop],
+            feature_names=self.feature_names,
+            target_name=self.target_name,
+            source=self.source,
+            first_row=self.first_row + start,
+        )

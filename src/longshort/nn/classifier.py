@@ -1,0 +1,190 @@
+"""The seed's sequence classifier: convolutions, a BiLSTM stack with attention, masked pooling, two heads.
+
+A plain ``nn.Module``: it knows nothing of training, distribution or files. Each block keeps the same width
+(``hidden_dim``) so blocks stack with residual connections and can be sharded one by one from outside.
+
+Data flow for ``x`` [B, T, C] with ``lengths`` [B]::
+
+    input projection -> + sinusoidal positions -> dilated conv blocks -> BiLSTM blocks
+    (self-attention after every ``attention_every``-th) -> masked mean+max pooling -> class logits, aux value
+
+Padded steps (``t >= lengths[b]``) never influence the valid ones: they are zeroed before every
+convolution, packed away from the LSTM, and masked out of attention and pooling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class ClassifierConfig(BaseModel):
+    """Architecture of :class:`SequenceClassifier`; ``input_dim`` and ``num_classes`` come from the data."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    hidden_dim: int = Field(256, ge=2, description="width of every block; each LSTM direction gets half")
+    num_lstm_layers: int = Field(4, ge=1, description="BiLSTM blocks")
+    num_heads: int = Field(8, ge=1, description="attention heads; must divide hidden_dim")
+    dropout: float = Field(0.3, ge=0, lt=1)
+    conv_dilations: list[int] = Field([1, 2, 4], description="one temporal conv block per dilation")
+    conv_kernel: int = Field(3, ge=1, description="odd kernel size of the temporal convolutions")
+    attention_every: int = Field(2, ge=0, description="self-attention after every k-th BiLSTM block; 0 = none")
+    lstm_fp32: bool = Field(True, description="run the LSTM in float32 even under bf16/fp16 autocast")
+
+    @model_validator(mode="after")
+    def _check(self) -> ClassifierConfig:
+        if self.hidden_dim % 2:
+            raise ValueError(f"hidden_dim must be even (two LSTM directions), got {self.hidden_dim}")
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_dim ({self.hidden_dim})")
+        if self.conv_kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd, got {self.conv_kernel}")
+        if any(d < 1 for d in self.conv_dilations):
+            raise ValueError(f"conv_dilations must be >= 1, got {self.conv_dilations}")
+        return self
+
+
+class ClassifierOutput(NamedTuple):
+    logits: Tensor  # [B, num_classes]
+    aux: Tensor  # [B] auxiliary regression output
+
+
+def length_mask(lengths: Tensor, t: int) -> Tensor:
+    """Boolean [B, T], True at valid steps."""
+    return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def sinusoidal_positions(t: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """[T, dim] fixed sine/cosine position codes, computed for any length (no maximum)."""
+    pos = torch.arange(t, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(t, dim, device=device)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return pe.to(dtype)
+
+
+class TemporalConvBlock(nn.Module):
+    """Dilated 1-D convolution over time, GELU, dropout, residual and LayerNorm."""
+
+    def __init__(self, dim: int, kernel: int, dilation: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(dim, dim, kernel, dilation=dilation, padding=dilation * (kernel - 1) // 2)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = x * mask[..., None]  # padded steps contribute zeros, as if the sequence ended there
+        y = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        return self.norm(x + self.drop(self.act(y)))
+
+
+class BiLSTMBlock(nn.Module):
+    """One bidirectional LSTM layer (packed over the valid steps), dropout, residual and LayerNorm."""
+
+    def __init__(self, dim: int, dropout: float, fp32: bool = True) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(dim, dim // 2, batch_first=True, bidirectional=True)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+        self.fp32 = fp32
+
+    def _run_lstm(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        if lengths is None:
+            return self.lstm(x)[0]
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])
+        return out
+
+    def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        if self.fp32 and torch.is_autocast_enabled(x.device.type):
+            # cuDNN's reduced-precision LSTM drifts over long sequences; keep the recurrence in fp32.
+            with torch.autocast(x.device.type, enabled=False):
+                y = self._run_lstm(x.float(), lengths)
+        else:
+            y = self._run_lstm(x, lengths)
+        return self.norm(x + self.drop(y.to(x.dtype)))
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over valid steps, dropout, residual and LayerNorm."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        pad = None if mask is None else ~mask
+        y, _ = self.attn(x, x, x, key_padding_mask=pad, need_weights=False)
+        return self.norm(x + self.drop(y))
+
+
+class SequenceClassifier(nn.Module):
+    """Seed 000's ``ComplexLSTMModel``: classify a multivariate sequence, with an auxiliary regression head."""
+
+    def __init__(self, input_dim: int, num_classes: int, cfg: ClassifierConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or ClassifierConfig()
+        h = cfg.hidden_dim
+        self.cfg = cfg
+        self.input_dim, self.num_classes = input_dim, num_classes
+        self.input_proj = nn.Linear(input_dim, h)
+        self.convs = nn.ModuleList(
+            TemporalConvBlock(h, cfg.conv_kernel, d, cfg.dropout) for d in cfg.conv_dilations
+        )
+        self.lstms = nn.ModuleList(BiLSTMBlock(h, cfg.dropout, cfg.lstm_fp32) for _ in range(cfg.num_lstm_layers))
+        k = cfg.attention_every
+        self.attention_after = [i for i in range(cfg.num_lstm_layers) if k and (i + 1) % k == 0]
+        self.attns = nn.ModuleDict(
+            {str(i): AttentionBlock(h, cfg.num_heads, cfg.dropout) for i in self.attention_after}
+        )
+        self.head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, num_classes))
+        self.aux_head = nn.Sequential(nn.Linear(2 * h, h // 2), nn.GELU(), nn.Linear(h // 2, 1))
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> ClassifierOutput:
+        b, t, _ = x.shape
+        if lengths is not None and bool((lengths == t).all()):
+            lengths = None  # nothing is padded: skip packing and masking work
+        mask = None if lengths is None else length_mask(lengths, t)
+        ones = torch.ones(b, t, dtype=torch.bool, device=x.device) if mask is None else mask
+        z = self.input_proj(x) + sinusoidal_positions(t, self.cfg.hidden_dim, x.device, x.dtype)
+        for conv in self.convs:
+            z = conv(z, ones)
+        for i, lstm in enumerate(self.lstms):
+            z = lstm(z, lengths)
+            if str(i) in self.attns:
+                z = self.attns[str(i)](z, mask)
+        pooled = masked_mean_max(z, ones)
+        return ClassifierOutput(self.head(pooled), self.aux_head(pooled).squeeze(-1))
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per component, in forward order."""
+        groups = {
+            "input projection": [self.input_proj],
+            "temporal convolutions": [self.convs],
+            "BiLSTM blocks": [self.lstms],
+            "attention blocks": [self.attns],
+            "classification head": [self.head],
+            "auxiliary head": [self.aux_head],
+        }
+        return {
+            name: sum(p.numel() for m in mods for p in m.parameters() if p.requires_grad)
+            for name, mods in groups.items()
+        }
+
+
+def masked_mean_max(z: Tensor, mask: Tensor) -> Tensor:
+    """Concatenate the mean and the max over valid steps: [B, T, H] -> [B, 2H]."""
+    m = mask[..., None].to(z.dtype)
+    mean = (z * m).sum(1) / m.sum(1).clamp_min(1)
+    mx = z.masked_fill(~mask[..., None], torch.finfo(z.dtype).min).amax(1)
+    return torch.cat([mean, mx], dim=-1)

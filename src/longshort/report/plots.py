@@ -1,0 +1,48 @@
+"""PNG figures written into the run directory (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def confusion_matrix_png(cm: list[list[int]], class_names: list[str], path: Path, title: str = "") -> None:
+    m = np.asarray(cm)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * k, 1.0 + 0.8 * k))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center",
+                    color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_title(title or "confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def learning_curve_png(history: list[dict[str, float]], path: Path) -> None:
+    epochs = [r["epoch"] for r in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, ax in (("loss", a1), ("accuracy", a2)):
+        for split in ("train", "val"):
+            pts = [(e, r[f"{split}_{key}"]) for e, r in zip(epochs, history, strict=True) if f"{split}_{key}" in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("learning curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

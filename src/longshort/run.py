@@ -1,0 +1,251 @@
+"""The Python API, mirroring the CLI: ``train(config) -> Run``, ``load(run_dir) -> Run``, ``Run.predict``.
+
+A run directory is the unit users share, compare, resume and deploy::
+
+    RUN_DIR/config.yaml         the resolved config (reloads into the same run)
+    RUN_DIR/preprocess.json     classes, features and scaling fitted on the training split
+    RUN_DIR/model.safetensors   the best weights (by train.early_stopping.metric)
+    RUN_DIR/checkpoints/        best and last: weights + optimizer, schedule, RNG, data position
+    RUN_DIR/history.csv, tb/    per-epoch metrics (CSV and TensorBoard)
+    RUN_DIR/metrics.json        val and test metrics
+    RUN_DIR/plots/              confusion_matrix.png, learning_curve.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from longshort.config import Config, load_config, save_config, validate
+from longshort.data.batching import TensorData, to_tensors
+from longshort.data.builtin import BUILTINS
+from longshort.data.pipeline import Preprocessor, Splits, load_for_model, prepare
+from longshort.data.types import SequenceData
+from longshort.errors import LongshortError, RunDirError
+from longshort.evaluate.metrics import classification_metrics
+from longshort.nn.classifier import SequenceClassifier
+from longshort.report.plots import confusion_matrix_png, learning_curve_png
+from longshort.train.callbacks import Callback, HistoryCSV, PlainProgress, ProgressBar, TensorBoard
+from longshort.train.checkpoint import checkpoint_path, load_weights, save_weights
+from longshort.train.trainer import Trainer
+
+
+def _console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Run:
+    """A trained model with its preprocessing, loaded from (or just written to) a run directory."""
+
+    def __init__(self, run_dir: Path, config: Config, model: SequenceClassifier, prep: Preprocessor) -> None:
+        self.dir, self.config, self.model, self.prep = Path(run_dir), config, model, prep
+        self.model.eval()
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu") -> Run:
+        d = Path(run_dir)
+        for name in ("config.yaml", "preprocess.json", "model.safetensors"):
+            if not (d / name).is_file():
+                raise RunDirError(f"{d} is not a finished run directory: {name} is missing")
+        cfg = load_config(d / "config.yaml")
+        prep = Preprocessor.load(d / "preprocess.json")
+        model = SequenceClassifier(len(prep.feature_names), len(prep.class_names), cfg.model).to(device)
+        load_weights(model, d / "model.safetensors")
+        return cls(d, cfg, model, prep)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        p = self.dir / "metrics.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray | SequenceData, lengths: np.ndarray | None = None,
+                      batch_size: int = 256, prepared: bool = False) -> np.ndarray:
+        """Class probabilities [N, K] for raw (unscaled) sequences ``x`` [N, T, C] or a SequenceData.
+
+        ``prepared=True`` says ``x`` already went through this run's preprocessing (``load_for_model``).
+        """
+        data = x if isinstance(x, SequenceData) else _raw_sequences(np.asarray(x, dtype=np.float32), lengths)
+        if not prepared:
+            data = self.prep.transform(data, labelled=False)
+        return _proba(self.model, to_tensors(data), batch_size)
+
+    def predict(self, x: np.ndarray | SequenceData, lengths: np.ndarray | None = None) -> np.ndarray:
+        """Predicted class names for each sequence."""
+        return np.asarray(self.prep.class_names)[self.predict_proba(x, lengths).argmax(1)]
+
+    def evaluate(self, data: str | None = None) -> dict[str, Any]:
+        """Metrics on a file (all of it), or on the run's own test split when ``data`` is None."""
+        if data is None:
+            splits = prepare(self.config.data, self.config.seed)
+            test = splits.test
+            if test is None:
+                raise LongshortError("this run has no test split (split.test=0): pass --data FILE")
+        else:
+            test = load_for_model(data, self.config.data, self.prep, self.config.seed)
+            if test.y is None:
+                raise LongshortError(f"{data} has no labels to evaluate against")
+        assert test.y is not None
+        proba = _proba(self.model, to_tensors(test), self.config.train.eval_batch_size)
+        return classification_metrics(test.y, proba, self.prep.class_names)
+
+
+def _raw_sequences(x: np.ndarray, lengths: np.ndarray | None) -> SequenceData:
+    if x.ndim != 3:
+        raise LongshortError(f"x must be [N, T, C], got shape {x.shape}")
+    n, t, _ = x.shape
+    lens = np.full(n, t, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
+    return SequenceData(X=x, lengths=lens, y=None, feature_names=[], source="array")
+
+
+def _proba(model: torch.nn.Module, data: TensorData, batch_size: int) -> np.ndarray:
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            lengths = data.lengths[i : i + batch_size]
+            x = data.X[i : i + batch_size, : int(lengths.max())]
+            out.append(torch.softmax(model(x.to(device), lengths.to(device)).logits.float(), -1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.num_classes), dtype=np.float32)
+
+
+def load(run_dir: str | Path) -> Run:
+    return Run.load(run_dir)
+
+
+# -- training ----------------------------------------------------------------------------------------
+
+
+def default_run_dir(cfg: Config) -> Path:
+    src = cfg.data.source.removeprefix("builtin:")
+    stem = Path(src).stem or "data"
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{stem}"
+
+
+def _callbacks(cfg: Config, run_dir: Path, console: Console) -> list[Callback]:
+    style = cfg.train.progress
+    if style == "auto":
+        style = "rich" if console.is_terminal else "plain"
+    cbs: list[Callback] = [HistoryCSV(run_dir / "history.csv")]
+    if style == "rich":
+        cbs.append(ProgressBar(console))
+    elif style == "plain":
+        cbs.append(PlainProgress())
+    if cfg.train.tensorboard:
+        cbs.append(TensorBoard(run_dir / "tb"))
+    return cbs
+
+
+def _describe(splits: Splits, model: SequenceClassifier, console: Console) -> None:
+    for note in splits.notes:
+        console.print(f"data: {note}")
+    sizes = {k: len(v) for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if v}
+    counts = np.bincount(np.asarray(splits.train.y), minlength=len(splits.prep.class_names))
+    console.print("data: " + ", ".join(f"{k} {n}" for k, n in sizes.items()) + " sequences; "
+                  f"{splits.train.n_features} features; classes " +
+                  ", ".join(f"{c} {n}" for c, n in zip(splits.prep.class_names, counts, strict=True)))
+    table = Table(title="parameters", show_edge=False)
+    table.add_column("component")
+    table.add_column("parameters", justify="right")
+    counts_by = model.parameter_counts()
+    for name, n in counts_by.items():
+        table.add_row(name, f"{n:,}")
+    table.add_row("total", f"{sum(counts_by.values()):,}", style="bold")
+    console.print(table)
+
+
+def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: str | Path | None = None,
+          resume: str | Path | None = None, console: Console | None = None) -> Run:
+    """Train a model and write a run directory; with ``resume`` continue that run from its last checkpoint."""
+    console = console or _console()
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise RunDirError(f"cannot resume {run_dir}: no config.yaml there")
+        cfg = load_config(run_dir / "config.yaml")
+    else:
+        cfg = config if isinstance(config, Config) else (
+            validate(config) if isinstance(config, dict) else load_config(config))
+        run_dir = Path(out) if out else default_run_dir(cfg)
+        if (run_dir / "config.yaml").exists():
+            raise RunDirError(f"run directory {run_dir} already holds a run: resume it with --resume "
+                              f"{run_dir} or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.seed)
+    splits = prepare(cfg.data, cfg.seed)
+    splits.prep.save(run_dir / "preprocess.json")
+    model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
+    _describe(splits, model, console)
+
+    trainer = Trainer(
+        cfg.train, model, to_tensors(splits.train), None if splits.val is None else to_tensors(splits.val),
+        num_classes=len(splits.prep.class_names), seed=cfg.seed, run_dir=run_dir,
+        callbacks=_callbacks(cfg, run_dir, console),
+    )
+    if resume is not None and trainer.restore("last"):
+        console.print(f"resumed {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch}, step {trainer.step}")
+    trainer.fit()
+
+    best = checkpoint_path(trainer.ckpt_dir, "best")
+    if best is not None:
+        load_weights(model, best / "model.safetensors")
+    save_weights(model, run_dir / "model.safetensors", metadata={"format": "longshort.SequenceClassifier"})
+    metrics = _final_metrics(cfg, splits, model, trainer)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    _plots(run_dir, metrics, trainer.history, splits.prep.class_names)
+    _summary(run_dir, metrics, console)
+    return Run(run_dir, cfg, model, splits.prep)
+
+
+def _final_metrics(cfg: Config, splits: Splits, model: SequenceClassifier, trainer: Trainer) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, data in (("val", splits.val), ("test", splits.test)):
+        if data is not None and data.y is not None and len(data):
+            out[name] = classification_metrics(
+                data.y, _proba(model, to_tensors(data), cfg.train.eval_batch_size), splits.prep.class_names)
+    out["best_epoch"] = trainer.early.best_epoch
+    out["epochs_run"] = trainer.epoch
+    src = cfg.data.source
+    builtin = BUILTINS.get(src.removeprefix("builtin:")) if src.startswith("builtin:") else None
+    if builtin is not None and builtin.best_accuracy is not None:
+        acc, se = builtin.best_accuracy(cfg.data.builtin.length)
+        out["best_possible"] = {"accuracy": acc, "stderr": se,
+                                "how": "Bayes-optimal classifier with the true generating parameters"}
+    return out
+
+
+def _plots(run_dir: Path, metrics: dict[str, Any], history: list[dict[str, float]], names: list[str]) -> None:
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    split = "test" if "test" in metrics else "val" if "val" in metrics else None
+    if split:
+        confusion_matrix_png(metrics[split]["confusion_matrix"], names, plots / "confusion_matrix.png",
+                             f"confusion matrix ({split})")
+    if history:
+        learning_curve_png(history, plots / "learning_curve.png")
+
+
+def _summary(run_dir: Path, metrics: dict[str, Any], console: Console) -> None:
+    for split in ("val", "test"):
+        if split in metrics:
+            m = metrics[split]
+            console.print(f"{split}: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  "
+                          f"f1_weighted {m['f1_weighted']:.4f}  log_loss {m['log_loss']:.4f}  (n={m['n']})")
+    if "best_possible" in metrics:
+        b = metrics["best_possible"]
+        console.print(f"best possible accuracy on this dataset: {b['accuracy']:.4f} ± {b['stderr']:.4f} "
+                      "(Bayes-optimal classifier)")
+    print(f"run directory: {run_dir}", file=sys.stdout, flush=True)
