@@ -7,6 +7,7 @@ validation failures into one readable line that names the key and what it accept
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,24 @@ class Config(BaseModel):
     data: DataConfig = DataConfig()
     model: ClassifierConfig = ClassifierConfig()
     train: TrainConfig = TrainConfig()
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 booleans: only true/false are booleans, so ``progress: off`` stays a string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    _Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list(_first)
+    )
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass: no object construction
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -70,7 +89,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override '{text}' is not of the form key.sub=value")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = _load_yaml(value) if value.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': value is not valid YAML ({exc.problem})") from None
     return key.strip().split("."), parsed
@@ -94,7 +113,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {p} not found")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = _load_yaml(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

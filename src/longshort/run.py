@@ -179,13 +179,14 @@ def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: st
         if (run_dir / "config.yaml").exists():
             raise RunDirError(f"run directory {run_dir} already holds a run: resume it with --resume "
                               f"{run_dir} or choose another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     splits = prepare(cfg.data, cfg.seed)
+    if resume is None:  # only once the data is read: a bad file leaves no half-made run behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
     splits.prep.save(run_dir / "preprocess.json")
     model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
     _describe(splits, model, console)

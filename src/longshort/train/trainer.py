@@ -104,6 +104,9 @@ class Trainer:
         self.epoch, self.batch, self.step = 0, 0, 0
         self.history: list[dict[str, float]] = []
         self.finished = False
+        # Running sums of the epoch in progress (loss * n, correct, n), checkpointed so a resumed epoch
+        # reports the same train loss and accuracy as an uninterrupted one.
+        self.epoch_sums = (0.0, 0, 0)
 
     # -- one step -------------------------------------------------------------------------------------
 
@@ -159,28 +162,30 @@ class Trainer:
         self.model.train()
         for cb in self.callbacks:
             cb.on_epoch_start(self, epoch, self.steps_per_epoch, self.batch)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        seen, t0 = 0, time.perf_counter()
+        prev_loss, prev_correct, prev_seen = self.epoch_sums if self.batch else (0.0, 0, 0)
+        loss_sum = torch.full((), prev_loss, dtype=torch.float64, device=self.device)
+        correct = torch.full((), prev_correct, dtype=torch.long, device=self.device)
+        seen, new, t0 = prev_seen, 0, time.perf_counter()
         for i, batch in self._batches(epoch, self.batch):
             loss, ok = self.train_step(batch)
-            loss_sum += loss * len(batch)
+            loss_sum += loss.double() * len(batch)
             correct += ok
-            seen += len(batch)
+            seen, new = seen + len(batch), new + len(batch)
             self.batch, self.step = i + 1, self.step + 1
             if self.batch % cfg.log_every == 0 or self.batch == self.steps_per_epoch:
                 stats = {"batch": self.batch, "loss": loss_sum.item() / seen, "accuracy": correct.item() / seen,
-                         "samples_per_s": seen / (time.perf_counter() - t0)}
+                         "samples_per_s": new / (time.perf_counter() - t0)}
                 for cb in self.callbacks:
                     cb.on_step(self, stats)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.batch < self.steps_per_epoch:
+                self.epoch_sums = (loss_sum.item(), int(correct.item()), seen)
                 self.save(["last"])
         elapsed = time.perf_counter() - t0
-        row: dict[str, float] = {"epoch": epoch + 1, "step": self.step}
-        if seen:  # a resumed epoch whose batches were all done before the kill has nothing new to report
-            row |= {"train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
-                    "samples_per_s": seen / elapsed}
-        row["lr"] = self.schedule.get_last_lr()[0]
+        row: dict[str, float] = {"epoch": epoch + 1, "step": self.step,
+                                 "train_loss": loss_sum.item() / max(seen, 1),
+                                 "train_accuracy": correct.item() / max(seen, 1),
+                                 "samples_per_s": new / elapsed if new else 0.0,
+                                 "lr": self.schedule.get_last_lr()[0]}
         if self.val_data is not None:
             m = self.evaluate(self.val_data)
             row |= {"val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_f1_macro": m["f1_macro"]}
@@ -234,6 +239,7 @@ class Trainer:
             "step": self.step,
             "finished": self.finished,
             "history": self.history,
+            "epoch_sums": list(self.epoch_sums),
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -259,4 +265,6 @@ class Trainer:
         self.epoch, self.batch, self.step = int(s["epoch"]), int(s["batch"]), int(s["step"])
         self.finished = bool(s["finished"])
         self.history = list(s["history"])
+        loss_sum, correct, seen = s["epoch_sums"]
+        self.epoch_sums = (float(loss_sum), int(correct), int(seen))
         return True
