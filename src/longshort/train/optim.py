@@ -28,6 +28,7 @@ class ScheduleConfig(BaseModel):
     max_lr: float = Field(1e-3, gt=0, description="OneCycle peak learning rate")
     pct_start: float = Field(0.1, gt=0, lt=1, description="OneCycle warm-up fraction")
     anneal: Literal["cos", "linear"] = "cos"
+    cycle_momentum: bool = Field(False, description="OneCycle also cycles beta1 (overrides optim.betas[0])")
 
 
 def _adamw(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -38,12 +39,17 @@ OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], OptimConfig], torch.optim.Op
 
 
 def _onecycle(opt: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int, base_lr: float) -> LRScheduler:
+    total = max(total_steps, 4)
+    # OneCycleLR divides by (warm-up steps - 1): a run so short that pct_start leaves under two warm-up
+    # steps (tiny data, few epochs) gets two, instead of a ZeroDivisionError.
+    pct = min(max(cfg.pct_start, 2 / total), 0.5)
     return torch.optim.lr_scheduler.OneCycleLR(
         opt,
         max_lr=cfg.max_lr,
-        total_steps=max(total_steps, 2),
-        pct_start=cfg.pct_start,
+        total_steps=total,
+        pct_start=pct,
         anneal_strategy=cfg.anneal,
+        cycle_momentum=cfg.cycle_momentum,
         div_factor=cfg.max_lr / base_lr,  # start at the optimizer's lr, as the seed's recipe does
     )
 

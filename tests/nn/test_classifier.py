@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longshort.nn.classifier import ClassifierConfig, SequenceClassifier
+
+TINY = ClassifierConfig(hidden_dim=16, num_heads=2, num_lstm_layers=4, conv_dilations=[1, 2], dropout=0.0)
+
+
+def test_default_model_matches_seed_size_and_counts_add_up() -> None:
+    m = SequenceClassifier(9, 3)
+    counts = m.parameter_counts()
+    total = sum(p.numel() for p in m.parameters())
+    assert sum(counts.values()) == total
+    assert 2_000_000 <= total <= 5_000_000  # the seed's estimate for its ComplexLSTMModel
+    assert counts["input projection"] == 9 * 256 + 256
+    # attention after every second of the four BiLSTM blocks
+    assert m.attention_after == [1, 3]
+
+
+def test_output_shapes() -> None:
+    m = SequenceClassifier(5, 4, TINY)
+    out = m(torch.randn(3, 11, 5))
+    assert out.logits.shape == (3, 4)
+    assert out.aux.shape == (3,)
+
+
+def test_padding_never_changes_valid_outputs() -> None:
+    torch.manual_seed(0)
+    m = SequenceClassifier(3, 2, TINY).eval()
+    short = torch.randn(1, 7, 3)
+    alone = m(short, torch.tensor([7])).logits
+    batch = torch.zeros(2, 15, 3)
+    batch[0, :7] = short[0]
+    batch[0, 7:] = 100.0  # garbage in the padding must not leak into the result
+    batch[1] = torch.randn(15, 3)
+    padded = m(batch, torch.tensor([7, 15])).logits
+    torch.testing.assert_close(padded[0], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_no_gradient_reaches_padded_steps() -> None:
+    torch.manual_seed(0)
+    m = SequenceClassifier(3, 2, TINY).eval()
+    x = torch.randn(2, 9, 3, requires_grad=True)
+    m(x, torch.tensor([4, 9])).logits.sum().backward()
+    assert x.grad is not None
+    assert torch.count_nonzero(x.grad[0, 4:]) == 0
+    assert torch.count_nonzero(x.grad[0, :4]) > 0
+
+
+def test_lstm_stays_fp32_under_bf16_autocast() -> None:
+    m = SequenceClassifier(3, 2, TINY)
+    seen: list[torch.dtype] = []
+    m.lstms[0].lstm.register_forward_hook(lambda mod, inp, out: seen.append(out[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m(torch.randn(2, 6, 3))
+    assert seen == [torch.float32]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"hidden_dim": 30, "num_heads": 4}, "must divide"), ({"hidden_dim": 15, "num_heads": 1}, "even"),
+     ({"conv_kernel": 4}, "odd")],
+)
+def test_config_rejects_inconsistent_shapes(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ClassifierConfig(**kwargs)
