@@ -76,7 +76,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> 
     # The history (losses, accuracies) of the epochs run after the resume is the same too.
     hist_a = (full / "history.csv").read_text().splitlines()
     hist_b = (killed / "history.csv").read_text().splitlines()
-    drop = [h.split(",").index("samples_per_s") for h in hist_a[:1]][0]
+    drop = hist_a[0].split(",").index("samples_per_s")
 
     def strip(lines: list[str]) -> list[list[str]]:
         return [[v for i, v in enumerate(line.split(",")) if i != drop] for line in lines]
