@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 
@@ -106,9 +105,12 @@ def test_empty_npz(tmp_path: Path, cli, helpers) -> None:
 
 def test_unknown_label_at_predict(tmp_path: Path, cli, helpers, long_run) -> None:
     path = tmp_path / "new.csv"
-    helpers.long_frame(6, seed=1, labels=("a", "b", "c")).to_csv(path, index=False)
+    df = helpers.long_frame(6, seed=1, labels=("a", "b", "c"))
+    df.to_csv(path, index=False)
+    first_label = df.groupby("series_id", sort=False)["label"].first()  # sequences in first-appearance order
+    i = list(first_label).index("c")
     res = cli("predict", long_run.dir, "--data", path, "--output", tmp_path / "p.csv")
-    assert_one_line_error(res, str(path), "label 'c'", "sequence 2", "training classes (a, b)")
+    assert_one_line_error(res, str(path), f"label 'c' of sequence {i} ", "training classes (a, b)")
     assert not (tmp_path / "p.csv").exists()
 
 

@@ -99,7 +99,7 @@ def test_evaluate_on_another_file(tmp_path: Path, cli, helpers, npz_run) -> None
     assert res.code == 0, res.err
     m = json.loads((npz_run.dir / "evaluate-other.json").read_text())
     assert m["n"] == 50
-    assert m["accuracy"] > 0.7
+    assert m["accuracy"] > 0.85
     for key in METRIC_KEYS:
         assert f"{key:<16} {m[key]:.4f}" in res.out
 
@@ -116,7 +116,7 @@ def test_predict_labelled_npz(tmp_path: Path, cli, npz_run) -> None:
     check_probabilities(rows, ["a", "b"])
     y = np.load(npz_run.data)["y"]
     assert [r["label"] for r in rows] == list(y)
-    assert np.mean([r["predicted"] == r["label"] for r in rows]) > 0.7
+    assert np.mean([r["predicted"] == r["label"] for r in rows]) > 0.85
 
 
 def test_predict_npz_without_labels(tmp_path: Path, cli, helpers, npz_run) -> None:
@@ -147,10 +147,9 @@ def test_test_data_file_is_the_test_set(tmp_path: Path, cli, helpers) -> None:
     assert json.loads((run / "evaluate-test.json").read_text())["n"] == 37
 
 
-@pytest.mark.xfail(raises=ZeroDivisionError, strict=True,
-                   reason="OneCycleLR divides by zero when pct_start * total_steps == 1 (train/optim.py)")
-def test_ten_steps_of_onecycle_train(tmp_path: Path, cli, helpers, npz_run) -> None:
-    """84 training sequences in batches of 20 for 2 epochs: 10 steps, so the default warm-up is one step."""
+def test_ten_step_onecycle_run_trains(tmp_path: Path, cli, helpers, npz_run) -> None:
+    """84 training sequences in batches of 20 for 2 epochs: 10 steps, so the default warm-up is one step
+    (torch's OneCycleLR divides by zero there unless the schedule widens the warm-up)."""
     res = cli(*helpers.train_args(npz_run.data, tmp_path / "run", "train.batch_size=20"))
     assert res.code == 0, res.err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_run"] == 2
@@ -161,7 +160,7 @@ def test_ten_steps_of_onecycle_train(tmp_path: Path, cli, helpers, npz_run) -> N
 
 def test_long_csv_trains_and_predicts_by_series_id(tmp_path: Path, cli, helpers, long_run) -> None:
     metrics = json.loads((long_run.dir / "metrics.json").read_text())
-    assert metrics["test"]["n"] == metrics["val"]["n"] == 12  # 15% of 80 series each
+    assert metrics["test"]["n"] == metrics["val"]["n"] == 18  # 15% of 120 series each
     assert metrics["test"]["class_names"] == ["a", "b"]
     prep = json.loads((long_run.dir / "preprocess.json").read_text())
     assert prep["layout"] == "long"
@@ -230,10 +229,12 @@ def test_series_chronological_split_leaves_a_gap(tmp_path: Path, helpers) -> Non
         return rows
 
     train, val, test = rows_of(splits.train), rows_of(splits.val), rows_of(splits.test)
-    assert train.max() + horizon < val.min()  # the last train label looks at a row before val starts
-    assert val.max() + horizon < test.min()
+    gap = window + horizon  # the default split.gap
+    # rows untouched between the last row a train label reads and the first val row (val -> test alike)
+    assert val.min() - (train.max() + horizon) - 1 == gap
+    assert test.min() - (val.max() + horizon) - 1 == gap
 
-    bounds = _chronological_bounds(400, [0.7, 0.15, 0.15], window + horizon, str(path))
+    bounds = _chronological_bounds(400, [0.7, 0.15, 0.15], gap, str(path))
     assert bounds == [(0, 248), (271, 324), (347, 400)]
     for part, rows, (start, stop) in zip((splits.train, splits.val, splits.test), (train, val, test), bounds,
                                          strict=True):
@@ -249,7 +250,7 @@ def test_series_chronological_split_leaves_a_gap(tmp_path: Path, helpers) -> Non
 
 def test_series_scaling_uses_train_rows_only(tmp_path: Path, helpers) -> None:
     df = helpers.series_frame(400)
-    (train_start, train_stop), *_ = _chronological_bounds(400, [0.7, 0.15, 0.15], 23, "")
+    (_, train_stop), *_ = _chronological_bounds(400, [0.7, 0.15, 0.15], 23, "")
     df["level"] = np.where(np.arange(400) < train_stop, 1.0, 50.0)  # val and test sit far above train
     path = tmp_path / "shifted.csv"
     df.to_csv(path, index=False)

@@ -65,9 +65,10 @@ class Preprocessor:
         unknown = ~np.isin(keys, self.class_names)
         if unknown.any():
             i = int(np.argmax(unknown))
+            where = f"series_id {data.ids[i]}" if data.ids is not None else f"sequence {i}"
             raise DataError(
                 data.source,
-                f"label '{keys[i]}' of sequence {i} is not one of the training classes "
+                f"label '{keys[i]}' of {where} is not one of the training classes "
                 f"({', '.join(self.class_names)})",
             )
         return np.asarray([index[k] for k in keys], dtype=np.int64)
@@ -145,7 +146,8 @@ def _chronological_bounds(n: int, fractions: list[float], gap: int, source: str)
     """Consecutive [start, stop) row ranges with ``gap`` rows dropped between neighbours."""
     usable = n - gap * (len(fractions) - 1)
     if usable <= 0:
-        raise DataError(source, f"has {n} rows, too few for {len(fractions)} splits with a gap of {gap} rows")
+        raise DataError(source, f"has {n} rows, too few for {len(fractions)} splits with a gap of {gap} rows "
+                                "between them (split.gap, default window + horizon)")
     sizes = [round(f * usable) for f in fractions[1:]]
     sizes = [usable - sum(sizes), *sizes]
     bounds, start = [], 0
