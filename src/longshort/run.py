@@ -31,6 +31,7 @@ from longshort.data.pipeline import Preprocessor, Splits, load_for_model, prepar
 from longshort.data.types import SequenceData
 from longshort.errors import LongshortError, RunDirError
 from longshort.evaluate.metrics import classification_metrics
+from longshort.evaluate.predict import batched_proba
 from longshort.nn.classifier import SequenceClassifier
 from longshort.report.plots import confusion_matrix_png, learning_curve_png
 from longshort.train.callbacks import Callback, HistoryCSV, PlainProgress, ProgressBar, TensorBoard
@@ -107,15 +108,7 @@ def _raw_sequences(x: np.ndarray, lengths: np.ndarray | None) -> SequenceData:
 
 
 def _proba(model: torch.nn.Module, data: TensorData, batch_size: int) -> np.ndarray:
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(data), batch_size):
-            lengths = data.lengths[i : i + batch_size]
-            x = data.X[i : i + batch_size, : int(lengths.max())]
-            out.append(torch.softmax(model(x.to(device), lengths.to(device)).logits.float(), -1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.num_classes), dtype=np.float32)
+    return batched_proba(model, data, batch_size).numpy()
 
 
 def load(run_dir: str | Path) -> Run:

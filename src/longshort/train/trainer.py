@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from longshort.data.batching import Batch, TensorData, batch_indices, epoch_order, sequential_batches, take
+from longshort.data.batching import Batch, TensorData, batch_indices, epoch_order, take
+from longshort.evaluate.predict import batched_proba
 from longshort.train.callbacks import Callback, EarlyStopping, EarlyStoppingConfig
 from longshort.train.checkpoint import checkpoint_path, load_state, load_weights, save_checkpoint
 from longshort.train.losses import LossConfig, build_loss
@@ -198,18 +199,9 @@ class Trainer:
             cb.on_epoch_end(self, row)
         self.save(["last", "best"] if improved else ["last"])
 
-    @torch.no_grad()
     def predict_proba(self, data: TensorData) -> Tensor:
         """Class probabilities [N, K] in data order, in eval mode."""
-        was_training = self.model.training
-        self.model.eval()
-        out = []
-        for batch in sequential_batches(data, self.cfg.eval_batch_size, self.device):
-            with self.autocast():
-                logits = self.model(batch.x, batch.lengths).logits
-            out.append(torch.softmax(logits.float(), -1).cpu())
-        self.model.train(was_training)
-        return torch.cat(out)
+        return batched_proba(self.model, data, self.cfg.eval_batch_size, self.autocast)
 
     def evaluate(self, data: TensorData) -> dict[str, float]:
         from sklearn.metrics import f1_score

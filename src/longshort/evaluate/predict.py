@@ -1,0 +1,31 @@
+"""Batched inference shared by validation, evaluation and prediction."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from longshort.data.batching import TensorData, sequential_batches
+
+
+@torch.no_grad()
+def batched_proba(model: nn.Module, data: TensorData, batch_size: int,
+                  autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+                  ) -> Tensor:
+    """Class probabilities [N, K] (float32, CPU) in data order, with the model in eval mode."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for batch in sequential_batches(data, batch_size, device):
+        with autocast():
+            logits = model(batch.x, batch.lengths).logits
+        out.append(torch.softmax(logits.float(), -1).cpu())
+    model.train(was_training)
+    if not out:
+        return torch.zeros(0, getattr(model, "num_classes", 0))
+    return torch.cat(out)
