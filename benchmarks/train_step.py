@@ -7,7 +7,7 @@ batching, the progress callback and history, timed from the epoch's first batch 
 Rounds alternate between the two so drift in machine load hits both alike; the median per-step time
 of each side gives the ratio ``plain / longshort`` (>= 1: longshort is no slower).
 
-    python benchmarks/train_step.py [--steps 20] [--rounds 3] [--device cpu|cuda]
+    python benchmarks/train_step.py [--steps 20] [--rounds 5] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _sync(device: torch.device | str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.json"))
     args = ap.parse_args()

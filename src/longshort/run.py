@@ -138,7 +138,7 @@ def _callbacks(cfg: Config, run_dir: Path, console: Console) -> list[Callback]:
     return cbs
 
 
-def _describe(splits: Splits, model: SequenceClassifier, console: Console) -> None:
+def _describe(splits: Splits, model: SequenceClassifier, batch_size: int, console: Console) -> None:
     for note in splits.notes:
         console.print(f"data: {note}")
     sizes = {k: len(v) for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if v}
@@ -146,6 +146,10 @@ def _describe(splits: Splits, model: SequenceClassifier, console: Console) -> No
     console.print("data: " + ", ".join(f"{k} {n}" for k, n in sizes.items()) + " sequences; "
                   f"{splits.train.n_features} features; classes " +
                   ", ".join(f"{c} {n}" for c, n in zip(splits.prep.class_names, counts, strict=True)))
+    if len(splits.train) <= batch_size:
+        console.print(f"[yellow]warning:[/] the training split ({len(splits.train)} sequences) fits in one batch "
+                      f"(train.batch_size={batch_size}): one optimizer step per epoch; a smaller batch "
+                      "usually trains better")
     table = Table(title="parameters", show_edge=False)
     table.add_column("component")
     table.add_column("parameters", justify="right")
@@ -182,7 +186,7 @@ def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: st
         save_config(cfg, run_dir / "config.yaml")
     splits.prep.save(run_dir / "preprocess.json")
     model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
-    _describe(splits, model, console)
+    _describe(splits, model, cfg.train.batch_size, console)
 
     trainer = Trainer(
         cfg.train, model, to_tensors(splits.train), None if splits.val is None else to_tensors(splits.val),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -41,7 +42,10 @@ def test_onecycle_is_stepped_per_batch_over_the_whole_run(tmp_path: Path) -> Non
     assert max(lrs) == pytest.approx(1e-3)  # peaks at max_lr
     peak = lrs.index(max(lrs))
     assert peak == round(0.1 * len(lrs)) - 1 or peak == round(0.1 * len(lrs))  # after 10% warm-up
-    assert lrs[-1] < 1e-6  # cosine down to max_lr / (div * final_div)
+    tail = lrs[peak:]
+    assert all(b <= a for a, b in itertools.pairwise(tail))  # never turns back up at the end
+    tr.schedule.step()  # the run's last step
+    assert tr.schedule.get_last_lr()[0] == pytest.approx(1e-8)  # max_lr / (div * final_div)
 
 
 def test_onecycle_survives_runs_too_short_for_its_warm_up(tmp_path: Path) -> None:

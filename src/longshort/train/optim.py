@@ -39,10 +39,12 @@ OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], OptimConfig], torch.optim.Op
 
 
 def _onecycle(opt: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int, base_lr: float) -> LRScheduler:
-    total = max(total_steps, 4)
-    # OneCycleLR divides by (warm-up steps - 1): a run so short that pct_start leaves under two warm-up
-    # steps (tiny data, few epochs) gets two, instead of a ZeroDivisionError.
-    pct = min(max(cfg.pct_start, 2 / total), 0.5)
+    # One step more than the run takes: OneCycleLR's cosine would turn back up on its very last step.
+    total = max(total_steps + 1, 4)
+    # Warm-up as a whole number of steps, so the peak is reached exactly; at least two, since OneCycleLR
+    # divides by (warm-up steps - 1) and tiny runs would otherwise raise ZeroDivisionError.
+    warm = min(max(round(cfg.pct_start * total_steps), 2), total // 2)
+    pct = warm / total
     return torch.optim.lr_scheduler.OneCycleLR(
         opt,
         max_lr=cfg.max_lr,
