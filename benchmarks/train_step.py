@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from longshort.data.batching import TensorData
 from longshort.nn.classifier import SequenceClassifier
-from longshort.train.callbacks import Callback, PlainProgress
-from longshort.train.trainer import TrainConfig, Trainer
+from longshort.training.callbacks import Callback, PlainProgress
+from longshort.training.trainer import TrainConfig, Trainer
 
 BATCH, LENGTH, FEATURES, CLASSES = 64, 50, 9, 3
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from longshort.data.config import DataConfig
 from longshort.errors import ConfigError
 from longshort.nn.classifier import ClassifierConfig
-from longshort.train.trainer import TrainConfig
+from longshort.training.trainer import TrainConfig
 
 
 class Config(BaseModel):

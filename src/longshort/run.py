@@ -34,9 +34,9 @@ from longshort.evaluate.metrics import classification_metrics
 from longshort.evaluate.predict import batched_proba
 from longshort.nn.classifier import SequenceClassifier
 from longshort.report.plots import confusion_matrix_png, learning_curve_png
-from longshort.train.callbacks import Callback, HistoryCSV, PlainProgress, ProgressBar, TensorBoard
-from longshort.train.checkpoint import checkpoint_path, load_weights, save_weights
-from longshort.train.trainer import Trainer
+from longshort.training.callbacks import Callback, HistoryCSV, PlainProgress, ProgressBar, TensorBoard
+from longshort.training.checkpoint import checkpoint_path, load_weights, save_weights
+from longshort.training.trainer import Trainer
 
 
 def _console() -> Console:

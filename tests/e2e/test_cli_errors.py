@@ -108,9 +108,9 @@ def test_unknown_label_at_predict(tmp_path: Path, cli, helpers, long_run) -> Non
     df = helpers.long_frame(6, seed=1, labels=("a", "b", "c"))
     df.to_csv(path, index=False)
     first_label = df.groupby("series_id", sort=False)["label"].first()  # sequences in first-appearance order
-    i = list(first_label).index("c")
+    sid = first_label.index[list(first_label).index("c")]
     res = cli("predict", long_run.dir, "--data", path, "--output", tmp_path / "p.csv")
-    assert_one_line_error(res, str(path), f"label 'c' of sequence {i} ", "training classes (a, b)")
+    assert_one_line_error(res, str(path), f"label 'c' of series_id {sid} ", "training classes (a, b)")
     assert not (tmp_path / "p.csv").exists()
 
 

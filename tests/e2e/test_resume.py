@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from longshort.train.checkpoint import checkpoint_path, load_state
+from longshort.training.checkpoint import checkpoint_path, load_state
 
 ARGS = [
     "data.source=builtin:regimes", "data.builtin.n=480", "data.builtin.length=24", "seed=7",

@@ -351,9 +351,10 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def _read_parquet(path: Path) -> pd.DataFrame:
     df = pd.read_parquet(path)
-    if not isinstance(df.index, pd.RangeIndex) or df.index.name is not None:
-        df = df.reset_index()  # a stored index (often the timestamps) becomes a column
-    return df
+    # A named index or a time index (often the timestamps) becomes a column; an unnamed integer index, as
+    # pandas leaves after shuffling or filtering a frame, carries no data and is dropped.
+    keep = any(n is not None for n in df.index.names) or isinstance(df.index, pd.DatetimeIndex)
+    return df.reset_index(drop=not keep)
 
 
 def _require_columns(df: pd.DataFrame, columns: list[str], path: Path) -> None:

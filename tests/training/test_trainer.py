@@ -9,10 +9,10 @@ import torch
 
 from longshort.data.batching import TensorData, batch_indices, epoch_order
 from longshort.nn.classifier import ClassifierConfig, SequenceClassifier
-from longshort.train.callbacks import EarlyStopping, EarlyStoppingConfig
-from longshort.train.checkpoint import checkpoint_path, save_checkpoint
-from longshort.train.losses import balanced_class_weights
-from longshort.train.trainer import TrainConfig, Trainer, resolve_precision
+from longshort.training.callbacks import EarlyStopping, EarlyStoppingConfig
+from longshort.training.checkpoint import checkpoint_path, save_checkpoint
+from longshort.training.losses import balanced_class_weights
+from longshort.training.trainer import TrainConfig, Trainer, resolve_precision
 
 
 def _data(n: int = 40, t: int = 6) -> TensorData:
@@ -127,3 +127,10 @@ def test_checkpoint_tags_point_only_at_complete_checkpoints(tmp_path: Path) -> N
     save_checkpoint(tmp_path, ["last"], m, {"step": 3}, 3)
     kept = sorted(p.name for p in tmp_path.glob("step-*"))
     assert kept == ["step-000000001", "step-000000003"]  # best (1) and last (3); 2 was dropped
+
+
+def test_bf16_autocast_on_cpu_trains_with_finite_loss(tmp_path: Path) -> None:
+    tr = _trainer(tmp_path, epochs=1, precision="bf16")
+    assert tr.amp_dtype == torch.bfloat16
+    hist = tr.fit()
+    assert math.isfinite(hist[0]["train_loss"]) and math.isfinite(hist[0]["val_loss"])

@@ -22,10 +22,10 @@ from torch import Tensor, nn
 
 from longshort.data.batching import Batch, TensorData, batch_indices, epoch_order, take
 from longshort.evaluate.predict import batched_proba
-from longshort.train.callbacks import Callback, EarlyStopping, EarlyStoppingConfig
-from longshort.train.checkpoint import checkpoint_path, load_state, load_weights, save_checkpoint
-from longshort.train.losses import LossConfig, build_loss
-from longshort.train.optim import OptimConfig, ScheduleConfig, build_optimizer, build_schedule
+from longshort.training.callbacks import Callback, EarlyStopping, EarlyStoppingConfig
+from longshort.training.checkpoint import checkpoint_path, load_state, load_weights, save_checkpoint
+from longshort.training.losses import LossConfig, build_loss
+from longshort.training.optim import OptimConfig, ScheduleConfig, build_optimizer, build_schedule
 
 
 class TrainConfig(BaseModel):

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 if TYPE_CHECKING:
-    from longshort.train.trainer import Trainer
+    from longshort.training.trainer import Trainer
 
 
 class Callback:
