@@ -161,6 +161,10 @@ class Trainer:
     def _run_epoch(self) -> None:
         cfg, epoch = self.cfg, self.epoch
         self.model.train()
+        for m in self.model.modules():  # epoch-driven modules, e.g. the LSTM's adaptive dropout schedule
+            hook = getattr(m, "on_epoch", None)
+            if callable(hook):
+                hook(epoch)
         for cb in self.callbacks:
             cb.on_epoch_start(self, epoch, self.steps_per_epoch, self.batch)
         prev_loss, prev_correct, prev_seen = self.epoch_sums if self.batch else (0.0, 0, 0)
