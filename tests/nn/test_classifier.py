@@ -66,3 +66,38 @@ def test_lstm_stays_fp32_under_bf16_autocast() -> None:
 def test_config_rejects_inconsistent_shapes(kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ClassifierConfig(**kwargs)
+
+
+def test_cell_and_stack_options_reach_every_block() -> None:
+    from longshort.config import apply_overrides, validate
+
+    cfg = validate(apply_overrides({}, ["model.cell.layer_norm=true", "model.cell.zoneout=0.1",
+                                        "model.stack.skip=highway", "model.hidden_dim=16", "model.num_heads=2"]))
+    m = SequenceClassifier(3, 2, cfg.model)
+    for block in m.lstms:
+        assert block.lstm.cell.layer_norm and block.lstm.cell.zoneout == 0.1
+        assert not block.lstm.uses_fused_path
+        assert block.skip == "highway"
+    out = m(torch.randn(2, 6, 3), torch.tensor([6, 4]))
+    assert out.logits.shape == (2, 2)
+
+
+def test_highway_block_is_gate_weighted_mix_of_input_and_lstm() -> None:
+    from longshort.nn.classifier import BiLSTMBlock
+    from longshort.nn.lstm import CellConfig
+
+    torch.manual_seed(0)
+    block = BiLSTMBlock(8, 8, 0.0, CellConfig(), "highway").eval()
+    x = torch.randn(2, 5, 8)
+    y = block.lstm(x)[0]
+    t = torch.sigmoid(block.gate(x))
+    torch.testing.assert_close(block(x, None), block.norm(t * y + (1 - t) * x))
+
+
+@pytest.mark.parametrize("skip", ["none", "residual", "dense"])
+def test_stack_variants(skip: str) -> None:
+    cfg = TINY.model_copy(update={"stack": TINY.stack.model_copy(update={"skip": skip})})
+    m = SequenceClassifier(3, 2, cfg)
+    sizes = [b.lstm.input_size for b in m.lstms]
+    assert sizes == ([16, 32, 48, 64] if skip == "dense" else [16] * 4)
+    assert m(torch.randn(2, 5, 3), torch.tensor([5, 3])).logits.shape == (2, 2)

@@ -137,3 +137,16 @@ def test_bf16_autocast_on_cpu_trains_with_finite_loss(tmp_path: Path) -> None:
     assert tr.amp_dtype == torch.bfloat16
     hist = tr.fit()
     assert math.isfinite(hist[0]["train_loss"]) and math.isfinite(hist[0]["val_loss"])
+
+
+def test_trainer_drives_the_adaptive_dropout_schedule(tmp_path: Path) -> None:
+    from longshort.nn.lstm import CellConfig
+
+    torch.manual_seed(0)
+    cell = CellConfig(zoneout=0.2, dropout_decay=0.5)
+    model = SequenceClassifier(3, 2, ClassifierConfig(hidden_dim=8, num_heads=2, num_lstm_layers=1,
+                                                      conv_dilations=[1], cell=cell))
+    cfg = TrainConfig(progress="off", tensorboard=False, batch_size=8, epochs=3)
+    tr = Trainer(cfg, model, _data(), None, num_classes=2, seed=0, run_dir=tmp_path)
+    tr.fit()
+    assert model.lstms[0].lstm.dropout_scale == pytest.approx(math.exp(-0.5 * 2))  # set at the last epoch's start

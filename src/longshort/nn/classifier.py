@@ -20,7 +20,8 @@ from typing import NamedTuple
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from longshort.nn.lstm import LSTM, CellConfig, StackConfig
 
 
 class ClassifierConfig(BaseModel):
@@ -36,6 +37,8 @@ class ClassifierConfig(BaseModel):
     conv_kernel: int = Field(3, ge=1, description="odd kernel size of the temporal convolutions")
     attention_every: int = Field(2, ge=0, description="self-attention after every k-th BiLSTM block; 0 = none")
     lstm_fp32: bool = Field(True, description="run the LSTM in float32 even under bf16/fp16 autocast")
+    cell: CellConfig = Field(CellConfig(), description="LSTM cell variant of every BiLSTM block")
+    stack: StackConfig = Field(StackConfig(skip="residual"), description="how the BiLSTM blocks are connected")
 
     @model_validator(mode="after")
     def _check(self) -> ClassifierConfig:
@@ -87,30 +90,39 @@ class TemporalConvBlock(nn.Module):
 
 
 class BiLSTMBlock(nn.Module):
-    """One bidirectional LSTM layer (packed over the valid steps), dropout, residual and LayerNorm."""
+    """One bidirectional LSTM layer over the valid steps, dropout, a skip connection and LayerNorm.
 
-    def __init__(self, dim: int, dropout: float, fp32: bool = True) -> None:
+    ``skip`` (``model.stack.skip``) joins the block's input ``x`` and the LSTM's output ``y``:
+    residual ``LN(x + y)`` (seed 000), highway ``LN(T*y + (1-T)*x)`` with ``T = sigmoid(W_T x + b_T)``,
+    none ``LN(y)``, dense ``LN(y)`` where ``x`` is the concatenation of all earlier blocks' outputs.
+    """
+
+    def __init__(self, in_dim: int, dim: int, dropout: float, cell: CellConfig, skip: str, fp32: bool = True
+                 ) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(dim, dim // 2, batch_first=True, bidirectional=True)
+        self.lstm = LSTM(in_dim, dim // 2, batch_first=True, bidirectional=True, cell=cell)
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
+        self.skip = skip
+        if skip == "highway":
+            self.gate = nn.Linear(in_dim, dim)
+            nn.init.constant_(self.gate.bias, -1.0)  # start by mostly carrying the input through
         self.fp32 = fp32
-
-    def _run_lstm(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        if lengths is None:
-            return self.lstm(x)[0]
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])
-        return out
 
     def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
         if self.fp32 and torch.is_autocast_enabled(x.device.type):
             # cuDNN's reduced-precision LSTM drifts over long sequences; keep the recurrence in fp32.
             with torch.autocast(x.device.type, enabled=False):
-                y = self._run_lstm(x.float(), lengths)
+                y = self.lstm(x.float(), lengths=lengths)[0]
         else:
-            y = self._run_lstm(x, lengths)
-        return self.norm(x + self.drop(y.to(x.dtype)))
+            y = self.lstm(x, lengths=lengths)[0]
+        y = self.drop(y.to(x.dtype))
+        if self.skip == "residual":
+            return self.norm(x + y)
+        if self.skip == "highway":
+            t = torch.sigmoid(self.gate(x))
+            return self.norm(t * y + (1 - t) * x)
+        return self.norm(y)
 
 
 class AttentionBlock(nn.Module):
@@ -141,7 +153,11 @@ class SequenceClassifier(nn.Module):
         self.convs = nn.ModuleList(
             TemporalConvBlock(h, cfg.conv_kernel, d, cfg.dropout) for d in cfg.conv_dilations
         )
-        self.lstms = nn.ModuleList(BiLSTMBlock(h, cfg.dropout, cfg.lstm_fp32) for _ in range(cfg.num_lstm_layers))
+        dense = cfg.stack.skip == "dense"
+        self.lstms = nn.ModuleList(
+            BiLSTMBlock(h * (i + 1) if dense else h, h, cfg.dropout, cfg.cell, cfg.stack.skip, cfg.lstm_fp32)
+            for i in range(cfg.num_lstm_layers)
+        )
         k = cfg.attention_every
         self.attention_after = [i for i in range(cfg.num_lstm_layers) if k and (i + 1) % k == 0]
         self.attns = nn.ModuleDict(
@@ -159,10 +175,12 @@ class SequenceClassifier(nn.Module):
         z = self.input_proj(x) + sinusoidal_positions(t, self.cfg.hidden_dim, x.device, x.dtype)
         for conv in self.convs:
             z = conv(z, ones)
+        outputs = [z]  # for the dense stack: every block sees all earlier outputs
         for i, lstm in enumerate(self.lstms):
-            z = lstm(z, lengths)
+            z = lstm(torch.cat(outputs, -1) if self.cfg.stack.skip == "dense" else z, lengths)
             if str(i) in self.attns:
                 z = self.attns[str(i)](z, mask)
+            outputs.append(z)
         pooled = masked_mean_max(z, ones)
         return ClassifierOutput(self.head(pooled), self.aux_head(pooled).squeeze(-1))
 
