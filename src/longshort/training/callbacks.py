@@ -116,7 +116,9 @@ class EarlyStoppingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     metric: Literal["val_loss", "val_accuracy", "val_f1_macro"] = Field(
-        "val_loss", description="validation metric that picks the best checkpoint and stops training"
+        # Not val_loss: log-loss rises as a model grows confident while its accuracy still improves, and
+        # picking by it chose an epoch-2 checkpoint 5 points worse on test in the built-in ablation.
+        "val_f1_macro", description="validation metric that picks the best checkpoint and stops training"
     )
     patience: int | None = Field(5, ge=1, description="epochs without improvement before stopping; null = never")
     min_delta: float = Field(0.0, ge=0)
