@@ -10,7 +10,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import longshort.nn.lstm as lstm_mod
+import longshort.nn.lstm as lstm_module
 from longshort.nn.lstm import LSTM, CellConfig, StackConfig, adaptive_rate
+from longshort.nn.recurrence import lstm_recurrence_reference
 
 B, T, IN, H = 4, 9, 3, 5
 
@@ -431,6 +433,8 @@ def test_layer_norm_normalises_each_gate_recurrent_term(monkeypatch: pytest.Monk
             captured.append((inp.detach(), res.detach()))
         return res
 
+    # Watch the specification loop; tests/nn/test_recurrence.py holds the fast path to it, LN included.
+    monkeypatch.setattr(lstm_module, "lstm_recurrence", lstm_recurrence_reference)
     monkeypatch.setattr(torch.nn.functional, "layer_norm", spy)
     out, _ = m(x, (h0, c0))
     monkeypatch.undo()
@@ -577,7 +581,8 @@ def test_dropout_scale_zero_makes_training_deterministic_and_equal_to_eval() -> 
     m.set_dropout_scale(0.5)
     m.record_masks = True
     m(x)
-    assert m.last_masks["recurrent_l0"].unique().tolist() == pytest.approx([0.0, 1 / (1 - 0.15)])
+    values = set(m.last_masks["recurrent_l0"].unique().tolist())  # kept units scaled for the halved rate 0.15
+    assert max(values) == pytest.approx(1 / (1 - 0.15)) and values <= {0.0, max(values)}
     with pytest.raises(ValueError):
         m.set_dropout_scale(4.0)  # 0.3 * 4 >= 1
 

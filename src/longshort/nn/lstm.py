@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from longshort.nn.recurrence import GateStats, LayerNormParams, lstm_recurrence
+from longshort.nn.recurrence import GateStats, LayerNormParams, bernoulli_mask, lstm_recurrence
 
 __all__ = ["LSTM", "CellConfig", "StackConfig", "adaptive_rate"]
 
@@ -504,7 +504,7 @@ class LSTM(nn.Module):
 
     def _drop_mask(self, shape: tuple[int, ...], p: float, like: Tensor, name: str) -> Tensor:
         """A 0/1 keep mask scaled by 1/(1-p)."""
-        mask = (torch.rand(shape, device=like.device) >= p).to(like.dtype) / (1 - p)
+        mask = bernoulli_mask(shape, 1 - p, like) / (1 - p)
         self._record(name, mask)
         return mask
 
@@ -634,7 +634,7 @@ class LSTM(nn.Module):
             return None
         if not self.training:
             return p
-        mask = (torch.rand(shape, device=like.device) < p).to(like.dtype)
+        mask = bernoulli_mask(shape, p, like)
         self._record(name, mask)
         return mask
 
