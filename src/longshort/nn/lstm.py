@@ -596,9 +596,9 @@ class LSTM(nn.Module):
             bias = None
             if self.bias:
                 bias = getattr(self, f"bias_ih_l{k}{sfx}") + getattr(self, f"bias_hh_l{k}{sfx}")
-            xw = F.linear(x, getattr(self, f"weight_ih_l{k}{sfx}"), bias)  # [T, B, 4H], every step at once
-            if d == 1:
-                xw = _reverse(xw, rev)
+            # the reverse direction reverses its input, not the 4x wider projection (a cheaper copy both ways)
+            xd = _reverse(x, rev) if d == 1 else x
+            xw = F.linear(xd, getattr(self, f"weight_ih_l{k}{sfx}"), bias)  # [T, B, 4H], every step at once
             zc = self._zoneout_keep(p_c, (steps, batch, hid), xw, f"zoneout_c_l{k}{sfx}")
             zh = self._zoneout_keep(p_h, (steps, batch, hid), xw, f"zoneout_h_l{k}{sfx}")
             rmask = None
