@@ -39,6 +39,9 @@ class ClassifierConfig(BaseModel):
     lstm_fp32: bool = Field(True, description="run the LSTM in float32 even under bf16/fp16 autocast")
     cell: CellConfig = Field(CellConfig(), description="LSTM cell variant of every BiLSTM block")
     stack: StackConfig = Field(StackConfig(skip="residual"), description="how the BiLSTM blocks are connected")
+    spectral_norm: bool = Field(
+        False, description="spectral normalisation of every Linear layer (largest singular value kept at 1)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ClassifierConfig:
@@ -165,6 +168,8 @@ class SequenceClassifier(nn.Module):
         )
         self.head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, num_classes))
         self.aux_head = nn.Sequential(nn.Linear(2 * h, h // 2), nn.GELU(), nn.Linear(h // 2, 1))
+        if cfg.spectral_norm:
+            apply_spectral_norm(self)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> ClassifierOutput:
         b, t, _ = x.shape
@@ -198,6 +203,15 @@ class SequenceClassifier(nn.Module):
             name: sum(p.numel() for m in mods for p in m.parameters() if p.requires_grad)
             for name, mods in groups.items()
         }
+
+
+def apply_spectral_norm(model: nn.Module) -> int:
+    """Spectral normalisation (torch's parametrization, one power iteration per training forward) on every
+    ``nn.Linear`` of ``model``, attention projections included; returns how many layers it wrapped."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for m in linears:
+        nn.utils.parametrizations.spectral_norm(m)
+    return len(linears)
 
 
 def masked_mean_max(z: Tensor, mask: Tensor) -> Tensor:

@@ -1,10 +1,15 @@
 """The training loop: one straight read from the first batch to the last checkpoint.
 
-Per batch: forward (under autocast when asked) -> loss -> backward -> clip -> optimizer -> schedule.
-Per epoch: validate -> history row -> callbacks (progress, history.csv, TensorBoard) -> best/last checkpoint
--> early stopping. Everything needed to continue exactly (weights, optimizer, schedule, RNG, the position in
-the epoch, history, early-stopping state) is in each checkpoint; the data order is a function of
-(seed, epoch), so a resumed run replays the same batches.
+Per epoch: phase settings (learning rate, dropout, clipping, batch size) -> curriculum (which examples, in which
+order, how long) -> batches. Per batch: augmentation and mixup -> forward (under autocast when asked) -> weighted
+main + auxiliary loss -> backward -> clip -> gradient noise -> optimizer (Lookahead when on) -> schedule (per
+batch). After the epoch: schedule (per epoch) -> validate -> history row -> callbacks (progress, history.csv,
+TensorBoard) -> best/last checkpoint -> early stopping.
+
+Everything needed to continue exactly (weights, optimizer incl. Lookahead's slow weights, schedule, clipping and
+noise state, curriculum scores, RNG, the position in the epoch, history, early stopping) is in each checkpoint;
+the data order and every random draw of augmentation, mixup and gradient noise are functions of (seed, epoch,
+batch), so a resumed run replays the same batches.
 """
 
 from __future__ import annotations
@@ -15,28 +20,53 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from longshort.data.batching import Batch, TensorData, batch_indices, epoch_order, take
+from longshort.data.batching import Batch, TensorData, batch_indices, take
 from longshort.evaluate.predict import batched_proba
+from longshort.training import curriculum as cur
+from longshort.training.augment import AugmentConfig, MixedBatch, MixupConfig, augment, mixup, mixup_loss
 from longshort.training.callbacks import Callback, EarlyStopping, EarlyStoppingConfig
 from longshort.training.checkpoint import checkpoint_path, load_state, load_weights, save_checkpoint
-from longshort.training.losses import LossConfig, build_loss
-from longshort.training.optim import OptimConfig, ScheduleConfig, build_optimizer, build_schedule
+from longshort.training.curriculum import CurriculumConfig, TaskConfig
+from longshort.training.losses import LossConfig, aux_loss, build_loss
+from longshort.training.optim import (
+    GradClipper,
+    GradNoise,
+    OptimConfig,
+    ScheduleConfig,
+    build_optimizer,
+    build_schedule,
+)
+from longshort.training.recipes import PhaseConfig, RecipeName, merge_under, preset_phases, recipe_values
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    epochs: int = Field(12, ge=1)
+    recipe: RecipeName = Field(
+        "default",
+        description="preset laid under your own train.* values: plain = cross-entropy + AdamW only; seed = seed "
+        "000's full loop (see docs/training.md)",
+    )
+    epochs: int = Field(12, ge=1, description="epochs in all (with train.phases: their sum)")
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
+    mixup: MixupConfig = MixupConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    tasks: TaskConfig = TaskConfig()
+    phases: list[PhaseConfig] = Field([], description="consecutive phases with their own lr, dropout, clip, batch")
+    phase_preset: Literal["none", "seed"] = Field(
+        "none", description="seed: seed 000's warm-up / main / fine-tune phases scaled to train.epochs"
+    )
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere"
@@ -49,6 +79,44 @@ class TrainConfig(BaseModel):
         "auto", description="auto: a rich bar on a terminal, a line per epoch otherwise"
     )
     tensorboard: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _presets(cls, data: Any) -> Any:
+        """Lay the recipe under the given values; with explicit phases, epochs is their sum."""
+        if not isinstance(data, dict):
+            return data
+        recipe = data.get("recipe", "default")
+        if recipe != "default" and isinstance(recipe, str):
+            try:
+                base = recipe_values(recipe, data.get("epochs"))
+            except ValueError:
+                base = {}  # the Literal check reports the unknown name
+            data = merge_under(base, data)
+        phases = data.get("phases")
+        if isinstance(phases, list) and phases:
+            # Malformed phases are left alone here: field validation says what is wrong.
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
+                data = {**data, "epochs": sum(
+                    int(p.epochs if isinstance(p, PhaseConfig) else p.get("epochs", 1)) for p in phases
+                )}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.phases and self.phase_preset != "none":
+            raise ValueError("set train.phases or train.phase_preset, not both")
+        if self.phase_preset != "none" and self.epochs < 3:
+            raise ValueError(f"phase_preset={self.phase_preset} needs train.epochs >= 3, got {self.epochs}")
+        return self
+
+    def resolved_phases(self) -> list[PhaseConfig]:
+        """The phases in force: explicit ``phases``, the preset's scaled to ``epochs``, or none."""
+        if self.phases:
+            return list(self.phases)
+        if self.phase_preset != "none":
+            return preset_phases(self.phase_preset, self.epochs)
+        return []
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,6 +140,14 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def _seed_for(*parts: int) -> int:
+    """A 63-bit seed from integers (numpy's SeedSequence mixes them well; adjacent tuples give unrelated seeds)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+_PURPOSE = {"augment": 1, "mixup": 2, "noise": 3}
+
+
 class Trainer:
     def __init__(
         self,
@@ -92,22 +168,126 @@ class Trainer:
         self.train_data, self.val_data = train, val
         self.num_classes = num_classes
         self.callbacks = callbacks or []
+        self.phases = cfg.resolved_phases()
+        self.phase_starts = list(np.cumsum([0] + [p.epochs for p in self.phases]))
         assert train.y is not None
         self.loss_fn = build_loss(cfg.loss, train.y.to(self.device), num_classes)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.steps_per_epoch = -(-len(train) // cfg.batch_size)
-        self.schedule = build_schedule(
-            self.optimizer, cfg.schedule, cfg.epochs * self.steps_per_epoch, cfg.optim.lr
-        )
+        self.clipper = GradClipper(cfg.optim)
+        self.noise = GradNoise(cfg.optim.grad_noise)
+        # Curriculum: per-example difficulty (scorer loss), computed once when the curriculum asks for it.
+        self.scores: Tensor | None = None
+        self._dropout0 = {
+            name: (m.p if isinstance(m, nn.Dropout) else m.dropout)
+            for name, m in self.model.named_modules()
+            if isinstance(m, (nn.Dropout, nn.MultiheadAttention))
+        }
+        self.steps_per_epoch = self.steps_in_epoch(0)
+        self.schedule = build_schedule(self.optimizer, cfg.schedule, self._schedule_length(), cfg.optim.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.early = EarlyStopping(cfg.early_stopping)
         self.ckpt_dir = run_dir / "checkpoints"
         self.epoch, self.batch, self.step = 0, 0, 0
         self.history: list[dict[str, float]] = []
         self.finished = False
-        # Running sums of the epoch in progress (loss * n, correct, n), checkpointed so a resumed epoch
-        # reports the same train loss and accuracy as an uninterrupted one.
-        self.epoch_sums = (0.0, 0, 0)
+        # Running sums of the epoch in progress (loss * n, correct, n, aux squared error * n), checkpointed so a
+        # resumed epoch reports the same train loss and accuracy as an uninterrupted one.
+        self.epoch_sums = (0.0, 0.0, 0, 0.0)
+        self.task_w = {"main": 1.0, "aux": cfg.loss.aux_weight}
+        self.last_grad_norm = 0.0
+
+    # -- phases and curriculum: what an epoch looks like --------------------------------------------------
+
+    def phase(self, epoch: int) -> PhaseConfig | None:
+        """The phase that ``epoch`` (0-based) falls in, or None without phases."""
+        for i, p in enumerate(self.phases):
+            if epoch < self.phase_starts[i + 1]:
+                return p
+        return self.phases[-1] if self.phases else None
+
+    def batch_size(self, epoch: int) -> int:
+        p = self.phase(epoch)
+        return p.batch_size if p is not None and p.batch_size is not None else self.cfg.batch_size
+
+    def _scheduled(self, epoch: int) -> bool:
+        """Whether the schedule drives the learning rate in ``epoch`` (not when a phase fixes it)."""
+        p = self.phase(epoch)
+        return p is None or p.lr is None
+
+    def epoch_size(self, epoch: int) -> int:
+        """Training examples in ``epoch`` (the curriculum may use a subset; its size never depends on scores)."""
+        n, c = len(self.train_data), self.cfg.curriculum
+        if c.kind == "length" and c.mode == "filter":
+            limit = cur.length_limit(c, epoch, max(1, int(self.train_data.lengths.max())))
+            return len(cur.length_order(self.train_data.lengths, limit, torch.arange(n), c.mode))
+        if c.kind == "difficulty" and cur.needs_scores(c, epoch):
+            stage = cur.difficulty_stage(c, epoch, self.cfg.epochs)
+            if stage is not None:
+                return len(cur.difficulty_subset(torch.zeros(n), stage, c.stages))
+        return n
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return -(-self.epoch_size(epoch) // self.batch_size(epoch))
+
+    def _schedule_length(self) -> int:
+        """Schedule steps over the run, in its interval (batches or epochs), counting scheduled epochs only."""
+        epochs = [e for e in range(self.cfg.epochs) if self._scheduled(e)]
+        if self.cfg.schedule.interval == "epoch":
+            return max(len(epochs), 1)
+        return max(sum(self.steps_in_epoch(e) for e in epochs), 1)
+
+    def _apply_phase(self, epoch: int) -> None:
+        """Set the phase's dropout, learning rate and clipping threshold (or restore the run's own)."""
+        p = self.phase(epoch)
+        if not self.phases:
+            return
+        for name, m in self.model.named_modules():
+            if name in self._dropout0:
+                rate = p.dropout if p is not None and p.dropout is not None else self._dropout0[name]
+                if isinstance(m, nn.Dropout):
+                    m.p = rate
+                else:
+                    m.dropout = rate
+        if p is not None and p.lr is not None:
+            for g in self.optimizer.param_groups:
+                g["lr"] = p.lr
+        else:
+            for g, lr in zip(self.optimizer.param_groups, self.schedule.get_last_lr(), strict=True):
+                g["lr"] = lr
+        threshold = self.cfg.optim.grad_clip
+        if p is not None and p.grad_clip is not None:
+            threshold = p.grad_clip or None  # 0 turns clipping off for the phase
+        self.clipper.threshold = threshold
+
+    def _prepare_curriculum(self, epoch: int) -> None:
+        """Score the training examples when a difficulty or adaptive curriculum first needs them."""
+        c = self.cfg.curriculum
+        if self.scores is not None or not cur.needs_scores(c, epoch):
+            return
+        scorer = self.model if c.scorer == "self" else cur.load_scorer(
+            c.scorer, self.device, int(self.train_data.X.shape[-1]), self.num_classes)
+        self.scores = cur.score_examples(scorer, self.train_data, self.cfg.eval_batch_size, self.device,
+                                         self.autocast)
+
+    def _generator(self, purpose: str, epoch: int, batch: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(_seed_for(self.seed, _PURPOSE[purpose], epoch, batch))
+
+    def plan(self, epoch: int) -> cur.EpochPlan:
+        """Which training examples ``epoch`` visits, in which order, cropped to which length: a function of
+        (seed, epoch, curriculum scores, the last epoch's accuracy), so a resumed epoch replays it."""
+        acc = self.history[-1]["train_accuracy"] if self.history else 0.0
+        return cur.plan_epoch(self.cfg.curriculum, epoch, self.cfg.epochs, self.seed, self.train_data.lengths,
+                              self.scores, acc)
+
+    def _update_task_weights(self, epoch: int) -> None:
+        """Main and auxiliary loss weights for ``epoch`` (train.tasks: fixed, performance-based, introduced late)."""
+        has_aux = self.train_data.aux is not None
+        perf = None
+        if self.history:
+            last = self.history[-1]
+            perf = cur.task_performance(last.get("val_accuracy", last["train_accuracy"]),
+                                        last.get("val_aux_mse", last.get("train_aux_mse")) if has_aux else None)
+        self.task_w = cur.task_weights(self.cfg.tasks, self.cfg.loss.aux_weight if has_aux else 0.0, epoch, perf)
 
     # -- one step -------------------------------------------------------------------------------------
 
@@ -116,35 +296,67 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """(loss, logits) for one batch; the auxiliary loss joins when the batch has an aux target."""
+    def _transform(self, batch: Batch) -> tuple[Batch, MixedBatch | None]:
+        """Augmentation and mixup for the batch about to run, when their epoch and phase allow them."""
+        cfg, epoch, i = self.cfg, self.epoch, self.batch
+        p = self.phase(epoch)
+        if cfg.augment.enabled and epoch >= cfg.augment.start_epoch and (p is None or p.augment):
+            x = augment(batch.x, batch.lengths, cfg.augment, self._generator("augment", epoch, i))
+            batch = Batch(x, batch.lengths, batch.y, batch.aux)
+        mixed = None
+        if cfg.mixup.prob > 0 and epoch >= cfg.mixup.start_epoch and (p is None or p.mixup):
+            g = self._generator("mixup", epoch, i)
+            if float(torch.rand((), generator=g)) < cfg.mixup.prob:
+                assert batch.y is not None
+                mixed = mixup(batch.x, batch.lengths, batch.y, batch.aux, cfg.mixup.alpha, g)
+                batch = Batch(mixed.x, mixed.lengths, batch.y, mixed.aux)
+        return batch, mixed
+
+    def compute_loss(self, batch: Batch, mixed: MixedBatch | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(loss, logits, auxiliary squared error per example or None): w_main * main + w_aux * auxiliary."""
         with self.autocast():
             out = self.model(batch.x, batch.lengths)
         assert batch.y is not None
-        loss = self.loss_fn(out.logits, batch.y)
-        if batch.aux is not None and self.cfg.loss.aux_weight > 0:
-            loss = loss + self.cfg.loss.aux_weight * F.mse_loss(out.aux.float(), batch.aux)
-        return loss, out.logits
+        main = self.loss_fn(out.logits, batch.y) if mixed is None else mixup_loss(self.loss_fn, out.logits, mixed)
+        loss = self.task_w["main"] * main
+        aux_se = None
+        if batch.aux is not None:
+            aux_se = (out.aux.detach().float() - batch.aux) ** 2
+            if self.task_w["aux"] > 0:
+                loss = loss + self.task_w["aux"] * aux_loss(out.aux, batch.aux)
+        return loss, out.logits, aux_se
 
-    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Forward, backward, clip, update, schedule. Returns (loss, correct count) as tensors (no sync)."""
+    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One update. Returns (loss, correct count, aux squared-error sum) as tensors (no sync)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss, logits = self.compute_loss(batch)
+        batch, mixed = self._transform(batch)
+        loss, logits, aux_se = self.compute_loss(batch, mixed)
         self.scaler.scale(loss).backward()
-        if self.cfg.optim.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.unscale_(self.optimizer)
+        self.last_grad_norm = self.clipper.clip(self.model)
+        self.noise.apply(self.model, self.epoch, self._generator("noise", self.epoch, self.batch))
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.schedule.step()
-        return loss.detach(), (logits.detach().argmax(1) == batch.y).sum()
+        if self.cfg.schedule.interval == "batch" and self._scheduled(self.epoch):
+            self.schedule.step()
+        pred = logits.detach().argmax(1)
+        if mixed is None:
+            correct = (pred == batch.y).sum().double()
+        else:  # expected accuracy against the two mixed labels
+            correct = mixed.lam * (pred == mixed.y_a).sum().double() + (1 - mixed.lam) * (pred == mixed.y_b).sum()
+        return loss.detach(), correct, None if aux_se is None else aux_se.sum().double()
 
     # -- the loop --------------------------------------------------------------------------------------
 
     def _batches(self, epoch: int, start: int) -> Iterator[tuple[int, Batch]]:
-        idx = batch_indices(epoch_order(len(self.train_data), self.seed, epoch), self.cfg.batch_size)
+        plan = self.plan(epoch)
+        idx = batch_indices(plan.order, self.batch_size(epoch))
         for i in range(start, len(idx)):
-            yield i, take(self.train_data, idx[i], self.device)
+            b = take(self.train_data, idx[i], self.device)
+            if plan.limit is not None:
+                x, lengths = cur.limit_batch(b.x, b.lengths, plan.limit)
+                b = Batch(x, lengths, b.y, b.aux)
+            yield i, b
 
     def fit(self) -> list[dict[str, float]]:
         for cb in self.callbacks:
@@ -161,20 +373,28 @@ class Trainer:
     def _run_epoch(self) -> None:
         cfg, epoch = self.cfg, self.epoch
         self.model.train()
+        self._apply_phase(epoch)
+        self._prepare_curriculum(epoch)
+        self._update_task_weights(epoch)
+        self.steps_per_epoch = self.steps_in_epoch(epoch)
         for m in self.model.modules():  # epoch-driven modules, e.g. the LSTM's adaptive dropout schedule
             hook = getattr(m, "on_epoch", None)
             if callable(hook):
                 hook(epoch)
         for cb in self.callbacks:
             cb.on_epoch_start(self, epoch, self.steps_per_epoch, self.batch)
-        prev_loss, prev_correct, prev_seen = self.epoch_sums if self.batch else (0.0, 0, 0)
+        prev_loss, prev_correct, prev_seen, prev_se = self.epoch_sums if self.batch else (0.0, 0.0, 0, 0.0)
         loss_sum = torch.full((), prev_loss, dtype=torch.float64, device=self.device)
-        correct = torch.full((), prev_correct, dtype=torch.long, device=self.device)
+        correct = torch.full((), prev_correct, dtype=torch.float64, device=self.device)
+        aux_sum = torch.full((), prev_se, dtype=torch.float64, device=self.device)
+        has_aux = self.train_data.aux is not None
         seen, new, t0 = prev_seen, 0, time.perf_counter()
         for i, batch in self._batches(epoch, self.batch):
-            loss, ok = self.train_step(batch)
+            loss, ok, se = self.train_step(batch)
             loss_sum += loss.double() * len(batch)
             correct += ok
+            if se is not None:
+                aux_sum += se
             seen, new = seen + len(batch), new + len(batch)
             self.batch, self.step = i + 1, self.step + 1
             if self.batch % cfg.log_every == 0 or self.batch == self.steps_per_epoch:
@@ -183,14 +403,21 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_step(self, stats)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.batch < self.steps_per_epoch:
-                self.epoch_sums = (loss_sum.item(), int(correct.item()), seen)
+                self.epoch_sums = (loss_sum.item(), correct.item(), seen, aux_sum.item())
                 self.save(["last"])
         elapsed = time.perf_counter() - t0
+        lr = self.optimizer.param_groups[0]["lr"]
+        if cfg.schedule.interval == "epoch" and self._scheduled(epoch):
+            self.schedule.step()
         row: dict[str, float] = {"epoch": epoch + 1, "step": self.step,
                                  "train_loss": loss_sum.item() / max(seen, 1),
                                  "train_accuracy": correct.item() / max(seen, 1),
                                  "samples_per_s": new / elapsed if new else 0.0,
-                                 "lr": self.schedule.get_last_lr()[0]}
+                                 "lr": lr}
+        if has_aux:
+            row["train_aux_mse"] = aux_sum.item() / max(seen, 1)
+        if self.phases:
+            row["phase"] = self.phases.index(self.phase(epoch)) + 1  # type: ignore[arg-type]
         if self.val_data is not None:
             m = self.evaluate(self.val_data)
             row |= {"val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_f1_macro": m["f1_macro"]}
@@ -236,6 +463,9 @@ class Trainer:
             "finished": self.finished,
             "history": self.history,
             "epoch_sums": list(self.epoch_sums),
+            "clipper": self.clipper.state_dict(),
+            "noise": self.noise.state_dict(),
+            "scores": self.scores,
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -261,6 +491,9 @@ class Trainer:
         self.epoch, self.batch, self.step = int(s["epoch"]), int(s["batch"]), int(s["step"])
         self.finished = bool(s["finished"])
         self.history = list(s["history"])
-        loss_sum, correct, seen = s["epoch_sums"]
-        self.epoch_sums = (float(loss_sum), int(correct), int(seen))
+        loss_sum, correct, seen, aux_se = s["epoch_sums"]
+        self.epoch_sums = (float(loss_sum), float(correct), int(seen), float(aux_se))
+        self.clipper.load_state_dict(s["clipper"])
+        self.noise.load_state_dict(s["noise"])
+        self.scores = s["scores"]
         return True

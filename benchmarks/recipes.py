@@ -1,0 +1,160 @@
+"""Ablation of the training toolbox: ``recipe=plain`` vs ``recipe=seed`` vs each technique alone on plain.
+
+Two datasets, 3 seeds each, test accuracy mean and spread:
+
+- ``builtin``: the built-in ``regimes`` dataset (2,000 sequences of 50 steps; Bayes-optimal accuracy ~0.92);
+- ``japanese_vowels``: UEA JapaneseVowels (270 train / 370 test, 12 channels, lengths 7-29, 9 classes), read
+  from the ``.ts`` files the ``aeon`` package ships. Only the data files are used, so
+  ``pip install --no-deps aeon`` is enough; without aeon that dataset is skipped with a note.
+
+A smaller classifier than the default (hidden 64, 2 BiLSTM blocks, 2 conv blocks) keeps the whole ablation
+within CPU reach; the seed recipe's start epochs scale with ``train.epochs`` (augmentation at 10%, mixup at
+20%, gradient noise at 50%). Every run trains all epochs (no early stopping) and keeps the best epoch by
+validation macro-F1, as ``longshort train`` does. Writes ``benchmarks/results/recipes.json`` after every run.
+
+    python benchmarks/recipes.py [--datasets builtin japanese_vowels] [--variants plain seed ...]
+                                 [--seeds 0 1 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+import longshort
+from longshort.config import apply_overrides, validate
+
+# Every technique alone, on top of recipe=plain (dotted train/model overrides).
+TECHNIQUES: dict[str, list[str]] = {
+    "class_weights": ["train.loss.class_weights=true"],
+    "label_smoothing": ["train.loss.label_smoothing=0.1"],
+    "focal": ["train.loss.name=focal"],
+    "adaptive_loss": ["train.loss.name=adaptive"],
+    "multitask": ["train.loss.aux_weight=0.3"],
+    "task_weighting": ["train.loss.aux_weight=0.3", "train.tasks.weighting=performance"],
+    "sgd": ["train.optim.name=sgd", "train.optim.lr=1e-3", "train.schedule.max_lr=0.05"],
+    "lookahead": ["train.optim.lookahead.enabled=true"],
+    "clip_norm": ["train.optim.grad_clip=1.0"],
+    "clip_adaptive": ["train.optim.grad_clip=1.0", "train.optim.clip_mode=adaptive"],
+    "clip_per_gate": ["train.optim.grad_clip=0.5", "train.optim.clip_mode=per_gate"],
+    "grad_noise": ["train.optim.grad_noise.std=0.01", "train.optim.grad_noise.anneal=0.55"],
+    "cosine_warmup": ["train.schedule.name=cosine", "train.optim.lr=1e-3", "train.schedule.warmup=50"],
+    "augment": ["train.augment.noise.prob=0.3", "train.augment.time_shift.prob=0.2",
+                "train.augment.magnitude_warp.prob=0.25"],
+    "time_warp_slice": ["train.augment.time_warp.prob=0.3", "train.augment.window_slice.prob=0.3"],
+    "mixup": ["train.mixup.prob=0.5"],
+    "spectral_norm": ["model.spectral_norm=true"],
+    "phases_seed": ["train.phase_preset=seed"],
+    "curriculum_length": ["train.curriculum.kind=length", "train.curriculum.start_length=10",
+                          "train.curriculum.rate=8"],
+    "curriculum_difficulty": ["train.curriculum.kind=difficulty", "train.curriculum.score_after=2"],
+    "curriculum_adaptive": ["train.curriculum.kind=adaptive", "train.curriculum.score_after=2"],
+}
+VARIANTS: dict[str, list[str]] = {"plain": [], "seed": ["train.recipe=seed"], **TECHNIQUES}
+NEEDS_AUX = {"multitask", "task_weighting"}  # only data with an auxiliary target (the built-in series)
+
+MODEL = ["model.hidden_dim=64", "model.num_lstm_layers=2", "model.num_heads=4", "model.conv_dilations=[1,2]"]
+COMMON = ["train.progress=off", "train.tensorboard=false", "train.early_stopping.patience=null"]
+
+
+def aeon_data_dir() -> Path | None:
+    """The folder of UEA/UCR files inside an installed ``aeon`` (found without importing it)."""
+    spec = importlib.util.find_spec("aeon")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    return path if path.is_dir() else None
+
+
+def dataset_overrides(name: str, quick: bool) -> list[str] | None:
+    if name == "builtin":
+        n = 600 if quick else 2000
+        return [f"data.builtin.n={n}", "train.epochs=" + ("3" if quick else "20"), "train.batch_size=64"]
+    if name == "japanese_vowels":
+        root = aeon_data_dir()
+        if root is None:
+            return None
+        jv = root / "JapaneseVowels"
+        return [f"data.source={jv / 'JapaneseVowels_TRAIN.ts'}", f"data.test_source={jv / 'JapaneseVowels_TEST.ts'}",
+                "data.split.val=0.2", "train.epochs=" + ("3" if quick else "40"), "train.batch_size=32",
+                "train.schedule.max_lr=3e-3"]
+    raise ValueError(name)
+
+
+def run_one(dataset: str, variant: str, seed: int, quick: bool, out: Path) -> dict[str, float]:
+    # The plain recipe first; a technique's own overrides (and the seed recipe) then go on top of it.
+    recipe = ["train.recipe=seed"] if variant == "seed" else ["train.recipe=plain"]
+    ds = dataset_overrides(dataset, quick)
+    assert ds is not None
+    overrides = [*recipe, *MODEL, *ds, *COMMON, *VARIANTS[variant], f"seed={seed}"]
+    cfg = validate(apply_overrides({}, overrides))
+    t0 = time.perf_counter()
+    run = longshort.train(cfg, out=out / f"{dataset}-{variant}-{seed}", console=Console(file=io.StringIO()))
+    m = run.metrics
+    return {"seed": seed, "test_accuracy": m["test"]["accuracy"], "test_f1_macro": m["test"]["f1_macro"],
+            "val_accuracy": m["val"]["accuracy"], "best_epoch": m["best_epoch"],
+            "seconds": time.perf_counter() - t0}
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
+    acc = [r["test_accuracy"] for r in runs]
+    return {"runs": runs, "test_accuracy_mean": statistics.mean(acc),
+            "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "seconds_mean": statistics.mean(r["seconds"] for r in runs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["builtin", "japanese_vowels"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--quick", action="store_true", help="tiny data and 3 epochs: a smoke run, not the ablation")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/recipes.json; "
+                                                "--quick prints only unless given)")
+    args = ap.parse_args()
+    out_path = Path(args.out) if args.out else (None if args.quick else
+                                                Path(__file__).parent / "results" / "recipes.json")
+    results: dict[str, Any] = {"benchmark": "recipes", "quick": args.quick, "seeds": args.seeds,
+                               "model": MODEL, "common": COMMON, "variants": VARIANTS, "datasets": {}}
+    if out_path is not None and out_path.exists():  # resume an interrupted ablation: keep finished variants
+        old = json.loads(out_path.read_text())
+        if old.get("quick") == args.quick and old.get("seeds") == args.seeds:
+            results["datasets"] = old.get("datasets", {})
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for dataset in args.datasets:
+            if dataset_overrides(dataset, args.quick) is None:
+                print(f"{dataset}: skipped (pip install --no-deps aeon to get its data files)")
+                results["datasets"][dataset] = {"skipped": "aeon not installed"}
+                continue
+            table = results["datasets"].setdefault(dataset, {})
+            for variant in args.variants:
+                if variant in NEEDS_AUX and dataset != "builtin":
+                    continue
+                if variant in table and len(table[variant]["runs"]) == len(args.seeds):
+                    s = table[variant]
+                else:
+                    runs = [run_one(dataset, variant, seed, args.quick, Path(tmp)) for seed in args.seeds]
+                    s = table[variant] = summarise(runs)
+                base = table.get("plain", s)["test_accuracy_mean"]
+                s["delta_vs_plain"] = s["test_accuracy_mean"] - base
+                print(f"{dataset:16s} {variant:22s} test acc {s['test_accuracy_mean']:.4f} "
+                      f"± {s['test_accuracy_std']:.4f}  ({s['delta_vs_plain']:+.4f} vs plain, "
+                      f"{s['seconds_mean']:.0f} s/run)", flush=True)
+                if out_path is not None:
+                    out_path.parent.mkdir(parents=True, exist_ok=True)
+                    out_path.write_text(json.dumps(results, indent=1))
+    print(f"total {time.perf_counter() - t_all:.0f} s" + (f"; written {out_path}" if out_path else ""))
+
+
+if __name__ == "__main__":
+    main()
