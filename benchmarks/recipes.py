@@ -13,15 +13,20 @@ within CPU reach; the seed recipe's start epochs scale with ``train.epochs`` (au
 validation macro-F1, as ``longshort train`` does. Writes ``benchmarks/results/recipes.json`` after every run.
 
     python benchmarks/recipes.py [--datasets builtin japanese_vowels] [--variants plain seed ...]
-                                 [--seeds 0 1 2] [--quick]
+                                 [--seeds 0 1 2] [--jobs 2] [--quick]
+
+``--jobs N`` trains N runs at once, each on one thread (small models use cores better that way than one run
+on N threads); results do not depend on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import importlib.util
 import io
 import json
+import multiprocessing as mp
 import statistics
 import tempfile
 import time
@@ -90,12 +95,14 @@ def dataset_overrides(name: str, quick: bool) -> list[str] | None:
     raise ValueError(name)
 
 
-def run_one(dataset: str, variant: str, seed: int, quick: bool, out: Path) -> dict[str, float]:
+def run_one(dataset: str, variant: str, seed: int, quick: bool, out: Path, threads: int) -> dict[str, float]:
     # The plain recipe first; a technique's own overrides (and the seed recipe) then go on top of it.
     recipe = ["train.recipe=seed"] if variant == "seed" else ["train.recipe=plain"]
     ds = dataset_overrides(dataset, quick)
     assert ds is not None
     overrides = [*recipe, *MODEL, *ds, *COMMON, *VARIANTS[variant], f"seed={seed}"]
+    if threads:
+        overrides.append(f"train.threads={threads}")
     cfg = validate(apply_overrides({}, overrides))
     t0 = time.perf_counter()
     run = longshort.train(cfg, out=out / f"{dataset}-{variant}-{seed}", console=Console(file=io.StringIO()))
@@ -112,11 +119,20 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
             "seconds_mean": statistics.mean(r["seconds"] for r in runs)}
 
 
+def report(dataset: str, variant: str, table: dict[str, Any]) -> None:
+    s = table[variant]
+    delta = f"{s['test_accuracy_mean'] - table['plain']['test_accuracy_mean']:+.4f} vs plain" if "plain" in table \
+        else "plain not yet in"
+    print(f"{dataset:16s} {variant:22s} test acc {s['test_accuracy_mean']:.4f} ± {s['test_accuracy_std']:.4f}  "
+          f"({delta}, {s['seconds_mean']:.0f} s/run)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["builtin", "japanese_vowels"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once, one thread each when > 1")
     ap.add_argument("--quick", action="store_true", help="tiny data and 3 epochs: a smoke run, not the ablation")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/recipes.json; "
                                                 "--quick prints only unless given)")
@@ -130,29 +146,50 @@ def main() -> None:
         if old.get("quick") == args.quick and old.get("seeds") == args.seeds:
             results["datasets"] = old.get("datasets", {})
     t_all = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for dataset in args.datasets:
-            if dataset_overrides(dataset, args.quick) is None:
-                print(f"{dataset}: skipped (pip install --no-deps aeon to get its data files)")
-                results["datasets"][dataset] = {"skipped": "aeon not installed"}
+    todo: list[tuple[str, str]] = []
+    for dataset in args.datasets:
+        if dataset_overrides(dataset, args.quick) is None:
+            print(f"{dataset}: skipped (pip install --no-deps aeon to get its data files)")
+            results["datasets"][dataset] = {"skipped": "aeon not installed"}
+            continue
+        table = results["datasets"].setdefault(dataset, {})
+        for variant in args.variants:
+            if variant in NEEDS_AUX and dataset != "builtin":
                 continue
-            table = results["datasets"].setdefault(dataset, {})
-            for variant in args.variants:
-                if variant in NEEDS_AUX and dataset != "builtin":
-                    continue
-                if variant in table and len(table[variant]["runs"]) == len(args.seeds):
-                    s = table[variant]
-                else:
-                    runs = [run_one(dataset, variant, seed, args.quick, Path(tmp)) for seed in args.seeds]
-                    s = table[variant] = summarise(runs)
-                base = table.get("plain", s)["test_accuracy_mean"]
-                s["delta_vs_plain"] = s["test_accuracy_mean"] - base
-                print(f"{dataset:16s} {variant:22s} test acc {s['test_accuracy_mean']:.4f} "
-                      f"± {s['test_accuracy_std']:.4f}  ({s['delta_vs_plain']:+.4f} vs plain, "
-                      f"{s['seconds_mean']:.0f} s/run)", flush=True)
-                if out_path is not None:
-                    out_path.parent.mkdir(parents=True, exist_ok=True)
-                    out_path.write_text(json.dumps(results, indent=1))
+            if variant in table and len(table[variant]["runs"]) == len(args.seeds):
+                report(dataset, variant, table)
+            else:
+                todo.append((dataset, variant))
+
+    def write() -> None:
+        if out_path is not None:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(results, indent=1))
+
+    threads = 1 if args.jobs > 1 else 0  # 0: torch's default thread count
+    pending: dict[tuple[str, str], list[dict[str, float]]] = {key: [] for key in todo}
+    with tempfile.TemporaryDirectory() as tmp, cf.ProcessPoolExecutor(
+        args.jobs, mp_context=mp.get_context("spawn")
+    ) as pool:
+        futures = {
+            pool.submit(run_one, dataset, variant, seed, args.quick, Path(tmp), threads): (dataset, variant)
+            for dataset, variant in todo
+            for seed in args.seeds
+        }
+        for fut in cf.as_completed(futures):
+            key = futures[fut]
+            pending[key].append(fut.result())
+            if len(pending[key]) == len(args.seeds):
+                dataset, variant = key
+                table = results["datasets"][dataset]
+                table[variant] = summarise(sorted(pending[key], key=lambda r: r["seed"]))
+                report(dataset, variant, table)
+                write()
+    for table in results["datasets"].values():  # deltas once every plain baseline is in
+        if "plain" in table:
+            for s in table.values():
+                s["delta_vs_plain"] = s["test_accuracy_mean"] - table["plain"]["test_accuracy_mean"]
+    write()
     print(f"total {time.perf_counter() - t_all:.0f} s" + (f"; written {out_path}" if out_path else ""))
 
 

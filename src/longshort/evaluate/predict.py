@@ -13,19 +13,28 @@ from longshort.data.batching import TensorData, sequential_batches
 
 
 @torch.no_grad()
+def batched_outputs(model: nn.Module, data: TensorData, batch_size: int,
+                    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+                    ) -> tuple[Tensor, Tensor]:
+    """(class probabilities [N, K], auxiliary predictions [N]), float32 on the CPU, in data order, with the
+    model in eval mode."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    proba, aux = [], []
+    for batch in sequential_batches(data, batch_size, device):
+        with autocast():
+            out = model(batch.x, batch.lengths)
+        proba.append(torch.softmax(out.logits.float(), -1).cpu())
+        aux.append(out.aux.float().cpu())
+    model.train(was_training)
+    if not proba:
+        return torch.zeros(0, getattr(model, "num_classes", 0)), torch.zeros(0)
+    return torch.cat(proba), torch.cat(aux)
+
+
 def batched_proba(model: nn.Module, data: TensorData, batch_size: int,
                   autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
                   ) -> Tensor:
     """Class probabilities [N, K] (float32, CPU) in data order, with the model in eval mode."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for batch in sequential_batches(data, batch_size, device):
-        with autocast():
-            logits = model(batch.x, batch.lengths).logits
-        out.append(torch.softmax(logits.float(), -1).cpu())
-    model.train(was_training)
-    if not out:
-        return torch.zeros(0, getattr(model, "num_classes", 0))
-    return torch.cat(out)
+    return batched_outputs(model, data, batch_size, autocast)[0]

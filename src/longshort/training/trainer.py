@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from longshort.data.batching import Batch, TensorData, batch_indices, take
-from longshort.evaluate.predict import batched_proba
+from longshort.evaluate.predict import batched_outputs, batched_proba
 from longshort.training import curriculum as cur
 from longshort.training.augment import AugmentConfig, MixedBatch, MixupConfig, augment, mixup, mixup_loss
 from longshort.training.callbacks import Callback, EarlyStopping, EarlyStoppingConfig
@@ -421,6 +421,8 @@ class Trainer:
         if self.val_data is not None:
             m = self.evaluate(self.val_data)
             row |= {"val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_f1_macro": m["f1_macro"]}
+            if "aux_mse" in m:
+                row["val_aux_mse"] = m["aux_mse"]
         self.history.append(row)
         self.epoch, self.batch = epoch + 1, 0
         improved = self.val_data is None or self.early.update(row)
@@ -438,15 +440,18 @@ class Trainer:
         from sklearn.metrics import f1_score
 
         assert data.y is not None
-        proba = self.predict_proba(data)
+        proba, aux = batched_outputs(self.model, data, self.cfg.eval_batch_size, self.autocast)
         y = data.y
         loss = F.nll_loss(torch.log(proba.clamp_min(1e-12)), y).item()
         pred = proba.argmax(1)
-        return {
+        m = {
             "loss": loss,
             "accuracy": (pred == y).float().mean().item(),
             "f1_macro": float(f1_score(y.numpy(), pred.numpy(), average="macro", zero_division=0)),
         }
+        if data.aux is not None:  # the auxiliary target's MSE (standardised units), for task weighting and logs
+            m["aux_mse"] = float(((aux - data.aux.cpu()) ** 2).mean()) if len(aux) else 0.0
+        return m
 
     # -- checkpoints -------------------------------------------------------------------------------------
 
