@@ -20,6 +20,7 @@ from longshort.data.sources import (
     read_ts,
 )
 from longshort.data.types import SequenceData, SeriesData
+from longshort.data.windows import make_windows
 from longshort.errors import DataError
 
 
@@ -170,6 +171,41 @@ def test_npz_not_an_archive(tmp_path: Path) -> None:
     path = write(tmp_path, "data.npz", "hello")
     with raises(path, "not a readable .npz archive"):
         read_npz(path)
+
+
+def test_npz_aux_array_arrives_as_float32(tmp_path: Path) -> None:
+    path = npz(tmp_path, X=np.zeros((3, 2, 1)), y=np.array([0, 1, 0]), aux=np.array([0.5, -1.0, 2.0]))
+    data = read_npz(path)
+    assert data.aux.dtype == np.float32 and data.feature_names == ["x0"]
+    np.testing.assert_array_equal(data.aux, np.float32([0.5, -1.0, 2.0]))
+    assert read_npz(npz(tmp_path, X=np.zeros((2, 2, 1)))).aux is None
+
+
+@pytest.mark.parametrize("shape", [(2,), (4,), (3, 1)])
+def test_npz_aux_wrong_shape(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    path = npz(tmp_path, X=np.zeros((3, 2, 1)), aux=np.zeros(shape))
+    with raises(path, f"array 'aux' has shape {shape}, expected (3,): one auxiliary target per sequence"):
+        read_npz(path)
+
+
+def test_npz_aux_non_numeric(tmp_path: Path) -> None:
+    path = npz(tmp_path, X=np.zeros((2, 2, 1)), aux=np.array(["a", "b"]))
+    with raises(path, "array 'aux' has non-numeric dtype <U1"):
+        read_npz(path)
+
+
+@pytest.mark.parametrize(("value", "word"), [(np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "-inf")])
+def test_npz_aux_non_finite_names_index(tmp_path: Path, value: float, word: str) -> None:
+    aux = np.zeros(4)
+    aux[2] = aux[3] = value
+    path = npz(tmp_path, X=np.zeros((4, 2, 1)), aux=aux)
+    with raises(path, f"array 'aux': {word} at index 2"):
+        read_npz(path)
+
+
+def test_npz_aux_skipped_without_with_aux(tmp_path: Path) -> None:
+    path = npz(tmp_path, X=np.zeros((2, 2, 1)), aux=np.array([np.nan, 1.0]))
+    assert read_npz(path, with_aux=False).aux is None
 
 
 # ---------------------------------------------------------------------------------------------- .ts
@@ -412,6 +448,84 @@ def test_long_missing_series_id(tmp_path: Path) -> None:
         read_long(df, LongFormat(time="t"), path, require_label=True)
 
 
+# The auxiliary target column: per series, constant, finite; never a feature.
+LONG_AUX_CSV = """series_id,t,f1,ret,label
+s1,2,12,0.5,up
+s2,1,21,-1.25,down
+s1,0,10,0.5,up
+s1,1,11,0.5,up
+s2,0,20,-1.25,down
+"""
+AUX = LongFormat(time="t", aux="ret")
+
+
+def test_long_aux_arrives_per_series_and_is_not_a_feature(tmp_path: Path) -> None:
+    df, path = long_table(tmp_path, LONG_AUX_CSV)
+    data = read_long(df, AUX, path, require_label=True)
+    assert data.feature_names == ["f1"] and data.X.shape == (2, 3, 1)
+    np.testing.assert_array_equal(data.X[0, :, 0], [10, 11, 12])
+    assert data.aux.dtype == np.float32
+    np.testing.assert_array_equal(data.aux, np.float32([0.5, -1.25]))  # series order: s1, s2
+    assert list(data.ids) == ["s1", "s2"] and list(data.y) == ["up", "down"]
+
+
+def test_long_without_aux_config_reads_the_column_as_a_feature(tmp_path: Path) -> None:
+    df, path = long_table(tmp_path, LONG_AUX_CSV)
+    data = read_long(df, LongFormat(time="t"), path, require_label=True)
+    assert data.aux is None and data.feature_names == ["f1", "ret"]
+
+
+def test_long_aux_parquet(tmp_path: Path) -> None:
+    path = tmp_path / "long.parquet"
+    frame = pd.DataFrame({"series_id": [7, 8, 7, 8], "f": [1.0, 2.0, 3.0, 4.0], "y": [3.0, -2.0, 3.0, -2.0],
+                          "label": [0, 1, 0, 1]})
+    frame.to_parquet(path)
+    data = read_long(read_table(path, "parquet"), LongFormat(aux="y"), path, require_label=True)
+    assert data.feature_names == ["f"]
+    np.testing.assert_array_equal(data.aux, np.float32([3.0, -2.0]))
+    frame.loc[3, "y"] = np.nan
+    frame.to_parquet(path)
+    with raises(path, "column 'y': NaN at row 3 (series '8')"):  # Parquet rows are 0-based positions
+        read_long(read_table(path, "parquet"), LongFormat(aux="y"), path, require_label=True)
+
+
+def test_long_aux_missing_column(tmp_path: Path) -> None:
+    df, path = long_table(tmp_path, LONG_CSV)
+    with raises(path, "missing column 'ret' (the auxiliary target, data.long.aux; columns are: series_id, t, "
+                      "f1, f2, label)"):
+        read_long(df, AUX, path, require_label=True)
+
+
+def test_long_aux_non_numeric_names_row_and_series(tmp_path: Path) -> None:
+    df, path = long_table(tmp_path, LONG_AUX_CSV.replace("s1,1,11,0.5", "s1,1,11,n/a5"))
+    with raises(path, "column 'ret' is not numeric: row 5 holds 'n/a5' (series 's1')"):
+        read_long(df, AUX, path, require_label=True)
+
+
+@pytest.mark.parametrize(("value", "word"), [("", "NaN"), ("inf", "inf")])
+def test_long_aux_non_finite_names_row_and_series(tmp_path: Path, value: str, word: str) -> None:
+    df, path = long_table(tmp_path, LONG_AUX_CSV.replace("s2,1,21,-1.25", f"s2,1,21,{value}"))
+    with raises(path, f"column 'ret': {word} at row 3 (series 's2')"):
+        read_long(df, AUX, path, require_label=True)
+
+
+def test_long_aux_not_constant_within_series(tmp_path: Path) -> None:
+    df, path = long_table(tmp_path, LONG_AUX_CSV.replace("s1,1,11,0.5", "s1,1,11,0.75"))
+    with raises(path, "series 's1' has more than one value in aux column 'ret': row 5 has 0.75, earlier rows "
+                      "have 0.5"):
+        read_long(df, AUX, path, require_label=True)
+
+
+def test_long_aux_ignored_without_with_aux(tmp_path: Path) -> None:
+    """Prediction/evaluation: the aux column may be missing or bad; it is still not a feature."""
+    df, path = long_table(tmp_path, LONG_AUX_CSV.replace("s1,1,11,0.5", "s1,1,11,"))
+    data = read_long(df, AUX, path, require_label=False, with_aux=False)
+    assert data.aux is None and data.feature_names == ["f1"]
+    df, path = long_table(tmp_path, LONG_CSV)
+    data = read_long(df, LongFormat(time="t", aux="ret"), path, require_label=False, with_aux=False)
+    assert data.aux is None and data.feature_names == ["f1", "f2"]
+
+
 # ---------------------------------------------------------------------------------------------- series
 
 SERIES_CSV = """date,close,volume,ticker
@@ -460,6 +574,53 @@ def test_series_non_numeric_feature_requested(tmp_path: Path) -> None:
     path = write(tmp_path, "s.csv", SERIES_CSV)
     with raises(path, "column 'ticker' is not numeric: row 2 holds 'X'"):
         read_series(read_table(path, "csv"), SeriesFormat(features=["close", "ticker"]), path)
+
+
+SERIES_AUX_CSV = """date,close,volume,fut
+2020-01-03,12,300,0.3
+2020-01-01,10,100,0.1
+2020-01-02,11,200,0.2
+2020-01-04,13,400,0.4
+"""
+
+
+def test_series_aux_column_sorted_and_not_a_feature(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.csv", SERIES_AUX_CSV)
+    series = read_series(read_table(path, "csv"), SeriesFormat(time="date", aux="fut"), path)
+    assert series.feature_names == ["close", "volume"]
+    np.testing.assert_array_equal(series.aux, [0.1, 0.2, 0.3, 0.4])
+    np.testing.assert_array_equal(series.rows(1, 3).aux, [0.2, 0.3])
+
+
+def test_series_aux_reaches_windows_via_read_any(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.csv", SERIES_AUX_CSV)
+    cfg = DataConfig(series=SeriesFormat(time="date", aux="fut", window=2, horizon=1, change="diff"))
+    windows = make_windows(read_any(path, cfg), cfg.series)
+    assert windows.feature_names == ["close", "volume"]
+    np.testing.assert_array_equal(windows.order, [1, 2])
+    np.testing.assert_array_equal(windows.aux, np.float32([0.2, 0.3]))  # 'fut' at each window's last row
+
+
+def test_series_aux_missing_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.csv", SERIES_CSV)
+    with raises(path, "missing column 'fut' (the auxiliary target, data.series.aux; columns are: date, close, "
+                      "volume, ticker)"):
+        read_series(read_table(path, "csv"), SeriesFormat(aux="fut"), path)
+    assert read_series(read_table(path, "csv"), SeriesFormat(aux="fut"), path, with_aux=False).aux is None
+
+
+def test_series_aux_non_numeric(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.csv", SERIES_AUX_CSV.replace("200,0.2", "200,abc"))
+    with raises(path, "column 'fut' is not numeric: row 4 holds 'abc'"):
+        read_series(read_table(path, "csv"), SeriesFormat(time="date", aux="fut"), path)
+
+
+def test_series_aux_nan(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.csv", SERIES_AUX_CSV.replace("400,0.4", "400,"))
+    with raises(path, "column 'fut': NaN at row 5"):
+        read_series(read_table(path, "csv"), SeriesFormat(time="date", aux="fut"), path)
+    series = read_series(read_table(path, "csv"), SeriesFormat(time="date", aux="fut"), path, with_aux=False)
+    assert series.aux is None and series.feature_names == ["close", "volume"]
 
 
 # ---------------------------------------------------------------------------------------------- dispatch

@@ -108,3 +108,25 @@ def test_make_windows_pct_zero_names_file_row() -> None:
     cfg = SeriesFormat(window=2, horizon=1, change="pct")
     with pytest.raises(DataError, match=r"column 'close' is 0 at row 4\b"):
         make_windows(series([1.0, 2.0, 0.0, 1.0]), cfg)
+
+
+def test_user_aux_column_is_its_value_at_each_windows_last_row() -> None:
+    s = series([1, 2, 3, 2, 2, 5, 1])
+    s.aux = np.array([10.0, 11, 12, 13, 14, 15, 16])
+    cfg = SeriesFormat(window=3, horizon=1, stride=1, flat_band=0, change="diff")
+    data = make_windows(s, cfg)
+    np.testing.assert_array_equal(data.order, [2, 3, 4, 5])
+    np.testing.assert_array_equal(data.aux, np.float32([12, 13, 14, 15]))  # not the forward change
+    assert data.aux.dtype == np.float32
+    np.testing.assert_array_equal(data.y, [0, 1, 2, 0])  # labels still from the target
+    assert "aux" not in data.feature_names and data.n_features == 2
+    assert make_windows(s, cfg, labelled=False).aux is None
+
+
+def test_user_aux_follows_a_chronological_slice() -> None:
+    s = series([float(i) for i in range(1, 13)])
+    s.aux = np.arange(100.0, 112.0)
+    part = s.rows(4, 12)
+    data = make_windows(part, SeriesFormat(window=3, horizon=2, stride=2, change="diff"))
+    np.testing.assert_array_equal(data.order, [2, 4])  # rows 6 and 8 of the whole series
+    np.testing.assert_array_equal(data.aux, np.float32([106, 108]))

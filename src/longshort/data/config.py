@@ -11,6 +11,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _check_aux_column(aux: str | None, features: list[str] | None, others: dict[str, str | None]) -> None:
+    """The aux column is a training target only: never a feature, nor a column with another role."""
+    if aux is None:
+        return
+    if features and aux in features:
+        raise ValueError(f"aux column '{aux}' is also listed in features; the aux target is never a feature")
+    for role, col in others.items():
+        if col == aux:
+            raise ValueError(f"aux column '{aux}' is also the {role} column; give the aux target its own column")
+
+
 class LongFormat(_Strict):
     """CSV/Parquet long format: one row per (sequence, time step)."""
 
@@ -18,6 +29,18 @@ class LongFormat(_Strict):
     time: str | None = Field(None, description="optional column that orders the rows of each sequence")
     label: str = "label"
     features: list[str] | None = Field(None, description="feature columns; default: every other column")
+    aux: str | None = Field(
+        None,
+        description="column holding a per-sequence auxiliary regression target (the training target of "
+        "train.loss.aux_weight); must be numeric, finite and constant within each series; never a feature, "
+        "and ignored when predicting or evaluating",
+    )
+
+    @model_validator(mode="after")
+    def _aux_column(self) -> LongFormat:
+        _check_aux_column(self.aux, self.features, {"series_id": self.series_id, "time": self.time,
+                                                    "label": self.label})
+        return self
 
 
 class SeriesFormat(_Strict):
@@ -31,6 +54,18 @@ class SeriesFormat(_Strict):
     change: Literal["pct", "diff"] = Field("pct", description="relative (pct) or absolute (diff) change")
     features: list[str] | None = Field(None, description="feature columns; default: every numeric column")
     time: str | None = Field(None, description="optional column the rows are sorted by")
+    aux: str | None = Field(
+        None,
+        description="column giving each window's auxiliary regression target: its value at the window's last "
+        "row, taken as given (make it a future quantity yourself if you want one; a look-ahead of k rows stays "
+        "out of the next split while k <= horizon + split.gap); default: the target's forward change over "
+        "horizon. Never a feature; ignored when predicting or evaluating",
+    )
+
+    @model_validator(mode="after")
+    def _aux_column(self) -> SeriesFormat:
+        _check_aux_column(self.aux, self.features, {"time": self.time, "target": self.target})
+        return self
 
 
 class SplitConfig(_Strict):

@@ -4,7 +4,9 @@ Leakage rules enforced here:
 - a continuous series is split by time *before* windowing, with ``gap`` rows (default window + horizon)
   dropped between train, validation and test, so no window or label straddles two splits;
 - independent sequences are split at random, stratified by class, from the seed;
-- scaling statistics and class weights come from the training split alone.
+- scaling statistics and class weights come from the training split alone;
+- the auxiliary regression target is read only from the training source: files read for prediction or
+  evaluation (``load_for_model``) need no aux column, and the aux column is never a feature.
 """
 
 from __future__ import annotations
@@ -121,14 +123,15 @@ def _sorted_labels(y: np.ndarray | None) -> list[str]:
     return [str(v) for v in np.unique(y)]
 
 
-def read_source(source: str, cfg: DataConfig, seed: int, require_label: bool = True) -> SequenceData | SeriesData:
-    """A file or ``builtin:NAME``."""
+def read_source(source: str, cfg: DataConfig, seed: int, require_label: bool = True,
+                with_aux: bool = True) -> SequenceData | SeriesData:
+    """A file or ``builtin:NAME``; ``with_aux=False`` skips a file's auxiliary target (see ``read_any``)."""
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
         if name not in BUILTINS:
             raise ConfigError(f"unknown built-in dataset '{name}' (available: {', '.join(BUILTINS)})")
         return BUILTINS[name].make(n=cfg.builtin.n, length=cfg.builtin.length, seed=seed)
-    return read_any(Path(source), cfg, require_label=require_label)
+    return read_any(Path(source), cfg, require_label=require_label, with_aux=with_aux)
 
 
 def layout_of(raw: SequenceData | SeriesData) -> str:
@@ -222,10 +225,11 @@ def load_for_model(source: str, cfg: DataConfig, prep: Preprocessor, seed: int,
     """Read a new file the way the training data was read, window it, and apply ``prep``.
 
     With ``labels="optional"`` (prediction) a file without labels is fine; labels that are there are still
-    checked against the training classes.
+    checked against the training classes. The auxiliary target is a training target only, so it is not
+    read here: a file without the aux column (or .npz ``aux`` array) is fine, and one with it is not checked.
     """
     required = labels == "require"
-    raw = read_source(source, cfg, seed, require_label=required)
+    raw = read_source(source, cfg, seed, require_label=required, with_aux=False)
     if isinstance(raw, SeriesData):
         raw = make_windows(raw, cfg.series, labelled=required)
     return prep.transform(raw, labelled=raw.y is not None)

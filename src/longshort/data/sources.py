@@ -6,6 +6,10 @@ row or column at fault.
 Row numbers in messages about CSV/Parquet tables come from the DataFrame index that :func:`read_table`
 sets: for CSV the index is the line number in the file with the header as line 1 (so the first data row
 is "row 2"), for Parquet it is the 0-based row position. A DataFrame built by hand keeps its own index.
+
+The auxiliary regression target (an .npz ``aux`` array, ``data.long.aux``, ``data.series.aux``) is a
+training target only: readers take ``with_aux=False`` when a file is read for prediction or evaluation,
+which skips it (neither required nor checked), and the aux column is never a feature either way.
 """
 
 from __future__ import annotations
@@ -46,8 +50,11 @@ def detect_format(path: Path, fmt: str) -> str:
 # ---------------------------------------------------------------------------------------------- npz
 
 
-def read_npz(path: Path) -> SequenceData:
-    """Sequences from an .npz archive with ``X`` [N, T, C], optional ``y`` [N] and ``lengths`` [N]."""
+def read_npz(path: Path, with_aux: bool = True) -> SequenceData:
+    """Sequences from an .npz archive with ``X`` [N, T, C], optional ``y`` [N], ``lengths`` [N] and ``aux`` [N].
+
+    ``aux`` (a float per sequence, the auxiliary regression target) is read only ``with_aux``.
+    """
     arrays = _load_npz(path)
     if "X" not in arrays:
         raise DataError(path, f"no array 'X' (arrays are: {', '.join(arrays) or 'none'})")
@@ -55,11 +62,12 @@ def read_npz(path: Path) -> SequenceData:
     n, t = X.shape[:2]
     lengths = _check_lengths(path, arrays.get("lengths"), n, t)
     y = _check_y(path, arrays.get("y"), n)
+    aux = _check_aux(path, arrays.get("aux"), n) if with_aux else None
     valid = np.arange(t)[None, :] < lengths[:, None]
     X = np.where(valid[:, :, None], X, np.float32(0))
     _check_finite_x(path, X, valid)
     names = [f"x{i}" for i in range(X.shape[2])]
-    return SequenceData(X=X, lengths=lengths, y=y, feature_names=names, source=str(path))
+    return SequenceData(X=X, lengths=lengths, y=y, feature_names=names, source=str(path), aux=aux)
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -124,6 +132,22 @@ def _check_y(path: Path, y: np.ndarray | None, n: int) -> np.ndarray | None:
     if y.dtype.kind == "U":
         return y
     raise DataError(path, f"array 'y' has dtype {y.dtype}; store class labels as ints or strings")
+
+
+def _check_aux(path: Path, aux: np.ndarray | None, n: int) -> np.ndarray | None:
+    if aux is None:
+        return None
+    if aux.ndim != 1 or len(aux) != n:
+        raise DataError(path, f"array 'aux' has shape {aux.shape}, expected ({n},): one auxiliary target per "
+                              "sequence in 'X'")
+    if aux.dtype.kind not in "fiu":
+        raise DataError(path, f"array 'aux' has non-numeric dtype {aux.dtype}; store the auxiliary target as "
+                              "floats")
+    bad = np.flatnonzero(~np.isfinite(aux))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(path, f"array 'aux': {_describe(aux[i])} at index {i}")
+    return aux.astype(np.float32)
 
 
 def _check_finite_x(path: Path, X: np.ndarray, valid: np.ndarray) -> None:
@@ -363,24 +387,30 @@ def _require_columns(df: pd.DataFrame, columns: list[str], path: Path) -> None:
             raise DataError(path, f"missing column '{col}' (columns are: {', '.join(df.columns)})")
 
 
-def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
-    """Column ``col`` as float64, naming the first row that is not a finite number."""
+def _numeric_column(df: pd.DataFrame, col: str, path: Path, series_id: str | None = None) -> np.ndarray:
+    """Column ``col`` as float64, naming the first row that is not a finite number (and its series, when
+    ``series_id`` names the series column)."""
     s = df[col]
+
+    def of_series(i: int) -> str:
+        return "" if series_id is None else f" (series '{df[series_id].iloc[i]}')"
+
     if pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
         values = s.to_numpy(dtype=np.float64, na_value=np.nan)
     elif pd.api.types.is_object_dtype(s.dtype) or pd.api.types.is_string_dtype(s.dtype):
         parsed = pd.to_numeric(s, errors="coerce")
-        bad = parsed.isna() & s.notna()
+        bad = (parsed.isna() & s.notna()).to_numpy()
         if bad.any():
-            row = bad.idxmax()
-            raise DataError(path, f"column '{col}' is not numeric: row {row} holds '{s.loc[row]}'")
+            i = int(np.argmax(bad))
+            raise DataError(path, f"column '{col}' is not numeric: row {df.index[i]} holds '{s.iloc[i]}'"
+                                  f"{of_series(i)}")
         values = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         raise DataError(path, f"column '{col}' has dtype {s.dtype}, not a number")
     finite = np.isfinite(values)
     if not finite.all():
         i = int(np.argmin(finite))
-        raise DataError(path, f"column '{col}': {_describe(values[i])} at row {df.index[i]}")
+        raise DataError(path, f"column '{col}': {_describe(values[i])} at row {df.index[i]}{of_series(i)}")
     return values
 
 
@@ -404,19 +434,29 @@ def _stable_order(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
         raise DataError(path, f"column '{col}' mixes values that cannot be ordered ({exc})") from exc
 
 
-def read_long(df: pd.DataFrame, cfg: LongFormat, path: Path, require_label: bool) -> SequenceData:
-    """One sequence per ``series_id`` (first-appearance order), rows ordered by ``time`` when given."""
+def read_long(df: pd.DataFrame, cfg: LongFormat, path: Path, require_label: bool,
+              with_aux: bool = True) -> SequenceData:
+    """One sequence per ``series_id`` (first-appearance order), rows ordered by ``time`` when given.
+
+    ``with_aux`` reads the auxiliary target column ``cfg.aux`` (when set), which must then be there;
+    without it the column is ignored. It is never a feature.
+    """
     has_label = cfg.label in df.columns
     if require_label and not has_label:
         _require_columns(df, [cfg.label], path)
     key_cols = [cfg.series_id] + ([cfg.time] if cfg.time else [])
     _require_columns(df, key_cols + (cfg.features or []), path)
+    aux_col = cfg.aux if with_aux else None
+    if aux_col is not None:
+        _require_aux_column(df, aux_col, "data.long.aux", path)
     for col in key_cols + ([cfg.label] if has_label else []):
         _check_no_missing(df, col, path)
-    features = cfg.features or [c for c in df.columns if c not in {*key_cols, cfg.label}]
+    not_features = {*key_cols, cfg.label} | ({cfg.aux} if cfg.aux else set())
+    features = cfg.features or [c for c in df.columns if c not in not_features]
     values = _features_matrix(df, features, path)
     codes, uniques = pd.factorize(df[cfg.series_id], sort=False)
     y = _long_labels(df, cfg, codes, path) if has_label else None
+    aux = None if aux_col is None else _long_aux(df, cfg.series_id, aux_col, codes, path)
 
     order = _time_then_series_order(df, cfg, codes, path)
     codes_sorted = codes[order]
@@ -426,7 +466,7 @@ def read_long(df: pd.DataFrame, cfg: LongFormat, path: Path, require_label: bool
     X = np.zeros((len(lengths), int(lengths.max()), len(features)), dtype=np.float32)
     X[codes_sorted, pos] = values[order]
     return SequenceData(X=X, lengths=lengths, y=y, feature_names=list(features), source=str(path),
-                        ids=np.asarray(uniques))
+                        aux=aux, ids=np.asarray(uniques))
 
 
 def _time_then_series_order(df: pd.DataFrame, cfg: LongFormat, codes: np.ndarray, path: Path) -> np.ndarray:
@@ -448,6 +488,27 @@ def _long_labels(df: pd.DataFrame, cfg: LongFormat, codes: np.ndarray, path: Pat
     return _label_array(labels[first])
 
 
+def _long_aux(df: pd.DataFrame, series_id: str, col: str, codes: np.ndarray, path: Path) -> np.ndarray:
+    """The auxiliary target of each series (column ``col``): a finite number, the same on every row."""
+    values = _numeric_column(df, col, path, series_id=series_id)
+    _, first = np.unique(codes, return_index=True)
+    expected = values[first][codes]
+    differs = np.flatnonzero(expected != values)
+    if differs.size:
+        i = int(differs[0])
+        series = df[series_id].iloc[i]
+        raise DataError(path, f"series '{series}' has more than one value in aux column '{col}': row "
+                              f"{df.index[i]} has {float(values[i])}, earlier rows have {float(expected[i])} "
+                              "(the auxiliary target must be constant within each series)")
+    return values[first].astype(np.float32)
+
+
+def _require_aux_column(df: pd.DataFrame, col: str, key: str, path: Path) -> None:
+    if col not in df.columns:
+        raise DataError(path, f"missing column '{col}' (the auxiliary target, {key}; columns are: "
+                              f"{', '.join(df.columns)})")
+
+
 def _label_array(labels: np.ndarray) -> np.ndarray:
     """Integer labels as int64 (also floats that are whole numbers), anything else as strings."""
     if labels.dtype.kind in "iub":
@@ -457,27 +518,33 @@ def _label_array(labels: np.ndarray) -> np.ndarray:
     return labels.astype(str)
 
 
-def read_series(df: pd.DataFrame, cfg: SeriesFormat, path: Path) -> SeriesData:
+def read_series(df: pd.DataFrame, cfg: SeriesFormat, path: Path, with_aux: bool = True) -> SeriesData:
     """One continuous series, a row per step, sorted by ``cfg.time`` when given.
 
-    Default features are the numeric columns except ``time``, the target included. A text column is
-    taken as numeric when most of its values are numbers, so a stray typo is reported instead of the
-    whole column being silently dropped.
+    Default features are the numeric columns except ``time`` and ``aux``, the target included. A text
+    column is taken as numeric when most of its values are numbers, so a stray typo is reported instead of
+    the whole column being silently dropped. ``with_aux`` reads the auxiliary target column ``cfg.aux``
+    (when set; it must then be there, numeric and finite); without it the column is ignored.
     """
     if len(df) == 0:
         raise DataError(path, "has no rows")
     _require_columns(df, [cfg.target] + ([cfg.time] if cfg.time else []) + (cfg.features or []), path)
+    aux_col = cfg.aux if with_aux else None
+    if aux_col is not None:
+        _require_aux_column(df, aux_col, "data.series.aux", path)
     first_row = int(df.index[0])
     if cfg.time:
         _check_no_missing(df, cfg.time, path)
-    features = cfg.features or [c for c in df.columns if c != cfg.time and _looks_numeric(df[c])]
+    features = cfg.features or [c for c in df.columns if c not in (cfg.time, cfg.aux) and _looks_numeric(df[c])]
     values = _features_matrix(df, features, path)
     target = _numeric_column(df, cfg.target, path)
+    aux = None if aux_col is None else _numeric_column(df, aux_col, path)
     if cfg.time:
         order = _stable_order(df, cfg.time, path)
         values, target = values[order], target[order]
+        aux = None if aux is None else aux[order]
     return SeriesData(values=values, target=target, feature_names=list(features), target_name=cfg.target,
-                      source=str(path), first_row=first_row)
+                      source=str(path), first_row=first_row, aux=aux)
 
 
 def _looks_numeric(s: pd.Series) -> bool:
@@ -492,15 +559,23 @@ def _looks_numeric(s: pd.Series) -> bool:
 # ---------------------------------------------------------------------------------------------- dispatch
 
 
-def read_any(path: Path, cfg: DataConfig, require_label: bool = True) -> SequenceData | SeriesData:
-    """Read ``path`` as ``cfg`` describes: sequences (npz, .ts, long tables) or one continuous series."""
+def read_any(path: Path, cfg: DataConfig, require_label: bool = True,
+             with_aux: bool = True) -> SequenceData | SeriesData:
+    """Read ``path`` as ``cfg`` describes: sequences (npz, .ts, long tables) or one continuous series.
+
+    ``with_aux=False`` (prediction, evaluation) skips the auxiliary training target: the .npz ``aux``
+    array, the ``data.long.aux`` / ``data.series.aux`` column (still never a feature), a .ts
+    ``@targetLabel``.
+    """
     path = Path(path)
     fmt = detect_format(path, cfg.format)
     if fmt in ("npz", "ts"):
         if cfg.layout not in ("auto", "sequences"):
             raise DataError(path, f"layout '{cfg.layout}' needs a CSV or Parquet table; a .{fmt} file holds "
                                   "sequences (use layout 'sequences' or 'auto')")
-        data = read_npz(path) if fmt == "npz" else read_ts(path)
+        data = read_npz(path, with_aux=with_aux) if fmt == "npz" else read_ts(path)
+        if not with_aux:
+            data.aux = None
         if require_label and data.y is None:
             where = "no array 'y'" if fmt == "npz" else "no class labels (@classLabel true)"
             raise DataError(path, f"has {where}; labels are needed here")
@@ -514,5 +589,5 @@ def read_any(path: Path, cfg: DataConfig, require_label: bool = True) -> Sequenc
                               f"layout 'long' (a row per sequence step, with a '{cfg.long.series_id}' column) "
                               "or 'series' (one continuous series cut into windows)")
     if layout == "long":
-        return read_long(df, cfg.long, path, require_label)
-    return read_series(df, cfg.series, path)
+        return read_long(df, cfg.long, path, require_label, with_aux=with_aux)
+    return read_series(df, cfg.series, path, with_aux=with_aux)

@@ -13,9 +13,11 @@ class SequenceData:
 
     ``X`` is zero-padded after each sequence's length, so ``X[i, lengths[i]:]`` is all zeros.
     ``y`` holds raw labels as read (ints or strings) until the pipeline encodes them to class indices.
-    ``aux`` is an optional per-sequence regression target (forward change of the target column for
-    windowed series). ``order`` is an optional time key per sequence (window end row for windowed series)
-    used to keep chronological order.
+    ``aux`` is an optional per-sequence regression target, used only as a training target: a user column
+    or array (``data.long.aux``, an .npz ``aux`` array, ``data.series.aux`` at the window's last row), the
+    forward change of the target column for windowed series otherwise, or a .ts ``@targetLabel``.
+    ``order`` is an optional time key per sequence (window end row for windowed series) used to keep
+    chronological order.
     """
 
     X: np.ndarray  # float32 [N, T, C]
@@ -62,6 +64,7 @@ class SeriesData:
     target_name: str
     source: str = ""
     first_row: int = 0  # row number in the source file of values[0] (for messages)
+    aux: np.ndarray | None = None  # float64 [T] the user's aux column (data.series.aux), when read
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -74,4 +77,5 @@ class SeriesData:
             target_name=self.target_name,
             source=self.source,
             first_row=self.first_row + start,
+            aux=None if self.aux is None else self.aux[start:stop],
         )

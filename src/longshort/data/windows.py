@@ -65,7 +65,11 @@ def window_ends(n_rows: int, cfg: SeriesFormat, labelled: bool) -> np.ndarray:
 def make_windows(series: SeriesData, cfg: SeriesFormat, labelled: bool = True) -> SequenceData:
     """Windows of ``cfg.window`` rows every ``cfg.stride`` rows; labelled by direction when ``labelled``.
 
-    ``order`` holds each window's last row (0-based, relative to the series' first row).
+    ``order`` holds each window's last row (0-based, relative to the series' first row). The aux target of
+    a labelled window is the target's forward change over ``horizon`` (the label's own quantity), or, when
+    the series carries the user's aux column (``data.series.aux``), that column's value at the window's
+    last row, taken as given: whether it is a future quantity is up to the user, and one that looks k rows
+    ahead stays out of the next split while k <= horizon + split.gap. Unlabelled windows have no aux.
     """
     n = len(series)
     need = cfg.window + (cfg.horizon if labelled else 0)
@@ -80,6 +84,8 @@ def make_windows(series: SeriesData, cfg: SeriesFormat, labelled: bool = True) -
         y, aux = direction_labels(series.target, ends, cfg.horizon, cfg.flat_band, cfg.change,
                                   source=series.source, first_row=series.first_row,
                                   target_name=series.target_name)
+        if series.aux is not None:
+            aux = series.aux[ends - 1].astype(np.float32)
     return SequenceData(
         X=X,
         lengths=np.full(len(ends), cfg.window, dtype=np.int64),
