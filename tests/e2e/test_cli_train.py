@@ -279,3 +279,31 @@ def test_sequence_scaling_ignores_test_data(tmp_path: Path, helpers) -> None:
     t = splits.test
     test_steps = t.X[np.arange(t.X.shape[1])[None, :] < t.lengths[:, None]]
     assert test_steps.mean() > 50  # the shifted test set stays far off after the train-only scaling
+
+
+# -- the training toolbox from the command line ---------------------------------------------------------------
+
+
+def test_seed_recipe_with_spectral_norm_and_phases_trains_records_and_predicts(tmp_path: Path, cli, helpers) -> None:
+    data = helpers.write_npz(tmp_path / "train.npz", n=100, seed=1)
+    run = tmp_path / "run"
+    res = cli("train", "--data", data, "--out", run, *helpers.TINY, "train.recipe=seed", "train.epochs=3",
+              "train.phase_preset=seed", "model.spectral_norm=true", "train.augment.time_warp.prob=0.5")
+    assert res.code == 0, res.err
+    cfg = load_config(run / "config.yaml")  # the resolved values, not only the recipe's name
+    assert cfg.train.optim.lookahead.enabled and cfg.train.loss.name == "adaptive"
+    assert cfg.train.mixup.start_epoch == 1 and cfg.train.augment.time_warp.prob == 0.5
+    _, rows = read_csv_rows(run / "history.csv")
+    assert [r["phase"] for r in rows] == ["1", "2", "3"]
+    out = tmp_path / "pred.csv"
+    assert cli("predict", run, "--data", data, "--output", out).code == 0  # spectral-normed weights reload
+    _, pred = read_csv_rows(out)
+    assert len(pred) == 100
+
+
+def test_a_bad_toolbox_option_names_the_key(cli, helpers, tmp_path: Path) -> None:
+    data = helpers.write_npz(tmp_path / "train.npz", n=40, seed=1)
+    res = cli("train", "--data", data, "--out", tmp_path / "run", *helpers.TINY, "train.optim.clip_mode=gates")
+    assert res.code == 2
+    assert "train.optim.clip_mode" in res.err and "per_gate" in res.err
+    assert not (tmp_path / "run").exists()
