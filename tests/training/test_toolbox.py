@@ -348,3 +348,15 @@ def test_a_run_with_every_technique_on_resumes_bit_identically(tmp_path: Path) -
     assert full.noise.t == again.noise.t > 0 and full.clipper.ema == again.clipper.ema
     strip = [{k: v for k, v in h.items() if k != "samples_per_s"} for h in full.history]
     assert strip == [{k: v for k, v in h.items() if k != "samples_per_s"} for h in again.history]
+
+
+def test_seed_recipe_with_phases_scales_its_start_epochs_to_the_phases_total() -> None:
+    c = TrainConfig(recipe="seed", phases=[{"epochs": 4}, {"epochs": 16}])
+    assert c.epochs == 20 and not c.loss.class_weights  # the seed's loss is unweighted
+    assert (c.augment.start_epoch, c.mixup.start_epoch, c.optim.grad_noise.start_epoch) == (2, 4, 10)
+
+
+def test_two_identical_phases_are_numbered_apart(tmp_path: Path) -> None:
+    tr = _trainer(tmp_path, phases=[{"epochs": 1}, {"epochs": 1}], batch_size=20)
+    tr.fit()
+    assert [h["phase"] for h in tr.history] == [1, 2]

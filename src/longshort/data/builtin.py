@@ -12,6 +12,12 @@ the regime's drift along a fixed unit direction ``v`` (``-drift * v``, ``0``, ``
 persistence (``rho_trend * I`` for bear and bull, ``rho_range * I`` for range: trending regimes are more
 persistent). ``S`` and ``v`` come from a fixed seed, so the process is the same whatever the data seed.
 
+Auxiliary target. Each sequence also carries ``aux``, its forward move: the process is run ``horizon`` (5)
+steps past the end and ``aux`` is the mean of ``v . x`` over those steps, the analogue of a forward return
+along the drift direction. The extra steps come from their own random stream, so ``X`` and ``y`` are the
+same with or without it, and the target is unknown from ``X`` alone (its noise lies in the future). It gives
+the multi-task loss (``train.loss.aux_weight``) a defined, regime-related regression target.
+
 Best possible accuracy. With the parameters known, the Bayes-optimal classifier picks the regime with the
 highest exact log-likelihood of ``x_1..x_{T-1}`` given ``x_0`` (``x_0`` has the same law in every regime, and
 the priors are equal). :func:`bayes_accuracy` applies it to a large fresh sample and returns its accuracy
@@ -59,8 +65,25 @@ class RegimeProcess:
         x[:, 0] = rng.normal(size=(n, N_FEATURES))
         noise = rng.normal(size=(n, length, N_FEATURES)) @ s.T
         for t in range(1, length):  # a recursion: each step needs the previous one
-            x[:, t] = np.einsum("nij,nj->ni", a[y], x[:, t - 1]) + m[y] + noise[:, t]
+            x[:, t] = self._step(a, m, y, x[:, t - 1], noise[:, t])
         return x.astype(np.float32), y.astype(np.int64)
+
+    @staticmethod
+    def _step(a: np.ndarray, m: np.ndarray, y: np.ndarray, prev: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        return np.einsum("nij,nj->ni", a[y], prev) + m[y] + noise
+
+    def forward_move(self, x: np.ndarray, y: np.ndarray, seed: int, horizon: int = 5) -> np.ndarray:
+        """Mean of ``v . x`` over the ``horizon`` steps after each sequence's last one: float32 [n].
+
+        The future noise comes from a stream of its own (``(seed, 1)``), apart from the one ``sample`` uses."""
+        a, m, s = self.params()
+        v = m[2] / np.linalg.norm(m[2])
+        rng = np.random.default_rng([seed, 1])
+        prev, total = x[:, -1].astype(np.float64), np.zeros(len(x))
+        for _ in range(horizon):
+            prev = self._step(a, m, y, prev, rng.normal(size=prev.shape) @ s.T)
+            total += prev @ v
+        return (total / horizon).astype(np.float32)
 
     def log_likelihoods(self, x: np.ndarray) -> np.ndarray:
         """Exact log p(x_1..x_{T-1} | x_0, regime) up to a shared constant: [n, 3]."""
@@ -81,7 +104,8 @@ class RegimeProcess:
 
 
 def regimes(n: int = 4000, length: int = 50, seed: int = 0) -> SequenceData:
-    x, y = RegimeProcess().sample(n, length, seed)
+    process = RegimeProcess()
+    x, y = process.sample(n, length, seed)
     return SequenceData(
         X=x,
         lengths=np.full(n, length, dtype=np.int64),
@@ -89,6 +113,7 @@ def regimes(n: int = 4000, length: int = 50, seed: int = 0) -> SequenceData:
         feature_names=[f"f{i}" for i in range(N_FEATURES)],
         source="builtin:regimes",
         class_names=list(REGIMES),
+        aux=process.forward_move(x, y, seed),
     )
 
 
@@ -102,7 +127,8 @@ class Builtin:
 BUILTINS: dict[str, Builtin] = {
     "regimes": Builtin(
         make=regimes,
-        summary="9 features, 3 market regimes (bear/range/bull) from a VAR(1) per regime; Bayes accuracy known",
+        summary="9 features, 3 market regimes (bear/range/bull) from a VAR(1) per regime; Bayes accuracy known; "
+        "aux target: the 5-step forward move along the drift",
         best_accuracy=lambda length: RegimeProcess().bayes_accuracy(length),
     ),
 }

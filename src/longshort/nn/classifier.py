@@ -207,7 +207,8 @@ class SequenceClassifier(nn.Module):
 
 def apply_spectral_norm(model: nn.Module) -> int:
     """Spectral normalisation (torch's parametrization, one power iteration per training forward) on every
-    ``nn.Linear`` of ``model``, attention projections included; returns how many layers it wrapped."""
+    ``nn.Linear`` of ``model`` (heads, attention output projections; not attention's q/k/v in-projection, which
+    ``nn.MultiheadAttention`` keeps as a bare parameter); returns how many layers it wrapped."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     for m in linears:
         nn.utils.parametrizations.spectral_norm(m)

@@ -37,7 +37,7 @@ class LossConfig(BaseModel):
     )
     focal_alpha: float = Field(0.25, ge=0, description="focal/adaptive: overall scale alpha of the focal term")
     focal_gamma: float = Field(
-        2.0, ge=0, description="focal/adaptive: focusing exponent gamma on (1 - p_true); 0 = plain cross-entropy"
+        2.0, ge=0, description="focal/adaptive: focusing exponent gamma on (1 - p_true); 0 = alpha x cross-entropy"
     )
     confidence_penalty: float | None = Field(
         None,

@@ -44,7 +44,7 @@ class OptimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     name: Literal["adamw", "sgd"] = Field("adamw", description="optimizer")
-    lr: float = Field(1e-4, gt=0, description="base learning rate (OneCycle's starting point is max_lr/div)")
+    lr: float = Field(1e-4, gt=0, description="base learning rate; OneCycle starts from it and rises to max_lr")
     weight_decay: float = Field(
         0.01, ge=0, description="weight decay (decoupled for AdamW, an L2 term in the gradient for SGD)"
     )
@@ -56,8 +56,9 @@ class OptimConfig(BaseModel):
     )
     clip_mode: Literal["norm", "value", "adaptive", "per_gate"] = Field(
         "norm",
-        description="norm: global gradient norm; value: each element; adaptive: norm clipped to an EMA of past "
-        "norms started at grad_clip; per_gate: each LSTM gate block's norm on its own, the rest by global norm",
+        description="norm: global gradient norm; value: each element; adaptive: global norm clipped to an EMA "
+        "of the norms (this step's included) that starts at grad_clip (after that grad_clip only switches it "
+        "on or off); per_gate: each LSTM gate block's norm on its own, the rest by global norm",
     )
     clip_ema: float = Field(
         0.9, ge=0, lt=1, description="clip_mode=adaptive: a in threshold_t = a * threshold_(t-1) + (1 - a) * |g_t|"
@@ -386,7 +387,9 @@ def _onecycle(opt: Optimizer, cfg: ScheduleConfig, total_steps: int, base_lr: fl
         pct_start=pct,
         anneal_strategy=cfg.anneal,
         cycle_momentum=cfg.cycle_momentum,
-        div_factor=cfg.max_lr / base_lr,  # start at the optimizer's lr, as the seed's recipe does
+        # Start at optim.lr. (The seed kept torch's default div_factor=25, i.e. started at max_lr/25 = 4e-5 and
+        # ignored its optimizer's 1e-4; here optim.lr means what it says.)
+        div_factor=cfg.max_lr / base_lr,
     )
 
 

@@ -23,7 +23,7 @@ class PhaseConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    name: str = Field("", description="label shown in logs and history.csv")
+    name: str = Field("", description="a label for your reference; history.csv records the phase's number (1, 2, ...)")
     epochs: int = Field(1, ge=1, description="epochs in this phase")
     lr: float | None = Field(
         None, gt=0, description="constant learning rate for the phase (the schedule pauses); null: the schedule runs"
@@ -76,7 +76,8 @@ def recipe_values(name: str, epochs: int | None) -> dict[str, Any]:
       same OneCycle schedule as the other recipes, so that comparisons isolate the techniques.
     - ``seed``: seed 000's training loop. AdamW (lr 1e-4, weight decay 0.01, betas 0.9/0.95) wrapped in Lookahead
       (k 5, alpha 0.5); OneCycle per batch to 1e-3 (10% warm-up); clipping by norm at 1.0; the adaptive loss
-      (focal alpha 0.25, gamma 2, confidence penalty 0.1) plus 0.3 x the auxiliary regression loss; augmentation
+      (focal alpha 0.25, gamma 2, confidence penalty 0.1, no class weights) plus 0.3 x the auxiliary regression
+      loss; augmentation
       (noise p 0.3 std 0.01, time shift p 0.2 up to 5 steps, magnitude warp p 0.25 std 0.1) from epoch 10,
       mixup (alpha 0.2) on half the batches from epoch 20, gradient noise (std 0.01) from epoch 50, of 100 epochs,
       all of them run (no early stopping; the best epoch by validation is still the one kept).
@@ -101,7 +102,8 @@ def recipe_values(name: str, epochs: int | None) -> dict[str, Any]:
             },
             "schedule": {"name": "onecycle", "max_lr": 1e-3, "pct_start": 0.1, "anneal": "cos", "interval": "batch"},
             "loss": {
-                "name": "adaptive", "focal_alpha": 0.25, "focal_gamma": 2.0, "confidence_penalty": 0.1,
+                "name": "adaptive", "class_weights": False, "focal_alpha": 0.25, "focal_gamma": 2.0,
+                "confidence_penalty": 0.1,
                 "aux_weight": 0.3,
             },
             "augment": {

@@ -50,7 +50,8 @@ class TrainConfig(BaseModel):
 
     recipe: RecipeName = Field(
         "default",
-        description="preset laid under your own train.* values: plain = cross-entropy + AdamW only; seed = seed "
+        description="preset laid under your own train.* values: plain = unweighted cross-entropy + AdamW with "
+        "the OneCycle schedule and no clipping, auxiliary loss, augmentation or Lookahead; seed = seed "
         "000's full loop (see docs/training.md)",
     )
     epochs: int = Field(12, ge=1, description="epochs in all (with train.phases: their sum)")
@@ -83,16 +84,10 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _presets(cls, data: Any) -> Any:
-        """Lay the recipe under the given values; with explicit phases, epochs is their sum."""
+        """With explicit phases, epochs is their sum; then the recipe is laid under the given values (its start
+        epochs scaled to that epoch count)."""
         if not isinstance(data, dict):
             return data
-        recipe = data.get("recipe", "default")
-        if recipe != "default" and isinstance(recipe, str):
-            try:
-                base = recipe_values(recipe, data.get("epochs"))
-            except ValueError:
-                base = {}  # the Literal check reports the unknown name
-            data = merge_under(base, data)
         phases = data.get("phases")
         if isinstance(phases, list) and phases:
             # Malformed phases are left alone here: field validation says what is wrong.
@@ -100,6 +95,13 @@ class TrainConfig(BaseModel):
                 data = {**data, "epochs": sum(
                     int(p.epochs if isinstance(p, PhaseConfig) else p.get("epochs", 1)) for p in phases
                 )}
+        recipe = data.get("recipe", "default")
+        if recipe != "default" and isinstance(recipe, str):
+            try:
+                base = recipe_values(recipe, data.get("epochs"))
+            except ValueError:
+                base = {}  # the Literal check reports the unknown name
+            data = merge_under(base, data)
         return data
 
     @model_validator(mode="after")
@@ -198,12 +200,16 @@ class Trainer:
 
     # -- phases and curriculum: what an epoch looks like --------------------------------------------------
 
+    def phase_index(self, epoch: int) -> int | None:
+        """The 0-based index of the phase ``epoch`` (0-based) falls in, or None without phases."""
+        if not self.phases:
+            return None
+        return next((i for i in range(len(self.phases)) if epoch < self.phase_starts[i + 1]), len(self.phases) - 1)
+
     def phase(self, epoch: int) -> PhaseConfig | None:
         """The phase that ``epoch`` (0-based) falls in, or None without phases."""
-        for i, p in enumerate(self.phases):
-            if epoch < self.phase_starts[i + 1]:
-                return p
-        return self.phases[-1] if self.phases else None
+        i = self.phase_index(epoch)
+        return None if i is None else self.phases[i]
 
     def batch_size(self, epoch: int) -> int:
         p = self.phase(epoch)
@@ -416,8 +422,9 @@ class Trainer:
                                  "lr": lr}
         if has_aux:
             row["train_aux_mse"] = aux_sum.item() / max(seen, 1)
-        if self.phases:
-            row["phase"] = self.phases.index(self.phase(epoch)) + 1  # type: ignore[arg-type]
+        phase = self.phase_index(epoch)
+        if phase is not None:
+            row["phase"] = phase + 1
         if self.val_data is not None:
             m = self.evaluate(self.val_data)
             row |= {"val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_f1_macro": m["f1_macro"]}
