@@ -244,39 +244,57 @@ def augment(x: Tensor, lengths: Tensor, cfg: AugmentConfig, generator: torch.Gen
             continue
         g = torch.Generator().manual_seed(seed)
         chosen = torch.rand(b, generator=g) < sub.prob
+        draw_fn, apply_fn = _TRANSFORMS[name]
         # Parameters for every row (not only the chosen ones), so the draws are a function of the seed alone.
-        if name == "time_warp":
-            draw: Tensor = (1 + sub.strength * torch.randn(b, sub.knots + 1, generator=g)).clamp_min(_MIN_SPEED)
-        elif name == "window_slice":
-            # (start, width) per row, in float64 on the CPU: exact integer window lengths on any device.
-            width = torch.ceil(sub.ratio * lengths_cpu.double() - _CEIL_EPS).long()
-            width = width.clamp_min(1).minimum(lengths_cpu.clamp_min(1))
-            room = (lengths_cpu - width).clamp_min(0)  # the start is uniform on [0, room]
-            start = (torch.rand(b, generator=g, dtype=torch.float64) * (room + 1)).floor().long().minimum(room)
-            draw = torch.stack([start, width], dim=1)
-        elif name == "time_shift":
-            draw = torch.randint(-sub.max_shift, sub.max_shift + 1, (b,), generator=g)
-        elif name == "magnitude_warp":
-            draw = 1 + sub.std * torch.randn(b, c, generator=g)
-        else:
-            draw = sub.std * torch.randn(b, t, c, generator=g)
+        draw = draw_fn(sub, lengths_cpu, (b, t, c), g)
         rows = chosen.nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
         rows_d = rows.to(dev)
-        xs, ls, ds = out.index_select(0, rows_d), lengths.index_select(0, rows_d), draw[rows].to(dev)
-        if name == "time_warp":
-            new = _time_warp(xs, ls, ds)
-        elif name == "window_slice":
-            new = _window_slice(xs, ls, ds)
-        elif name == "time_shift":
-            new = _time_shift(xs, ls, ds)
-        elif name == "magnitude_warp":
-            new = _magnitude_warp(xs, ls, ds)
-        else:
-            new = _noise(xs, ls, ds)
+        new = apply_fn(out.index_select(0, rows_d), lengths.index_select(0, rows_d), draw[rows].to(dev))
         out = out.index_copy(0, rows_d, new)
     return out
+
+
+# -- random draws per transform (on the CPU, for every row of the batch) -------------------------------------
+
+
+def _draw_time_warp(sub: TimeWarpConfig, lengths: Tensor, shape: tuple[int, int, int], g: torch.Generator) -> Tensor:
+    return (1 + sub.strength * torch.randn(shape[0], sub.knots + 1, generator=g)).clamp_min(_MIN_SPEED)
+
+
+def _draw_window_slice(sub: WindowSliceConfig, lengths: Tensor, shape: tuple[int, int, int],
+                       g: torch.Generator) -> Tensor:
+    # (start, width) per row, in float64 on the CPU: exact integer window lengths on any device.
+    width = torch.ceil(sub.ratio * lengths.double() - _CEIL_EPS).long()
+    width = width.clamp_min(1).minimum(lengths.clamp_min(1))
+    room = (lengths - width).clamp_min(0)  # the start is uniform on [0, room]
+    start = (torch.rand(shape[0], generator=g, dtype=torch.float64) * (room + 1)).floor().long().minimum(room)
+    return torch.stack([start, width], dim=1)
+
+
+def _draw_time_shift(sub: TimeShiftConfig, lengths: Tensor, shape: tuple[int, int, int],
+                     g: torch.Generator) -> Tensor:
+    return torch.randint(-sub.max_shift, sub.max_shift + 1, (shape[0],), generator=g)
+
+
+def _draw_magnitude_warp(sub: MagnitudeWarpConfig, lengths: Tensor, shape: tuple[int, int, int],
+                         g: torch.Generator) -> Tensor:
+    return 1 + sub.std * torch.randn(shape[0], shape[2], generator=g)
+
+
+def _draw_noise(sub: NoiseConfig, lengths: Tensor, shape: tuple[int, int, int], g: torch.Generator) -> Tensor:
+    return sub.std * torch.randn(*shape, generator=g)
+
+
+# name -> (draw the parameters of every row, apply them to the chosen rows); applied in _ORDER.
+_TRANSFORMS: dict[str, tuple[Callable[..., Tensor], Callable[[Tensor, Tensor, Tensor], Tensor]]] = {
+    "time_warp": (_draw_time_warp, _time_warp),
+    "window_slice": (_draw_window_slice, _window_slice),
+    "time_shift": (_draw_time_shift, _time_shift),
+    "magnitude_warp": (_draw_magnitude_warp, _magnitude_warp),
+    "noise": (_draw_noise, _noise),
+}
 
 
 class MixedBatch(NamedTuple):
