@@ -65,7 +65,7 @@ TECHNIQUES: dict[str, list[str]] = {
     "curriculum_adaptive": ["train.curriculum.kind=adaptive", "train.curriculum.score_after=2"],
 }
 VARIANTS: dict[str, list[str]] = {"plain": [], "seed": ["train.recipe=seed"], **TECHNIQUES}
-NEEDS_AUX = {"multitask", "task_weighting"}  # only data with an auxiliary target (the built-in series)
+NEEDS_AUX = {"multitask", "task_weighting"}  # only data with an auxiliary target (builtin: the forward move)
 
 MODEL = ["model.hidden_dim=64", "model.num_lstm_layers=2", "model.num_heads=4", "model.conv_dilations=[1,2]"]
 COMMON = ["train.progress=off", "train.tensorboard=false", "train.early_stopping.patience=null"]
@@ -127,6 +127,26 @@ def report(dataset: str, variant: str, table: dict[str, Any]) -> None:
           f"({delta}, {s['seconds_mean']:.0f} s/run)", flush=True)
 
 
+def markdown_table(results: dict[str, Any]) -> str:
+    """The results as a markdown table: one row per variant, test accuracy mean ± std and delta per dataset."""
+    datasets = [d for d, t in results["datasets"].items() if "plain" in t]
+    head = "| variant | " + " | ".join(f"{d} acc (± std) | vs plain" for d in datasets) + " |"
+    rule = "|---|" + "---|---|" * len(datasets)
+    rows = [head, rule]
+    for variant in results["variants"]:
+        cells = []
+        for d in datasets:
+            s = results["datasets"][d].get(variant)
+            if s is None:
+                cells += ["n/a", ""]
+                continue
+            delta = s["test_accuracy_mean"] - results["datasets"][d]["plain"]["test_accuracy_mean"]
+            cells += [f"{s['test_accuracy_mean']:.4f} ± {s['test_accuracy_std']:.4f}",
+                      "" if variant == "plain" else f"{delta:+.4f}"]
+        rows.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["builtin", "japanese_vowels"])
@@ -136,7 +156,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny data and 3 epochs: a smoke run, not the ablation")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/recipes.json; "
                                                 "--quick prints only unless given)")
+    ap.add_argument("--table", action="store_true", help="print the results JSON as a markdown table and exit")
     args = ap.parse_args()
+    if args.table:
+        path = Path(args.out) if args.out else Path(__file__).parent / "results" / "recipes.json"
+        print(markdown_table(json.loads(path.read_text())))
+        return
     out_path = Path(args.out) if args.out else (None if args.quick else
                                                 Path(__file__).parent / "results" / "recipes.json")
     results: dict[str, Any] = {"benchmark": "recipes", "quick": args.quick, "seeds": args.seeds,
