@@ -1,4 +1,5 @@
-"""Ablation of the training toolbox: ``recipe=plain`` vs ``recipe=seed`` vs each technique alone on plain.
+"""Ablation of the training toolbox: ``recipe=plain`` vs ``recipe=seed`` vs each technique alone on plain, and
+the seed recipe with each of its parts taken out (``seed-no_*``).
 
 Two datasets, 3 seeds each, test accuracy mean and spread:
 
@@ -64,7 +65,22 @@ TECHNIQUES: dict[str, list[str]] = {
     "curriculum_difficulty": ["train.curriculum.kind=difficulty", "train.curriculum.score_after=2"],
     "curriculum_adaptive": ["train.curriculum.kind=adaptive", "train.curriculum.score_after=2"],
 }
-VARIANTS: dict[str, list[str]] = {"plain": [], "seed": ["train.recipe=seed"], **TECHNIQUES}
+# The seed recipe with one of its parts taken out (leave-one-out): which part costs or earns what.
+SEED_WITHOUT: dict[str, list[str]] = {
+    "seed-no_grad_noise": ["train.optim.grad_noise.std=0"],
+    "seed-no_lookahead": ["train.optim.lookahead.enabled=false"],
+    "seed-no_mixup": ["train.mixup.prob=0"],
+    "seed-no_augment": ["train.augment.noise.prob=0", "train.augment.time_shift.prob=0",
+                        "train.augment.magnitude_warp.prob=0"],
+    "seed-no_confidence_penalty": ["train.loss.confidence_penalty=0"],
+    "seed-no_aux": ["train.loss.aux_weight=0"],
+}
+VARIANTS: dict[str, list[str]] = {
+    "plain": ["train.recipe=plain"],
+    "seed": ["train.recipe=seed"],
+    **{name: ["train.recipe=plain", *o] for name, o in TECHNIQUES.items()},
+    **{name: ["train.recipe=seed", *o] for name, o in SEED_WITHOUT.items()},
+}
 NEEDS_AUX = {"multitask", "task_weighting"}  # only data with an auxiliary target (builtin: the forward move)
 
 MODEL = ["model.hidden_dim=64", "model.num_lstm_layers=2", "model.num_heads=4", "model.conv_dilations=[1,2]"]
@@ -97,10 +113,9 @@ def dataset_overrides(name: str, quick: bool) -> list[str] | None:
 
 def run_one(dataset: str, variant: str, seed: int, quick: bool, out: Path, threads: int) -> dict[str, float]:
     # The plain recipe first; a technique's own overrides (and the seed recipe) then go on top of it.
-    recipe = ["train.recipe=seed"] if variant == "seed" else ["train.recipe=plain"]
     ds = dataset_overrides(dataset, quick)
     assert ds is not None
-    overrides = [*recipe, *MODEL, *ds, *COMMON, *VARIANTS[variant], f"seed={seed}"]
+    overrides = [*MODEL, *ds, *COMMON, *VARIANTS[variant], f"seed={seed}"]
     if threads:
         overrides.append(f"train.threads={threads}")
     cfg = validate(apply_overrides({}, overrides))
