@@ -74,6 +74,7 @@ SEED_WITHOUT: dict[str, list[str]] = {
                         "train.augment.magnitude_warp.prob=0"],
     "seed-no_confidence_penalty": ["train.loss.confidence_penalty=0"],
     "seed-no_aux": ["train.loss.aux_weight=0"],
+    "seed-annealed_noise": ["train.optim.grad_noise.anneal=0.55"],  # not a removal: Neelakantan et al.'s decay
 }
 VARIANTS: dict[str, list[str]] = {
     "plain": ["train.recipe=plain"],
