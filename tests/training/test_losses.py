@@ -351,3 +351,44 @@ def test_focal_and_class_weights_reject_bad_input() -> None:
         confidence_penalty(_z(), -0.1)
     with pytest.raises(ValueError, match=r"class labels must lie in \[0, 2\)"):
         balanced_class_weights(torch.tensor([0, 1, 2]), 2)
+
+
+def test_normalised_focal_keeps_relative_weights_on_cross_entropys_scale() -> None:
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 4, (32,), generator=g)
+    logits = torch.randn(32, 4, generator=g) + 3 * F.one_hot(target, 4)  # mostly right, as in training
+    raw = focal_loss(logits, target, alpha=0.25, gamma=2.0, reduction="none")
+    norm = focal_loss(logits, target, alpha=0.25, gamma=2.0, normalize=True, reduction="none")
+    ratio = norm / raw
+    torch.testing.assert_close(ratio, ratio[0].expand_as(ratio))  # one common factor: same relative weights
+    logp = logits.log_softmax(-1).gather(1, target[:, None]).squeeze(1)
+    mean_mod = (0.25 * (1 - logp.exp()) ** 2).mean()
+    torch.testing.assert_close(ratio[0], 1 / mean_mod)
+    ce = F.cross_entropy(logits, target)
+    assert float(raw.mean()) < 0.05 * float(ce)  # unnormalised: far below cross-entropy's scale
+    assert float(ce) < float(norm.mean()) < 4 * float(ce)  # a mean of CE weighted towards the hard examples
+    # gamma = 0: exactly cross-entropy, whatever alpha (class weights included).
+    w = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    torch.testing.assert_close(focal_loss(logits, target, alpha=0.1, gamma=0.0, normalize=True, weight=w),
+                               F.cross_entropy(logits, target, weight=w))
+
+
+def test_normalised_focal_passes_no_gradient_through_the_normaliser() -> None:
+    g = torch.Generator().manual_seed(4)
+    logits = (torch.randn(16, 3, generator=g) * 2).requires_grad_()
+    target = torch.randint(0, 3, (16,), generator=g)
+    focal_loss(logits, target, normalize=True).backward()
+    got = logits.grad.clone()
+    logits.grad = None
+    logp = logits.detach().log_softmax(-1).gather(1, target[:, None]).squeeze(1)
+    scale = (0.25 * (1 - logp.exp()) ** 2).mean()
+    (focal_loss(logits, target) / scale).backward()
+    torch.testing.assert_close(got, logits.grad)
+
+
+def test_focal_normalize_reaches_the_built_loss() -> None:
+    y = torch.tensor([0, 1, 2, 0])
+    logits = torch.tensor([[4.0, 0, 0], [0, 3.0, 0], [0, 0, 0.5], [1.0, 0, 0]])
+    plain = build_loss(LossConfig(name="focal", class_weights=False), y, 3)(logits, y)
+    norm = build_loss(LossConfig(name="focal", class_weights=False, focal_normalize=True), y, 3)(logits, y)
+    assert float(norm) > 5 * float(plain)

@@ -125,7 +125,7 @@ def test_seed_recipe_sets_the_seeds_loop_and_scales_its_start_epochs() -> None:
     assert (c.optim.grad_noise.std, c.optim.grad_noise.start_epoch) == (0.01, 50)
     assert (c.schedule.name, c.schedule.max_lr, c.schedule.interval) == ("onecycle", 1e-3, "batch")
     assert (c.loss.name, c.loss.focal_alpha, c.loss.focal_gamma, c.loss.aux_weight) == ("adaptive", 0.25, 2.0, 0.3)
-    assert c.loss.resolved_confidence_penalty == 0.1
+    assert c.loss.resolved_confidence_penalty == 0.1 and c.loss.focal_normalize and not c.loss.class_weights
     assert c.augment.start_epoch == 10
     assert (c.augment.noise.prob, c.augment.time_shift.prob, c.augment.magnitude_warp.prob) == (0.3, 0.2, 0.25)
     assert (c.mixup.prob, c.mixup.alpha, c.mixup.start_epoch) == (0.5, 0.2, 20)

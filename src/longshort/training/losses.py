@@ -45,6 +45,12 @@ class LossConfig(BaseModel):
         description="beta of the confidence penalty: loss - beta * mean entropy of the softmax (penalises "
         "over-confident outputs); null = 0.1 for adaptive, 0 (off) for the others",
     )
+    focal_normalize: bool = Field(
+        False,
+        description="focal/adaptive: divide the focal term by the batch mean of alpha (1-p_t)^gamma (no gradient "
+        "through it), so it keeps cross-entropy's scale next to the auxiliary loss and the confidence penalty "
+        "while still weighting hard examples up; the relative weights of the examples are unchanged",
+    )
     aux_weight: float = Field(
         0.3, ge=0, description="weight of the auxiliary regression loss (when the data has an aux target)"
     )
@@ -82,6 +88,7 @@ def focal_loss(
     gamma: float = 2.0,
     weight: Tensor | None = None,
     label_smoothing: float = 0.0,
+    normalize: bool = False,
     reduction: Reduction = "mean",
 ) -> Tensor:
     """Focal loss (Lin et al. 2017): per example ``alpha * (1 - p_t)^gamma * CE_t``, ``p_t`` the softmax
@@ -95,6 +102,13 @@ def focal_loss(
     ``gamma=0, alpha=1`` this is ``F.cross_entropy`` to rounding, weights and smoothing included.
     ``alpha`` is a global scale (seed 000's AdaptiveLoss), not RetinaNet's per-class alpha: class balance comes
     from ``weight``. Computed in float32 from log_softmax.
+
+    ``normalize``: every example's term is divided by the batch's (class-weighted) mean modulating factor
+    ``m = alpha * (1 - p_t)^gamma``, taken as a constant (detached). The focal loss is typically 10-50x smaller
+    than cross-entropy (``alpha`` = 0.25 and ``(1 - p)^2`` on the many easy examples), which leaves a fixed-weight
+    term added to it (an auxiliary loss, a confidence penalty) to dominate the gradient; normalised, the loss is
+    on cross-entropy's scale while the examples keep the same relative weights. With ``gamma=0`` it is exactly
+    cross-entropy, whatever ``alpha``.
     """
     _check_class_inputs(logits, target)
     if alpha < 0:
@@ -107,7 +121,12 @@ def focal_loss(
     w = None if weight is None else weight.to(device=z.device, dtype=torch.float32)
     ce = F.cross_entropy(z, target, weight=w, label_smoothing=label_smoothing, reduction="none")
     logp_t = z.log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    per = alpha * _one_minus_p(logp_t).pow(gamma) * ce
+    mod = alpha * _one_minus_p(logp_t).pow(gamma)
+    per = mod * ce
+    if normalize:
+        m = mod.detach()
+        mean_mod = m.mean() if w is None else (m * w[target]).sum() / w[target].sum()
+        per = per / mean_mod.clamp_min(torch.finfo(per.dtype).tiny)
     if reduction == "none":
         return per
     if reduction == "sum":
@@ -153,10 +172,11 @@ def _cross_entropy(cfg: LossConfig, weight: Tensor | None) -> ClassLoss:
 
 
 def _focal(cfg: LossConfig, weight: Tensor | None) -> ClassLoss:
-    alpha, gamma, eps = cfg.focal_alpha, cfg.focal_gamma, cfg.label_smoothing  # frozen at build time
+    alpha, gamma, eps, norm = cfg.focal_alpha, cfg.focal_gamma, cfg.label_smoothing, cfg.focal_normalize
 
     def loss(logits: Tensor, target: Tensor) -> Tensor:
-        return focal_loss(logits, target, alpha=alpha, gamma=gamma, weight=weight, label_smoothing=eps)
+        return focal_loss(logits, target, alpha=alpha, gamma=gamma, weight=weight, label_smoothing=eps,
+                          normalize=norm)
 
     return _with_penalty(loss, cfg.resolved_confidence_penalty)
 
