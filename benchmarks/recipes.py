@@ -85,6 +85,9 @@ VARIANTS: dict[str, list[str]] = {
     "seed-raw_focal": RAW,
     **{name: ["train.recipe=plain", *o] for name, o in TECHNIQUES.items()},
     **{name: [*RAW, *o] for name, o in SEED_RAW_WITHOUT.items()},
+    # The recipe as shipped (normalised focal term) without the parts that cost most in the raw recipe.
+    **{name.replace("seed_raw-", "seed-"): ["train.recipe=seed", *SEED_RAW_WITHOUT[name]]
+       for name in ("seed_raw-no_lookahead", "seed_raw-no_mixup", "seed_raw-no_augment", "seed_raw-no_grad_noise")},
 }
 NEEDS_AUX = {"multitask", "task_weighting", "seed_raw-no_aux"}  # data with an aux target only (builtin's)
 

@@ -144,6 +144,26 @@ def test_lookahead_interpolates_slow_weights_every_k_steps() -> None:
     assert la.inner_steps == 2 * k
 
 
+def test_lookahead_sync_interpolates_now_and_restarts_the_k_count() -> None:
+    m = _model()
+    la = Lookahead(torch.optim.AdamW(m.parameters(), lr=0.05), k=5, alpha=0.5)
+    slow0 = _params(m)
+    for step in range(2):  # part-way through an inner loop
+        _train_step(m, la, step)
+    fast = _params(m)
+    la.sync()
+    for p, s0, f, s in zip(m.parameters(), slow0, fast, la.slow.values(), strict=True):
+        torch.testing.assert_close(p.detach(), s0 + 0.5 * (f - s0))
+        assert torch.equal(s, p.detach())
+    assert la.inner_steps == 0
+    before = _params(m)
+    for step in range(2, 6):  # 4 more steps: no sync yet (the count restarted at the forced sync)
+        _train_step(m, la, step)
+    assert all(torch.equal(s, b) for s, b in zip(la.slow.values(), before, strict=True))
+    _train_step(m, la, 6)
+    assert not all(torch.equal(s, b) for s, b in zip(la.slow.values(), before, strict=True))
+
+
 def test_lookahead_k1_halves_each_plain_sgd_step() -> None:
     p = nn.Parameter(torch.tensor([2.0, -1.0]))
     la = Lookahead(torch.optim.SGD([p], lr=0.1), k=1, alpha=0.5)

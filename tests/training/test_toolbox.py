@@ -309,6 +309,19 @@ def test_spectral_norm_keeps_every_linear_at_unit_spectral_norm(tmp_path: Path) 
     assert big > 1.05  # without it some Linear is well above 1, so the check above is not vacuous
 
 
+def test_lookahead_sync_each_epoch_keeps_lookaheads_own_weights(tmp_path: Path) -> None:
+    tr = _trainer(tmp_path, epochs=2, batch_size=16,  # 3 steps an epoch: never a multiple of k=5
+                  optim={"lookahead": {"enabled": True, "sync_each_epoch": True}})
+    tr.fit()
+    assert isinstance(tr.optimizer, Lookahead) and tr.optimizer.inner_steps == 0
+    for p in tr.model.parameters():
+        assert torch.equal(p.detach(), tr.optimizer.slow[p])
+    off = _trainer(tmp_path / "off", epochs=2, batch_size=16, optim={"lookahead": {"enabled": True}})
+    off.fit()
+    assert off.optimizer.inner_steps == 6
+    assert not all(torch.equal(p.detach(), off.optimizer.slow[p]) for p in off.model.parameters())
+
+
 # -- the whole toolbox resumes exactly ------------------------------------------------------------------------
 
 

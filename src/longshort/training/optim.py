@@ -27,6 +27,12 @@ class LookaheadConfig(BaseModel):
     enabled: bool = Field(False, description="wrap the optimizer in Lookahead (slow weights synced every k steps)")
     k: int = Field(5, ge=1, description="Lookahead: inner optimizer steps between slow-weight updates")
     alpha: float = Field(0.5, gt=0, le=1, description="Lookahead: slow <- slow + alpha * (fast - slow)")
+    sync_each_epoch: bool = Field(
+        False,
+        description="Lookahead: at the end of every epoch, before validation and the checkpoint, sync now "
+        "(slow <- slow + alpha * (fast - slow), fast <- slow) and restart the k-step count, so the weights "
+        "validated and kept are Lookahead's own, not a point part-way through an inner loop",
+    )
 
 
 class GradNoiseConfig(BaseModel):
@@ -192,6 +198,11 @@ class Lookahead(Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def sync(self) -> None:
+        """Sync now (``slow <- slow + alpha * (fast - slow)``, ``fast <- slow``) and restart the k-step count."""
+        self._sync()
+        self.inner_steps = 0
 
     @torch.no_grad()
     def _sync(self) -> None:

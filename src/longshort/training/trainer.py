@@ -37,6 +37,7 @@ from longshort.training.losses import LossConfig, aux_loss, build_loss
 from longshort.training.optim import (
     GradClipper,
     GradNoise,
+    Lookahead,
     OptimConfig,
     ScheduleConfig,
     build_optimizer,
@@ -412,6 +413,8 @@ class Trainer:
                 self.epoch_sums = (loss_sum.item(), correct.item(), seen, aux_sum.item())
                 self.save(["last"])
         elapsed = time.perf_counter() - t0
+        if isinstance(self.optimizer, Lookahead) and cfg.optim.lookahead.sync_each_epoch:
+            self.optimizer.sync()
         lr = self.optimizer.param_groups[0]["lr"]
         if cfg.schedule.interval == "epoch" and self._scheduled(epoch):
             self.schedule.step()
