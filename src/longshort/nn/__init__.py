@@ -1,6 +1,16 @@
 """Models: plain ``nn.Module``s that know nothing of training, distribution or files."""
 
+from longshort.nn.attention import Attention, AttentionConfig, coverage_loss
 from longshort.nn.classifier import ClassifierConfig, SequenceClassifier
 from longshort.nn.lstm import LSTM, CellConfig, StackConfig
 
-__all__ = ["LSTM", "CellConfig", "ClassifierConfig", "SequenceClassifier", "StackConfig"]
+__all__ = [
+    "LSTM",
+    "Attention",
+    "AttentionConfig",
+    "CellConfig",
+    "ClassifierConfig",
+    "SequenceClassifier",
+    "StackConfig",
+    "coverage_loss",
+]
