@@ -3,6 +3,7 @@
 from longshort.nn.attention import Attention, AttentionConfig, coverage_loss
 from longshort.nn.classifier import ClassifierConfig, SequenceClassifier
 from longshort.nn.lstm import LSTM, CellConfig, StackConfig
+from longshort.nn.seq2seq import Seq2Seq, Seq2SeqConfig
 
 __all__ = [
     "LSTM",
@@ -10,6 +11,8 @@ __all__ = [
     "AttentionConfig",
     "CellConfig",
     "ClassifierConfig",
+    "Seq2Seq",
+    "Seq2SeqConfig",
     "SequenceClassifier",
     "StackConfig",
     "coverage_loss",

@@ -1,0 +1,282 @@
+"""Attentional encoder-decoder (Luong et al. 2015) with input feeding, coverage and scheduled sampling.
+
+Encoder: embedding -> dropout -> bidirectional :class:`~longshort.nn.lstm.LSTM` (``hidden_dim // 2`` per direction,
+``enc_layers`` layers, :class:`CellConfig` options, variable lengths via ``lengths=``) -> outputs ``[B, S, H]``
+(zero at padded steps) with ``H = hidden_dim``.
+
+Bridge (``cfg.bridge``): the top encoder layer's final states of both directions, concatenated (``[B, H]``), map to
+the decoder's initial ``(h, c)`` of every layer: ``h_0 = tanh(W_h [h_fwd; h_bwd])``, ``c_0 = tanh(W_c0 [c_fwd;
+c_bwd])`` (``linear``), or zeros (``zero``).
+
+Decoder, one step ``t`` (a stack of ``torch.nn.LSTMCell``, width ``H``; ``CellConfig`` applies to the encoder only):
+
+- input ``x_t = [emb(y_t); h~_{t-1}]`` with input feeding (``cfg.attention.input_feeding``, ``h~_0 = 0``), else
+  ``emb(y_t)``; dropout on the embedding and between decoder layers
+- attention of the top state ``h_t`` over the encoder outputs (source padding masked), coverage carried across
+  steps when ``cfg.attention.coverage``
+- attentional vector ``h~_t = tanh(W_c [h_t; context_t])``, logits ``= W_o dropout(h~_t)``
+
+Scheduled sampling (Bengio et al. 2015): at each step ``t >= 1`` each sequence independently feeds the model's own
+previous argmax prediction (detached) instead of the gold ``tgt_in[:, t]`` with probability ``sampling_prob``; the
+draws are uniform numbers from ``generator`` on the CPU (the global CPU generator when None), moved to the
+model's device. With ``sampling_prob == 0`` nothing is drawn and the forward is exactly teacher forcing. The
+schedules below return the *teacher-forcing* probability ``eps``; pass ``sampling_prob = 1 - eps``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+from longshort.data.pairs import BOS_ID, EOS_ID, PAD_ID, Vocab
+from longshort.nn.attention import Attention, AttentionConfig
+from longshort.nn.lstm import LSTM, CellConfig
+
+__all__ = [
+    "SCHEDULES",
+    "Seq2Seq",
+    "Seq2SeqConfig",
+    "Seq2SeqOutput",
+    "exponential",
+    "inverse_sigmoid",
+    "linear_with_floor",
+]
+
+
+class Seq2SeqConfig(BaseModel):
+    """Sizes and options of :class:`Seq2Seq`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    emb_dim: int = Field(64, ge=1, description="embedding width of source and target tokens")
+    hidden_dim: int = Field(
+        128, ge=2, description="encoder output width (two directions of hidden_dim // 2, so even) and decoder width"
+    )
+    enc_layers: int = Field(1, ge=1, description="encoder LSTM layers")
+    dec_layers: int = Field(1, ge=1, description="decoder LSTMCell layers")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on embeddings, between layers and before the output")
+    cell: CellConfig = Field(default_factory=CellConfig, description="encoder cell options")
+    attention: AttentionConfig = Field(default_factory=AttentionConfig, description="decoder attention")
+    bridge: Literal["linear", "zero"] = Field(
+        "linear", description="decoder initial (h, c): tanh(W [final fwd; final bwd]) per layer, or zeros"
+    )
+
+    @model_validator(mode="after")
+    def _even_hidden(self) -> Seq2SeqConfig:
+        if self.hidden_dim % 2:
+            raise ValueError(f"hidden_dim must be even (two directions of hidden_dim // 2), got {self.hidden_dim}")
+        return self
+
+
+class Seq2SeqOutput(NamedTuple):
+    """``logits`` [B, T, V], ``attention`` [B, T, S] (float32), ``coverage_loss`` scalar (0 without coverage),
+    ``fed_predictions`` [B, T] bool (True where step t was fed the model's own previous prediction)."""
+
+    logits: Tensor
+    attention: Tensor
+    coverage_loss: Tensor
+    fed_predictions: Tensor
+
+
+_State = tuple[list[Tensor], list[Tensor]]
+
+
+def _vocab_size(v: Vocab | int) -> int:
+    return v if isinstance(v, int) else len(v)
+
+
+class Seq2Seq(nn.Module):
+    """``Seq2Seq(src_vocab, tgt_vocab, cfg)``; the vocabularies are :class:`Vocab`s or their sizes.
+
+    See the module docstring for the architecture. Target ids follow :mod:`longshort.data.pairs` (``PAD_ID`` 0,
+    ``BOS_ID`` 2, ``EOS_ID`` 3); the caller's loss should ignore ``PAD_ID`` targets.
+    """
+
+    def __init__(self, src_vocab: Vocab | int, tgt_vocab: Vocab | int, cfg: Seq2SeqConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = (cfg or Seq2SeqConfig()).model_copy(deep=True)
+        self.src_vocab_size, self.tgt_vocab_size = _vocab_size(src_vocab), _vocab_size(tgt_vocab)
+        h = cfg.hidden_dim
+        self.src_emb = nn.Embedding(self.src_vocab_size, cfg.emb_dim, padding_idx=PAD_ID)
+        self.tgt_emb = nn.Embedding(self.tgt_vocab_size, cfg.emb_dim, padding_idx=PAD_ID)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = LSTM(
+            cfg.emb_dim,
+            h // 2,
+            num_layers=cfg.enc_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.enc_layers > 1 else 0.0,
+            bidirectional=True,
+            cell=cfg.cell,
+        )
+        if cfg.bridge == "linear":
+            self.bridge_h = nn.Linear(h, cfg.dec_layers * h)
+            self.bridge_c = nn.Linear(h, cfg.dec_layers * h)
+        self.input_feeding = cfg.attention.input_feeding
+        in0 = cfg.emb_dim + (h if self.input_feeding else 0)
+        self.cells = nn.ModuleList([nn.LSTMCell(in0 if k == 0 else h, h) for k in range(cfg.dec_layers)])
+        self.attention = Attention(h, h, cfg.attention)
+        self.W_c = nn.Linear(2 * h, h, bias=False)
+        self.out = nn.Linear(h, self.tgt_vocab_size)
+
+    # ------------------------------------------------------------------------------------------------- pieces
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor, _State]:
+        """``(outputs [B, S, H], mask [B, S] bool, initial decoder state ([h]*dec_layers, [c]*dec_layers))``."""
+        b, s = src.shape
+        lengths = torch.as_tensor(src_lengths).to(torch.int64)
+        enc, (h_n, c_n) = self.encoder(self.drop(self.src_emb(src)), lengths=lengths.cpu())
+        if enc.shape[1] < s:  # keep S whatever the encoder trimmed
+            enc = nn.functional.pad(enc, (0, 0, 0, s - enc.shape[1]))
+        mask = torch.arange(s, device=src.device).unsqueeze(0) < lengths.to(src.device).unsqueeze(1)
+        layers, h = self.cfg.dec_layers, self.cfg.hidden_dim
+        if self.cfg.bridge == "linear":
+            hf = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # top layer, forward and backward
+            cf = torch.cat([c_n[-2], c_n[-1]], dim=-1)
+            hs = list(torch.tanh(self.bridge_h(hf)).view(b, layers, h).unbind(1))
+            cs = list(torch.tanh(self.bridge_c(cf)).view(b, layers, h).unbind(1))
+        else:
+            hs = [enc.new_zeros(b, h) for _ in range(layers)]
+            cs = [enc.new_zeros(b, h) for _ in range(layers)]
+        return enc, mask, (hs, cs)
+
+    def step(
+        self,
+        tokens: Tensor,
+        state: _State,
+        h_tilde: Tensor,
+        enc: Tensor,
+        mask: Tensor,
+        t: int,
+        coverage: Tensor | None,
+    ) -> tuple[Tensor, _State, Tensor, Tensor, Tensor | None]:
+        """One decoder step: ``tokens`` [B] -> ``(logits [B, V], state, h~ [B, H], weights [B, S], coverage)``."""
+        x = self.drop(self.tgt_emb(tokens))
+        if self.input_feeding:
+            x = torch.cat([x, h_tilde], dim=-1)
+        hs, cs = state
+        new_h, new_c = [], []
+        for k, cell in enumerate(self.cells):
+            hk, ck = cell(x if k == 0 else self.drop(new_h[-1]), (hs[k], cs[k]))
+            new_h.append(hk)
+            new_c.append(ck)
+        att = self.attention(new_h[-1], enc, mask, step=t, coverage=coverage)
+        h_tilde = torch.tanh(self.W_c(torch.cat([new_h[-1], att.context.to(new_h[-1].dtype)], dim=-1)))
+        logits = self.out(self.drop(h_tilde))
+        return logits, (new_h, new_c), h_tilde, att.weights, att.coverage
+
+    # ----------------------------------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        src: Tensor,
+        src_lengths: Tensor,
+        tgt_in: Tensor,
+        sampling_prob: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Seq2SeqOutput:
+        """Teacher forcing (``tgt_in`` [B, T] starts with ``BOS_ID``), with scheduled sampling when
+        ``sampling_prob > 0`` (see the module docstring).
+
+        ``coverage_loss``: See et al.'s ``sum_s min(a_{t,s}, c_{t,s})`` summed over the steps whose input is not
+        ``PAD_ID`` and averaged over the batch (0 without coverage).
+        """
+        if not 0.0 <= sampling_prob <= 1.0:
+            raise ValueError(f"sampling_prob must be in [0, 1], got {sampling_prob}")
+        b, steps = tgt_in.shape
+        enc, mask, state = self.encode(src, src_lengths)
+        h_tilde = enc.new_zeros(b, self.cfg.hidden_dim)
+        coverage: Tensor | None = None
+        cov_loss = enc.new_zeros((), dtype=torch.float32)
+        fed = torch.zeros(b, steps, dtype=torch.bool, device=tgt_in.device)
+        logits_all, weights_all = [], []
+        for t in range(steps):
+            tokens = tgt_in[:, t]
+            if t > 0 and sampling_prob > 0:
+                draw = torch.rand(b, generator=generator).to(tgt_in.device) < sampling_prob
+                fed[:, t] = draw
+                tokens = torch.where(draw, logits_all[-1].argmax(-1).detach(), tokens)
+            before = coverage
+            logits, state, h_tilde, weights, coverage = self.step(tokens, state, h_tilde, enc, mask, t, coverage)
+            if self.cfg.attention.coverage and before is not None:
+                valid = (tgt_in[:, t] != PAD_ID).float()
+                cov_loss = cov_loss + (torch.minimum(weights, before).sum(-1) * valid).sum() / b
+            logits_all.append(logits)
+            weights_all.append(weights)
+        return Seq2SeqOutput(torch.stack(logits_all, 1), torch.stack(weights_all, 1), cov_loss, fed)
+
+    @torch.no_grad()
+    def greedy_decode(self, src: Tensor, src_lengths: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
+        """Batched greedy decoding from ``BOS_ID``; returns ``(tokens [B, L] long, lengths [B])`` with
+        ``L <= max_len`` (decoding stops once every sequence has emitted ``EOS_ID``).
+
+        A sequence's length counts its ``EOS_ID`` (the last token it emitted); one that never emits it has length
+        ``max_len``. Positions past a sequence's length are ``PAD_ID``. Runs in eval mode (no dropout) whatever the
+        module's mode, which it restores.
+        """
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        was_training = self.training
+        self.eval()
+        try:
+            b = src.shape[0]
+            enc, mask, state = self.encode(src, src_lengths)
+            h_tilde = enc.new_zeros(b, self.cfg.hidden_dim)
+            coverage: Tensor | None = None
+            tokens = torch.full((b,), BOS_ID, dtype=torch.long, device=src.device)
+            done = torch.zeros(b, dtype=torch.bool, device=src.device)
+            lengths = torch.full((b,), max_len, dtype=torch.long, device=src.device)
+            out = []
+            for t in range(max_len):
+                logits, state, h_tilde, _, coverage = self.step(tokens, state, h_tilde, enc, mask, t, coverage)
+                tokens = logits.argmax(-1)
+                out.append(torch.where(done, torch.full_like(tokens, PAD_ID), tokens))
+                ended = ~done & (tokens == EOS_ID)
+                lengths = torch.where(ended, torch.full_like(lengths, t + 1), lengths)
+                done = done | ended
+                if bool(done.all()):
+                    break
+            return torch.stack(out, 1), lengths
+        finally:
+            self.train(was_training)
+
+
+# --------------------------------------------------------------------------------------------------- schedules
+
+
+def inverse_sigmoid(step: float, k: float, c: float = 0.0) -> float:
+    """Teacher-forcing probability ``eps = k / (k + exp((step - c) / k))`` (Bengio et al. 2015 with a shift ``c``;
+    ``k > 0``, larger ``k`` decays later). ``eps = k / (k + 1)`` at ``step = c``; sampling prob is ``1 - eps``."""
+    if k <= 0:
+        raise ValueError(f"k must be > 0, got {k}")
+    z = (step - c) / k
+    if z > 700:  # exp would overflow; eps is 0 to double precision
+        return 0.0
+    return k / (k + math.exp(z))
+
+
+def linear_with_floor(step: float, slope: float, floor: float, start: float = 1.0) -> float:
+    """Teacher-forcing probability ``eps = max(floor, start - slope * step)`` (``slope >= 0``)."""
+    if slope < 0:
+        raise ValueError(f"slope must be >= 0, got {slope}")
+    return max(floor, start - slope * step)
+
+
+def exponential(step: float, gamma: float) -> float:
+    """Teacher-forcing probability ``eps = gamma ** step`` (``0 < gamma <= 1``)."""
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    return gamma**step
+
+
+SCHEDULES: dict[str, Callable[..., float]] = {
+    "inverse_sigmoid": inverse_sigmoid,
+    "linear_with_floor": linear_with_floor,
+    "exponential": exponential,
+}
+"""Teacher-forcing probability schedules by name; each takes ``step`` first and returns ``eps``."""
