@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from longshort.data.sources import CSV_FIRST_ROW, read_table
+from longshort.data.sources import CSV_FIRST_ROW, check_file, read_table
 from longshort.errors import DataError
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -112,10 +112,7 @@ def read_pairs(path: Path | str, cfg: PairFormat | None = None) -> PairData:
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise DataError(path, "file not found")
-    if path.is_dir():
-        raise DataError(path, "is a directory, not a file")
+    check_file(path)
     fmt = PAIR_SUFFIXES.get(path.suffix.lower())
     if fmt is None:
         shown = f"'{path.suffix}'" if path.suffix else "no suffix"

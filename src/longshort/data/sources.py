@@ -29,13 +29,18 @@ SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".txt": "csv", ".parquet": "parq
 CSV_FIRST_ROW = 2  # line number of the first data row of a CSV file (the header is line 1)
 
 
-def detect_format(path: Path, fmt: str) -> str:
-    """The reader to use for ``path``: ``fmt`` itself, or for 'auto' the one its suffix names."""
-    path = Path(path)
+def check_file(path: Path) -> None:
+    """Raise a DataError unless ``path`` is an existing file (not a directory)."""
     if not path.exists():
         raise DataError(path, "file not found")
     if path.is_dir():
         raise DataError(path, "is a directory, not a file")
+
+
+def detect_format(path: Path, fmt: str) -> str:
+    """The reader to use for ``path``: ``fmt`` itself, or for 'auto' the one its suffix names."""
+    path = Path(path)
+    check_file(path)
     if fmt != "auto":
         return fmt
     suffix = path.suffix.lower()
