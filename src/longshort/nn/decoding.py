@@ -95,9 +95,10 @@ def beam_search(
 
 
 def _beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, k: int, max_len: int, alpha: float) -> BeamResult:
-    b, device = src.shape[0], src.device
+    encoded = model.encode(src, src_lengths)
+    b, device = encoded[0].shape[0], encoded[0].device  # from enc [B, S, H]: src itself is only passed through
     neg_inf = float("-inf")
-    enc, mask, state = _map_tensors(lambda x: x.repeat_interleave(k, dim=0), model.encode(src, src_lengths))
+    enc, mask, state = _map_tensors(lambda x: x.repeat_interleave(k, dim=0), encoded)
     h_tilde = enc.new_zeros(b * k, model.cfg.hidden_dim)
     coverage: Tensor | None = None
 
