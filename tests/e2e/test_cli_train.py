@@ -38,7 +38,11 @@ def check_probabilities(rows: list[dict[str, str]], classes: list[str]) -> np.nd
 def test_datasets_lists_builtin_regimes(cli) -> None:
     res = cli("datasets")
     assert res.code == 0, res.err
-    assert any(line.startswith("builtin:regimes") for line in res.out.splitlines()), res.out
+    lines = [line.strip() for line in res.out.splitlines()]
+    assert any(line.startswith("builtin:regimes") for line in lines), res.out
+    for name in ("reverse", "sort", "addition", "cmudict"):  # task seq2seq
+        assert any(line.startswith(f"builtin:{name}") for line in lines), res.out
+    assert lines.index("task classify:") < lines.index("task seq2seq:")
 
 
 # -- independent variable-length sequences (npz) ----------------------------------------------------------

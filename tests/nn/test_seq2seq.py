@@ -228,3 +228,51 @@ def test_schedules_formulas_and_monotone() -> None:
         inverse_sigmoid(0, 0)
     with pytest.raises(ValueError):
         exponential(0, 1.5)
+
+
+def test_hierarchical_bridge_reads_every_encoder_level() -> None:
+    m = _model(enc_layers=3, hierarchical=True)
+    assert m.bridge_h.in_features == 3 * 16
+    src = _src()
+    captured: dict[str, Tensor] = {}
+    enc_forward = m.encoders[0].forward
+
+    def spy(*a: object, **k: object) -> object:
+        out = enc_forward(*a, **k)
+        captured["h_n"], captured["c_n"] = out[1]
+        return out
+
+    m.encoders[0].forward = spy  # type: ignore[method-assign]
+    _, _, (hs, _cs) = m.encode(src, LENGTHS)
+    h_n = captured["h_n"]  # [layers * 2, B, H/2], layer-major
+    every_level = torch.cat([h_n[k] for k in range(6)], -1)  # fwd/bwd of layers 1, 2, 3
+    torch.testing.assert_close(hs[0], torch.tanh(m.bridge_h(every_level)))
+    # the lowest level reaches the decoder's initial state directly: zeroing its part of the bridge changes it
+    with torch.no_grad():
+        m.bridge_h.weight[:, :16] = 0
+    assert not torch.allclose(m.encode(src, LENGTHS)[2][0][0], hs[0])
+    with pytest.raises(ValidationError, match="bridge=linear"):
+        Seq2SeqConfig(hierarchical=True, bridge="zero")
+
+
+def test_multi_modal_fields_have_own_encoders_and_are_fused() -> None:
+    torch.manual_seed(0)
+    m = Seq2Seq([V_SRC, 7], V_TGT, Seq2SeqConfig(emb_dim=8, hidden_dim=16, dropout=0.0))
+    assert len(m.encoders) == 2 and m.src_embs[1].num_embeddings == 7 and m.bridge_h.in_features == 32
+    lens2 = torch.tensor([2, 4, 1])
+    f2 = torch.where(torch.arange(4)[None] < lens2[:, None], torch.randint(4, 7, (3, 4)), torch.zeros(3, 4).long())
+    tgt = _tgt(t=5)
+    out = m([_src(), f2], [LENGTHS, lens2], tgt)
+    assert out.attention.shape == (3, 5, 5 + 4)  # one softmax over both fields' positions
+    torch.testing.assert_close(out.attention.sum(-1), torch.ones(3, 5))
+    mask = torch.cat([torch.arange(5)[None] < LENGTHS[:, None], torch.arange(4)[None] < lens2[:, None]], 1)
+    assert (out.attention.masked_select(~mask[:, None].expand_as(out.attention)) == 0).all()
+    assert (out.attention[..., 5:] > 0).any()  # the second field is attended
+    other = f2.clone()
+    other[0, 0] = 4 if int(f2[0, 0]) != 4 else 5
+    assert not torch.allclose(m([_src(), other], [LENGTHS, lens2], tgt).logits[0], out.logits[0])
+    torch.testing.assert_close(m([_src(), other], [LENGTHS, lens2], tgt).logits[1:], out.logits[1:])
+    tok, ln = m.greedy_decode([_src(), f2], [LENGTHS, lens2], 6)
+    assert tok.shape[0] == 3 and ln.shape == (3,)
+    with pytest.raises(ValueError, match="2 source field"):
+        m(_src(), LENGTHS, tgt)

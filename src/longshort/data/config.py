@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+_N_SPECIALS = 4  # <pad> <unk> <bos> <eos>: see longshort.data.pairs
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -85,8 +87,33 @@ class SplitConfig(_Strict):
 class BuiltinConfig(_Strict):
     """Size of a generated built-in dataset (``source: builtin:NAME``)."""
 
-    n: int = Field(4000, ge=30, description="sequences to generate")
+    n: int = Field(4000, ge=30, description="sequences (seq2seq: pairs) to generate")
     length: int = Field(50, ge=2, description="time steps per sequence")
+    min_len: int = Field(5, ge=1, description="seq2seq built-ins: shortest source (reverse, sort; cmudict letters)")
+    max_len: int = Field(20, ge=1, description="seq2seq built-ins: longest source (reverse, sort; cmudict letters)")
+    digits: int = Field(3, ge=1, description="seq2seq built-in addition: the most digits of an operand")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> BuiltinConfig:
+        if self.min_len > self.max_len:
+            raise ValueError(f"builtin.min_len ({self.min_len}) must be <= builtin.max_len ({self.max_len})")
+        return self
+
+
+class PairFormat(BaseModel):
+    """How a pairs file is laid out and tokenised."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field("source", description="column of the input sequences")
+    target: str = Field("target", description="column of the output sequences; a file without it is prediction input")
+    extra_sources: list[str] = Field(
+        [], description="more input columns (multi-modal seq2seq): each gets its own vocabulary and encoder"
+    )
+    tokenize: Literal["space", "char"] = "space"
+    lowercase: bool = False
+    min_freq: int = Field(default=1, ge=1)  # tokens rarer than this in the training split map to <unk>
+    max_vocab: int | None = Field(default=None, ge=_N_SPECIALS)  # total size, the 4 specials included
 
 
 class DataConfig(_Strict):
@@ -101,3 +128,4 @@ class DataConfig(_Strict):
     split: SplitConfig = SplitConfig()
     builtin: BuiltinConfig = BuiltinConfig()
     scale: Literal["standard", "none"] = Field("standard", description="fitted on the training split only")
+    pairs: PairFormat = Field(PairFormat(), description="seq2seq (task: seq2seq): columns and tokenisation")

@@ -36,15 +36,15 @@ import json
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from longshort.data.config import PairFormat
 from longshort.data.sources import CSV_FIRST_ROW, check_file, read_table
 from longshort.errors import DataError
 
@@ -53,19 +53,6 @@ SPECIALS = (PAD, UNK, BOS, EOS)
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 
 PAIR_SUFFIXES = {".tsv": "tsv", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-
-
-class PairFormat(BaseModel):
-    """How a pairs file is laid out and tokenised."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str = "source"  # column of the input sequences
-    target: str = "target"  # column of the output sequences; a file without it is prediction input
-    tokenize: Literal["space", "char"] = "space"
-    lowercase: bool = False
-    min_freq: int = Field(default=1, ge=1)  # tokens rarer than this in the training split map to <unk>
-    max_vocab: int | None = Field(default=None, ge=len(SPECIALS))  # total size, the 4 specials included
 
 
 @dataclass
@@ -77,16 +64,23 @@ class PairData:
     target: list[list[str]] | None
     source_file: str
     rows: np.ndarray
+    extra: list[list[list[str]]] = field(default_factory=list)  # per extra source column, its token lists
 
     def __len__(self) -> int:
         return len(self.source)
+
+    @property
+    def fields(self) -> list[list[list[str]]]:
+        """Every source field: the main one first, then the extra ones."""
+        return [self.source, *self.extra]
 
     def take(self, indices: Sequence[int] | np.ndarray) -> PairData:
         """The pairs at ``indices`` (for splits), in that order."""
         idx = [int(i) for i in indices]
         target = None if self.target is None else [self.target[i] for i in idx]
         return PairData(source=[self.source[i] for i in idx], target=target, source_file=self.source_file,
-                        rows=self.rows[idx] if idx else self.rows[:0])
+                        rows=self.rows[idx] if idx else self.rows[:0],
+                        extra=[[f[i] for i in idx] for f in self.extra])
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -106,9 +100,15 @@ def read_pairs(path: Path | str, cfg: PairFormat | None = None) -> PairData:
     df = _read_frame(path)
     if cfg.source not in df.columns:
         raise DataError(path, f"missing source column '{cfg.source}' (columns are: {', '.join(df.columns)})")
+    for col in cfg.extra_sources:
+        if col not in df.columns:
+            raise DataError(path, f"missing extra source column '{col}' (data.pairs.extra_sources; columns are: "
+                                  f"{', '.join(df.columns)})")
     source = _token_column(df, cfg.source, "source", cfg, path)
     target = _token_column(df, cfg.target, "target", cfg, path) if cfg.target in df.columns else None
-    return PairData(source=source, target=target, source_file=str(path), rows=df.index.to_numpy(np.int64))
+    extra = [_token_column(df, col, "source", cfg, path) for col in cfg.extra_sources]
+    return PairData(source=source, target=target, source_file=str(path), rows=df.index.to_numpy(np.int64),
+                    extra=extra)
 
 
 def _read_frame(path: Path) -> pd.DataFrame:

@@ -6,7 +6,17 @@ Encoder: embedding -> dropout -> bidirectional :class:`~longshort.nn.lstm.LSTM` 
 
 Bridge (``cfg.bridge``): the top encoder layer's final states of both directions, concatenated (``[B, H]``), map to
 the decoder's initial ``(h, c)`` of every layer: ``h_0 = tanh(W_h [h_fwd; h_bwd])``, ``c_0 = tanh(W_c0 [c_fwd;
-c_bwd])`` (``linear``), or zeros (``zero``).
+c_bwd])`` (``linear``), or zeros (``zero``). Hierarchical encoding (``cfg.hierarchical``, seed 003's
+``c = combine(h^(1)_T, ..., h^(L)_T)``): the bridge reads the final states of *every* encoder layer,
+``[h^(1)_fwd; h^(1)_bwd; ...; h^(L)_fwd; h^(L)_bwd]`` (``[B, L*H]``), so the decoder starts from the low-level
+(closer to the tokens) as well as the high-level summary.
+
+Multi-modal encoding (several source fields, ``Seq2Seq([vocab_1, ..., vocab_M], tgt_vocab)``): field ``m`` has its
+own embedding and BiLSTM encoder. Fusion: the bridge reads the concatenation of every field's final states
+(``[B, M*H]``, or ``[B, M*L*H]`` hierarchical) -- a learned linear fusion; attention reads the fields' outputs
+concatenated along the source axis (``[B, S_1 + ... + S_M, H]``, each field's padding masked), so each decoder step
+weighs the positions of all fields in one softmax. ``src`` and ``src_lengths`` are then lists (one tensor per
+field); a single tensor means one field.
 
 Decoder, one step ``t`` (a stack of ``torch.nn.LSTMCell``, width ``H``; ``CellConfig`` applies to the encoder only):
 
@@ -26,7 +36,7 @@ schedules below return the *teacher-forcing* probability ``eps``; pass ``samplin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -65,11 +75,16 @@ class Seq2SeqConfig(BaseModel):
     bridge: Literal["linear", "zero"] = Field(
         "linear", description="decoder initial (h, c): tanh(W [final fwd; final bwd]) per layer, or zeros"
     )
+    hierarchical: bool = Field(
+        False, description="the bridge reads the final states of every encoder layer, not only the top one"
+    )
 
     @model_validator(mode="after")
     def _even_hidden(self) -> Seq2SeqConfig:
         if self.hidden_dim % 2:
             raise ValueError(f"hidden_dim must be even (two directions of hidden_dim // 2), got {self.hidden_dim}")
+        if self.hierarchical and self.bridge == "zero":
+            raise ValueError("hierarchical=true needs bridge=linear (the zero bridge reads no encoder state)")
         return self
 
 
@@ -90,6 +105,13 @@ def _vocab_size(v: Vocab | int) -> int:
     return v if isinstance(v, int) else len(v)
 
 
+Sources = Tensor | Sequence[Tensor]
+
+
+def _as_list(x: Sources) -> list[Tensor]:
+    return [x] if isinstance(x, Tensor) else list(x)
+
+
 class Seq2Seq(nn.Module):
     """``Seq2Seq(src_vocab, tgt_vocab, cfg)``; the vocabularies are :class:`Vocab`s or their sizes.
 
@@ -97,26 +119,36 @@ class Seq2Seq(nn.Module):
     ``BOS_ID`` 2, ``EOS_ID`` 3); the caller's loss should ignore ``PAD_ID`` targets.
     """
 
-    def __init__(self, src_vocab: Vocab | int, tgt_vocab: Vocab | int, cfg: Seq2SeqConfig | None = None) -> None:
+    def __init__(
+        self, src_vocab: Vocab | int | Sequence[Vocab | int], tgt_vocab: Vocab | int, cfg: Seq2SeqConfig | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg = (cfg or Seq2SeqConfig()).model_copy(deep=True)
-        self.src_vocab_size, self.tgt_vocab_size = _vocab_size(src_vocab), _vocab_size(tgt_vocab)
+        fields = list(src_vocab) if isinstance(src_vocab, (list, tuple)) else [src_vocab]
+        if not fields:
+            raise ValueError("Seq2Seq needs at least one source vocabulary")
+        self.src_vocab_sizes = [_vocab_size(v) for v in fields]
+        self.src_vocab_size, self.tgt_vocab_size = self.src_vocab_sizes[0], _vocab_size(tgt_vocab)
         h = cfg.hidden_dim
-        self.src_emb = nn.Embedding(self.src_vocab_size, cfg.emb_dim, padding_idx=PAD_ID)
+        self.src_embs = nn.ModuleList(nn.Embedding(n, cfg.emb_dim, padding_idx=PAD_ID) for n in self.src_vocab_sizes)
         self.tgt_emb = nn.Embedding(self.tgt_vocab_size, cfg.emb_dim, padding_idx=PAD_ID)
         self.drop = nn.Dropout(cfg.dropout)
-        self.encoder = LSTM(
-            cfg.emb_dim,
-            h // 2,
-            num_layers=cfg.enc_layers,
-            batch_first=True,
-            dropout=cfg.dropout if cfg.enc_layers > 1 else 0.0,
-            bidirectional=True,
-            cell=cfg.cell,
+        self.encoders = nn.ModuleList(
+            LSTM(
+                cfg.emb_dim,
+                h // 2,
+                num_layers=cfg.enc_layers,
+                batch_first=True,
+                dropout=cfg.dropout if cfg.enc_layers > 1 else 0.0,
+                bidirectional=True,
+                cell=cfg.cell,
+            )
+            for _ in fields
         )
         if cfg.bridge == "linear":
-            self.bridge_h = nn.Linear(h, cfg.dec_layers * h)
-            self.bridge_c = nn.Linear(h, cfg.dec_layers * h)
+            width = len(fields) * h * (cfg.enc_layers if cfg.hierarchical else 1)
+            self.bridge_h = nn.Linear(width, cfg.dec_layers * h)
+            self.bridge_c = nn.Linear(width, cfg.dec_layers * h)
         self.input_feeding = cfg.attention.input_feeding
         in0 = cfg.emb_dim + (h if self.input_feeding else 0)
         self.cells = nn.ModuleList([nn.LSTMCell(in0 if k == 0 else h, h) for k in range(cfg.dec_layers)])
@@ -126,20 +158,32 @@ class Seq2Seq(nn.Module):
 
     # ------------------------------------------------------------------------------------------------- pieces
 
-    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor, _State]:
-        """``(outputs [B, S, H], mask [B, S] bool, initial decoder state ([h]*dec_layers, [c]*dec_layers))``."""
-        b, s = src.shape
-        lengths = torch.as_tensor(src_lengths).to(torch.int64)
-        enc, (h_n, c_n) = self.encoder(self.drop(self.src_emb(src)), lengths=lengths.cpu())
-        if enc.shape[1] < s:  # keep S whatever the encoder trimmed
-            enc = nn.functional.pad(enc, (0, 0, 0, s - enc.shape[1]))
-        mask = torch.arange(s, device=src.device).unsqueeze(0) < lengths.to(src.device).unsqueeze(1)
-        layers, h = self.cfg.dec_layers, self.cfg.hidden_dim
+    def encode(self, src: Sources, src_lengths: Sources) -> tuple[Tensor, Tensor, _State]:
+        """``(outputs [B, S, H], mask [B, S] bool, initial decoder state ([h]*dec_layers, [c]*dec_layers))``; with
+        several source fields ``S`` is the sum of their lengths (outputs concatenated along the source axis)."""
+        srcs, lens = _as_list(src), _as_list(src_lengths)
+        if len(srcs) != len(self.encoders) or len(lens) != len(srcs):
+            raise ValueError(f"this model has {len(self.encoders)} source field(s), got {len(srcs)} source "
+                             f"tensor(s) and {len(lens)} length tensor(s)")
+        outs, masks, finals_h, finals_c = [], [], [], []
+        for x, ln, emb, encoder in zip(srcs, lens, self.src_embs, self.encoders, strict=True):
+            s = x.shape[1]
+            lengths = torch.as_tensor(ln).to(torch.int64)
+            enc, (h_n, c_n) = encoder(self.drop(emb(x)), lengths=lengths.cpu())
+            if enc.shape[1] < s:  # keep S whatever the encoder trimmed
+                enc = nn.functional.pad(enc, (0, 0, 0, s - enc.shape[1]))
+            outs.append(enc)
+            masks.append(torch.arange(s, device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1))
+            # h_n: [layers * 2, B, H/2], layer-major (layer k's forward at 2k, backward at 2k + 1).
+            levels = range(self.cfg.enc_layers) if self.cfg.hierarchical else [self.cfg.enc_layers - 1]
+            for k in levels:
+                finals_h += [h_n[2 * k], h_n[2 * k + 1]]
+                finals_c += [c_n[2 * k], c_n[2 * k + 1]]
+        enc, mask = torch.cat(outs, 1), torch.cat(masks, 1)
+        b, layers, h = enc.shape[0], self.cfg.dec_layers, self.cfg.hidden_dim
         if self.cfg.bridge == "linear":
-            hf = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # top layer, forward and backward
-            cf = torch.cat([c_n[-2], c_n[-1]], dim=-1)
-            hs = list(torch.tanh(self.bridge_h(hf)).view(b, layers, h).unbind(1))
-            cs = list(torch.tanh(self.bridge_c(cf)).view(b, layers, h).unbind(1))
+            hs = list(torch.tanh(self.bridge_h(torch.cat(finals_h, -1))).view(b, layers, h).unbind(1))
+            cs = list(torch.tanh(self.bridge_c(torch.cat(finals_c, -1))).view(b, layers, h).unbind(1))
         else:
             hs = [enc.new_zeros(b, h) for _ in range(layers)]
             cs = [enc.new_zeros(b, h) for _ in range(layers)]
@@ -174,8 +218,8 @@ class Seq2Seq(nn.Module):
 
     def forward(
         self,
-        src: Tensor,
-        src_lengths: Tensor,
+        src: Sources,
+        src_lengths: Sources,
         tgt_in: Tensor,
         sampling_prob: float = 0.0,
         generator: torch.Generator | None = None,
@@ -211,7 +255,7 @@ class Seq2Seq(nn.Module):
         return Seq2SeqOutput(torch.stack(logits_all, 1), torch.stack(weights_all, 1), cov_loss, fed)
 
     @torch.no_grad()
-    def greedy_decode(self, src: Tensor, src_lengths: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
+    def greedy_decode(self, src: Sources, src_lengths: Sources, max_len: int) -> tuple[Tensor, Tensor]:
         """Batched greedy decoding from ``BOS_ID``; returns ``(tokens [B, L] long, lengths [B])`` with
         ``L <= max_len`` (decoding stops once every sequence has emitted ``EOS_ID``).
 
@@ -224,13 +268,13 @@ class Seq2Seq(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            b = src.shape[0]
             enc, mask, state = self.encode(src, src_lengths)
+            b = enc.shape[0]
             h_tilde = enc.new_zeros(b, self.cfg.hidden_dim)
             coverage: Tensor | None = None
-            tokens = torch.full((b,), BOS_ID, dtype=torch.long, device=src.device)
-            done = torch.zeros(b, dtype=torch.bool, device=src.device)
-            lengths = torch.full((b,), max_len, dtype=torch.long, device=src.device)
+            tokens = torch.full((b,), BOS_ID, dtype=torch.long, device=enc.device)
+            done = torch.zeros(b, dtype=torch.bool, device=enc.device)
+            lengths = torch.full((b,), max_len, dtype=torch.long, device=enc.device)
             out = []
             for t in range(max_len):
                 logits, state, h_tilde, _, coverage = self.step(tokens, state, h_tilde, enc, mask, t, coverage)

@@ -46,3 +46,19 @@ def learning_curve_png(history: list[dict[str, float]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def attention_png(weights: np.ndarray, src_tokens: list[str], tgt_tokens: list[str], path: Path,
+                  title: str = "attention") -> None:
+    """Heatmap of attention weights [target steps, source positions]."""
+    t, s = weights.shape
+    fig, ax = plt.subplots(figsize=(1.5 + 0.3 * s, 1.2 + 0.3 * t))
+    ax.imshow(weights, cmap="viridis", aspect="auto", vmin=0.0, vmax=max(float(weights.max()), 1e-6))
+    ax.set_xticks(range(s), src_tokens, rotation=90)
+    ax.set_yticks(range(t), tgt_tokens)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -112,13 +112,20 @@ class TensorBoard(Callback):
         self.writer.close()
 
 
+LOWER_IS_BETTER = {"val_loss", "val_edit_error_rate"}
+
+
 class EarlyStoppingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    metric: Literal["val_loss", "val_accuracy", "val_f1_macro"] = Field(
+    metric: Literal[
+        "auto", "val_loss", "val_accuracy", "val_f1_macro", "val_exact_match", "val_token_accuracy",
+        "val_edit_error_rate", "val_bleu",
+    ] = Field(
         # Not val_loss: log-loss rises as a model grows confident while its accuracy still improves, and
         # picking by it chose an epoch-2 checkpoint 5 points worse on test in the built-in ablation.
-        "val_f1_macro", description="validation metric that picks the best checkpoint and stops training"
+        "auto", description="validation metric that picks the best checkpoint and stops training; auto: "
+        "val_f1_macro for task classify, val_exact_match for seq2seq (val_* seq2seq metrics need task seq2seq)"
     )
     patience: int | None = Field(5, ge=1, description="epochs without improvement before stopping; null = never")
     min_delta: float = Field(0.0, ge=0)
@@ -127,16 +134,22 @@ class EarlyStoppingConfig(BaseModel):
 class EarlyStopping:
     """Tracks the best value of one validation metric; its state is saved in every checkpoint."""
 
-    def __init__(self, cfg: EarlyStoppingConfig) -> None:
+    def __init__(self, cfg: EarlyStoppingConfig, default_metric: str = "val_f1_macro") -> None:
         self.cfg = cfg
-        self.sign = -1.0 if cfg.metric == "val_loss" else 1.0
+        self.metric = default_metric if cfg.metric == "auto" else cfg.metric
+        self.sign = -1.0 if self.metric in LOWER_IS_BETTER else 1.0
         self.best = -math.inf
         self.best_epoch = -1
         self.bad_epochs = 0
 
     def update(self, row: dict[str, float]) -> bool:
         """Record this epoch; True when it is the best so far."""
-        value = self.sign * row[self.cfg.metric]
+        if self.metric not in row:
+            from longshort.errors import ConfigError
+
+            raise ConfigError(f"train.early_stopping.metric={self.metric} is not measured by this task (it "
+                              f"measures {', '.join(k for k in row if k.startswith('val_'))})")
+        value = self.sign * row[self.metric]
         if value > self.best + self.cfg.min_delta:
             self.best, self.best_epoch, self.bad_epochs = value, int(row["epoch"]), 0
             return True
