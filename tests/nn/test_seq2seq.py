@@ -274,5 +274,10 @@ def test_multi_modal_fields_have_own_encoders_and_are_fused() -> None:
     torch.testing.assert_close(m([_src(), other], [LENGTHS, lens2], tgt).logits[1:], out.logits[1:])
     tok, ln = m.greedy_decode([_src(), f2], [LENGTHS, lens2], 6)
     assert tok.shape[0] == 3 and ln.shape == (3,)
+    from longshort.nn.decoding import beam_search
+
+    one = beam_search(m, [_src(), f2], [LENGTHS, lens2], 1, 6, alpha=0.0)
+    assert torch.equal(one.tokens, tok) and torch.equal(one.lengths, ln)
+    assert beam_search(m, [_src(), f2], [LENGTHS, lens2], 3, 6).tokens.shape[0] == 3
     with pytest.raises(ValueError, match="2 source field"):
         m(_src(), LENGTHS, tgt)

@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from longshort.data.pairs import BOS_ID, EOS_ID, PAD_ID
-from longshort.nn.seq2seq import Seq2Seq
+from longshort.nn.seq2seq import Seq2Seq, Sources
 
 __all__ = ["BeamResult", "beam_search", "length_penalty", "sequence_log_prob"]
 
@@ -73,8 +73,8 @@ def _map_tensors(fn: Callable[[Tensor], Tensor], obj: Any) -> Any:
 
 def beam_search(
     model: Seq2Seq,
-    src: Tensor,
-    src_lengths: Tensor,
+    src: Sources,
+    src_lengths: Sources,
     beam_size: int,
     max_len: int,
     alpha: float = 0.6,
@@ -94,7 +94,7 @@ def beam_search(
         model.train(was_training)
 
 
-def _beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, k: int, max_len: int, alpha: float) -> BeamResult:
+def _beam_search(model: Seq2Seq, src: Sources, src_lengths: Sources, k: int, max_len: int, alpha: float) -> BeamResult:
     encoded = model.encode(src, src_lengths)
     b, device = encoded[0].shape[0], encoded[0].device  # from enc [B, S, H]: src itself is only passed through
     neg_inf = float("-inf")
@@ -163,7 +163,7 @@ def _beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, k: int, max_l
     return BeamResult(best_tokens[:, :width], best_len, best_score)
 
 
-def sequence_log_prob(model: Seq2Seq, src: Tensor, src_lengths: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
+def sequence_log_prob(model: Seq2Seq, src: Sources, src_lengths: Sources, tokens: Tensor, lengths: Tensor) -> Tensor:
     """The model's ``sum_{t < lengths[b]} log p(tokens[b, t] | tokens[b, :t], src[b])`` [B] (float32), teacher-forced
     from ``BOS_ID`` through ``model(src, src_lengths, [BOS, tokens[:, :-1]])``; tokens past ``lengths[b]`` (at most
     ``tokens.shape[1]``) are ignored. Uses the model's current mode (call ``.eval()`` for deterministic scores) and
