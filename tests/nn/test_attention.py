@@ -204,3 +204,21 @@ def test_bf16_autocast_gives_float32_weights(kind: str) -> None:
     assert out.weights.dtype == torch.float32
     assert torch.all(out.weights[~m] == 0)
     torch.testing.assert_close(out.weights.sum(-1), torch.ones(B))
+
+
+@pytest.mark.parametrize("kind", sorted(SCORES))
+@pytest.mark.parametrize("coverage", [False, True])
+def test_prepared_keys_give_the_same_step(kind: str, coverage: bool) -> None:
+    q, k, _ = _inputs()
+    torch.manual_seed(3)
+    att = Attention(q.shape[1], k.shape[2], AttentionConfig(kind=kind, coverage=coverage))
+    if coverage:  # a non-zero coverage weight, so the coverage path is exercised too
+        for p in att.parameters():
+            torch.nn.init.normal_(p)
+    mask, cov = _mask(), torch.rand(k.shape[0], k.shape[1])
+    plain = att(q, k, mask, step=2, coverage=cov)
+    prepared = att.prepare(k)
+    assert (prepared is None) == (kind in ("none", "dot"))
+    fast = att(q, k, mask, step=2, coverage=cov, prepared=prepared)
+    torch.testing.assert_close(fast.weights, plain.weights)
+    torch.testing.assert_close(fast.context, plain.context)

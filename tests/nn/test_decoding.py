@@ -75,7 +75,7 @@ class _TableModel(Seq2Seq):
     def log_prob(self, seq: list[int]) -> float:
         return sum(math.log(self.probs(tuple(seq[:i]))[tok]) for i, tok in enumerate(seq))
 
-    def step(self, tokens, state, h_tilde, enc, mask, t, coverage):  # type: ignore[override]
+    def step(self, tokens, state, h_tilde, enc, mask, t, coverage, prepared=None):  # type: ignore[override]
         hs, cs, hist = state
         hist = hist.clone()
         hist[:, t] = tokens  # inputs: BOS, then the outputs so far

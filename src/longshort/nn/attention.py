@@ -99,17 +99,23 @@ class AttentionOutput(NamedTuple):
 
 
 class _Score(nn.Module):
-    """``forward(query [B, Hq], keys [B, S, Hk], coverage [B, S] | None) -> scores [B, S]``."""
+    """``forward(query [B, Hq], keys [B, S, Hk], coverage [B, S] | None, prepared) -> scores [B, S]``.
+
+    ``prepare(keys)`` is the part of the score that depends on the keys only (a projection ``[B, S, A]``, or None):
+    a decoder computes it once per source and passes it to every step instead of re-projecting the keys."""
 
     def __init__(self, query_dim: int, key_dim: int, attn_dim: int, coverage: bool, kind: str) -> None:
         super().__init__()
         self.query_dim, self.key_dim, self.attn_dim, self.coverage = query_dim, key_dim, attn_dim, coverage
 
+    def prepare(self, keys: Tensor) -> Tensor | None:
+        return None
+
 
 class NoScore(_Score):
     """``e_s = 0``: uniform weights over the valid positions."""
 
-    def forward(self, query: Tensor, keys: Tensor, coverage: Tensor | None) -> Tensor:
+    def forward(self, query: Tensor, keys: Tensor, coverage: Tensor | None, prepared: Tensor | None = None) -> Tensor:
         return keys.new_zeros(keys.shape[:2])
 
 
@@ -121,11 +127,11 @@ class _Multiplicative(_Score):
         if coverage:
             self.cov_weight = nn.Parameter(torch.zeros(()))
 
-    def content(self, query: Tensor, keys: Tensor) -> Tensor:
+    def content(self, query: Tensor, keys: Tensor, prepared: Tensor | None) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, query: Tensor, keys: Tensor, coverage: Tensor | None) -> Tensor:
-        e = self.content(query, keys)
+    def forward(self, query: Tensor, keys: Tensor, coverage: Tensor | None, prepared: Tensor | None = None) -> Tensor:
+        e = self.content(query, keys, prepared)
         if self.coverage and coverage is not None:
             e = e - self.cov_weight * coverage.to(e.dtype)
         return e
@@ -142,7 +148,7 @@ class DotScore(_Multiplicative):
             )
         super().__init__(query_dim, key_dim, attn_dim, coverage, kind)
 
-    def content(self, query: Tensor, keys: Tensor) -> Tensor:
+    def content(self, query: Tensor, keys: Tensor, prepared: Tensor | None) -> Tensor:
         return torch.bmm(keys, query.unsqueeze(-1)).squeeze(-1)
 
 
@@ -153,8 +159,12 @@ class GeneralScore(_Multiplicative):
         super().__init__(query_dim, key_dim, attn_dim, coverage, kind)
         self.W = nn.Linear(key_dim, query_dim, bias=False)
 
-    def content(self, query: Tensor, keys: Tensor) -> Tensor:
-        return torch.bmm(self.W(keys), query.unsqueeze(-1)).squeeze(-1)
+    def prepare(self, keys: Tensor) -> Tensor:
+        return self.W(keys)
+
+    def content(self, query: Tensor, keys: Tensor, prepared: Tensor | None) -> Tensor:
+        wk = self.W(keys) if prepared is None else prepared
+        return torch.bmm(wk, query.unsqueeze(-1)).squeeze(-1)
 
 
 class _Additive(_Score):
@@ -166,11 +176,11 @@ class _Additive(_Score):
         if coverage:
             self.w_c = nn.Linear(1, attn_dim, bias=False)
 
-    def pre(self, query: Tensor, keys: Tensor) -> Tensor:
+    def pre(self, query: Tensor, keys: Tensor, prepared: Tensor | None) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, query: Tensor, keys: Tensor, coverage: Tensor | None) -> Tensor:
-        h = self.pre(query, keys)
+    def forward(self, query: Tensor, keys: Tensor, coverage: Tensor | None, prepared: Tensor | None = None) -> Tensor:
+        h = self.pre(query, keys, prepared)
         if self.coverage and coverage is not None:
             h = h + self.w_c(coverage.to(h.dtype).unsqueeze(-1))
         return self.v(torch.tanh(h)).squeeze(-1)
@@ -184,8 +194,11 @@ class BahdanauScore(_Additive):
         self.W_q = nn.Linear(query_dim, attn_dim, bias=False)
         self.W_k = nn.Linear(key_dim, attn_dim)
 
-    def pre(self, query: Tensor, keys: Tensor) -> Tensor:
-        return self.W_q(query).unsqueeze(1) + self.W_k(keys)
+    def prepare(self, keys: Tensor) -> Tensor:
+        return self.W_k(keys)
+
+    def pre(self, query: Tensor, keys: Tensor, prepared: Tensor | None) -> Tensor:
+        return self.W_q(query).unsqueeze(1) + (self.W_k(keys) if prepared is None else prepared)
 
 
 class ConcatScore(_Additive):
@@ -195,9 +208,13 @@ class ConcatScore(_Additive):
         super().__init__(query_dim, key_dim, attn_dim, coverage, kind)
         self.W = nn.Linear(query_dim + key_dim, attn_dim)
 
-    def pre(self, query: Tensor, keys: Tensor) -> Tensor:
-        q = query.unsqueeze(1).expand(-1, keys.shape[1], -1)
-        return self.W(torch.cat([q, keys.to(q.dtype)], dim=-1))
+    def prepare(self, keys: Tensor) -> Tensor:
+        # W [q; k] + b = W[:, :Hq] q + (W[:, Hq:] k + b): the key half once per source
+        return nn.functional.linear(keys, self.W.weight[:, self.query_dim:], self.W.bias)
+
+    def pre(self, query: Tensor, keys: Tensor, prepared: Tensor | None) -> Tensor:
+        wk = self.prepare(keys) if prepared is None else prepared
+        return nn.functional.linear(query, self.W.weight[:, : self.query_dim]).unsqueeze(1) + wk
 
 
 SCORES: dict[str, type[_Score]] = {
@@ -281,6 +298,11 @@ class Attention(nn.Module):
         self.score = SCORES[kind](query_dim, key_dim, self.attn_dim, self.cfg.coverage, kind)
         self.position = POSITIONS[kind](query_dim, self.attn_dim) if kind in POSITIONS else None
 
+    def prepare(self, keys: Tensor) -> Tensor | None:
+        """The keys' projection for this attention's score (None when it has none), to pass as ``prepared`` to every
+        decoder step over the same ``keys``: identical results, one projection per source instead of per step."""
+        return self.score.prepare(keys)
+
     def extra_repr(self) -> str:
         return f"{self.query_dim}, {self.key_dim}, attn_dim={self.attn_dim}, cfg={self.cfg.model_dump()}"
 
@@ -291,6 +313,7 @@ class Attention(nn.Module):
         mask: Tensor | None = None,
         step: int = 0,
         coverage: Tensor | None = None,
+        prepared: Tensor | None = None,
     ) -> AttentionOutput:
         """One step: ``query`` [B, Hq], ``keys`` [B, S, Hk], ``mask`` [B, S] bool (True = valid; None = all valid),
         ``step`` the decoder step (monotonic local attention), ``coverage`` [B, S] the sum of past weights (None =
@@ -308,7 +331,7 @@ class Attention(nn.Module):
             coverage = keys.new_zeros(b, s, dtype=torch.float32)
         cov_in = coverage if self.cfg.coverage else None
 
-        logits = self.score(query, keys, cov_in).float()
+        logits = self.score(query, keys, cov_in, prepared).float()
         position = None
         if self.position is not None:
             position = self.position(query, mask.sum(dim=-1), step)

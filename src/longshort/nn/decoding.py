@@ -99,6 +99,7 @@ def _beam_search(model: Seq2Seq, src: Sources, src_lengths: Sources, k: int, max
     b, device = encoded[0].shape[0], encoded[0].device  # from enc [B, S, H]: src itself is only passed through
     neg_inf = float("-inf")
     enc, mask, state = _map_tensors(lambda x: x.repeat_interleave(k, dim=0), encoded)
+    prepared = model.attention.prepare(enc)  # the keys' projection, once per source
     h_tilde = enc.new_zeros(b * k, model.cfg.hidden_dim)
     coverage: Tensor | None = None
 
@@ -118,7 +119,7 @@ def _beam_search(model: Seq2Seq, src: Sources, src_lengths: Sources, k: int, max
     frozen_row: Tensor | None = None
 
     for t in range(max_len):
-        logits, state, h_tilde, _, coverage = model.step(tokens, state, h_tilde, enc, mask, t, coverage)
+        logits, state, h_tilde, _, coverage = model.step(tokens, state, h_tilde, enc, mask, t, coverage, prepared)
         logp = F.log_softmax(logits.float(), dim=-1).view(b, k, -1)
         v = logp.shape[-1]
         if frozen_row is None:

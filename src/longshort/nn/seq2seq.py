@@ -198,8 +198,11 @@ class Seq2Seq(nn.Module):
         mask: Tensor,
         t: int,
         coverage: Tensor | None,
+        prepared: Tensor | None = None,
     ) -> tuple[Tensor, _State, Tensor, Tensor, Tensor | None]:
-        """One decoder step: ``tokens`` [B] -> ``(logits [B, V], state, h~ [B, H], weights [B, S], coverage)``."""
+        """One decoder step: ``tokens`` [B] -> ``(logits [B, V], state, h~ [B, H], weights [B, S], coverage)``.
+
+        ``prepared``: ``self.attention.prepare(enc)``, computed once per source (else the keys are projected here)."""
         x = self.drop(self.tgt_emb(tokens))
         if self.input_feeding:
             x = torch.cat([x, h_tilde], dim=-1)
@@ -209,7 +212,7 @@ class Seq2Seq(nn.Module):
             hk, ck = cell(x if k == 0 else self.drop(new_h[-1]), (hs[k], cs[k]))
             new_h.append(hk)
             new_c.append(ck)
-        att = self.attention(new_h[-1], enc, mask, step=t, coverage=coverage)
+        att = self.attention(new_h[-1], enc, mask, step=t, coverage=coverage, prepared=prepared)
         h_tilde = torch.tanh(self.W_c(torch.cat([new_h[-1], att.context.to(new_h[-1].dtype)], dim=-1)))
         logits = self.out(self.drop(h_tilde))
         return logits, (new_h, new_c), h_tilde, att.weights, att.coverage
@@ -234,6 +237,7 @@ class Seq2Seq(nn.Module):
             raise ValueError(f"sampling_prob must be in [0, 1], got {sampling_prob}")
         b, steps = tgt_in.shape
         enc, mask, state = self.encode(src, src_lengths)
+        prepared = self.attention.prepare(enc)  # the keys' projection, once per source
         h_tilde = enc.new_zeros(b, self.cfg.hidden_dim)
         coverage: Tensor | None = None
         cov_loss = enc.new_zeros((), dtype=torch.float32)
@@ -246,7 +250,8 @@ class Seq2Seq(nn.Module):
                 fed[:, t] = draw
                 tokens = torch.where(draw, logits_all[-1].argmax(-1).detach(), tokens)
             before = coverage
-            logits, state, h_tilde, weights, coverage = self.step(tokens, state, h_tilde, enc, mask, t, coverage)
+            logits, state, h_tilde, weights, coverage = self.step(
+                tokens, state, h_tilde, enc, mask, t, coverage, prepared)
             if self.cfg.attention.coverage and before is not None:
                 valid = (tgt_in[:, t] != PAD_ID).float()
                 cov_loss = cov_loss + (torch.minimum(weights, before).sum(-1) * valid).sum() / b
@@ -269,6 +274,7 @@ class Seq2Seq(nn.Module):
         self.eval()
         try:
             enc, mask, state = self.encode(src, src_lengths)
+            prepared = self.attention.prepare(enc)  # the keys' projection, once per source
             b = enc.shape[0]
             h_tilde = enc.new_zeros(b, self.cfg.hidden_dim)
             coverage: Tensor | None = None
@@ -277,7 +283,8 @@ class Seq2Seq(nn.Module):
             lengths = torch.full((b,), max_len, dtype=torch.long, device=enc.device)
             out = []
             for t in range(max_len):
-                logits, state, h_tilde, _, coverage = self.step(tokens, state, h_tilde, enc, mask, t, coverage)
+                logits, state, h_tilde, _, coverage = self.step(
+                    tokens, state, h_tilde, enc, mask, t, coverage, prepared)
                 tokens = logits.argmax(-1)
                 out.append(torch.where(done, torch.full_like(tokens, PAD_ID), tokens))
                 ended = ~done & (tokens == EOS_ID)

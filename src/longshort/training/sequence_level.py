@@ -82,6 +82,7 @@ def sample_sequences(
     convention (length counts ``<eos>``; ``PAD_ID`` after; ``max_len`` when no ``<eos>``). Eval mode, no grad."""
     with _eval_mode(model):
         enc, mask, state = model.encode(src, src_lengths)
+        prepared = model.attention.prepare(enc)  # the keys' projection, once per source
         b = enc.shape[0]
         h_tilde = enc.new_zeros(b, model.cfg.hidden_dim)
         coverage: Tensor | None = None
@@ -90,7 +91,7 @@ def sample_sequences(
         lengths = torch.full((b,), max_len, dtype=torch.long, device=enc.device)
         out = []
         for t in range(max_len):
-            logits, state, h_tilde, _, coverage = model.step(tokens, state, h_tilde, enc, mask, t, coverage)
+            logits, state, h_tilde, _, coverage = model.step(tokens, state, h_tilde, enc, mask, t, coverage, prepared)
             probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
             tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(enc.device)
             out.append(torch.where(done, torch.full_like(tokens, PAD_ID), tokens))
