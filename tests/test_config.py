@@ -63,3 +63,14 @@ def test_yaml_file_errors(tmp_path: Path) -> None:
 def test_every_leaf_key_is_documented_for_help() -> None:
     keys = {k for k, _, _ in config_keys()}
     assert {"train.epochs", "model.hidden_dim", "data.series.window", "train.optim.lr"} <= keys
+
+
+def test_every_shipped_config_validates() -> None:
+    from pathlib import Path
+
+    from longshort.config import load_config
+
+    files = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert {f.name for f in files} >= {"quickstart.yaml", "g2p.yaml", "reverse.yaml"}
+    tasks = {f.name: load_config(f).task for f in files}
+    assert tasks["g2p.yaml"] == tasks["reverse.yaml"] == "seq2seq" and tasks["quickstart.yaml"] == "classify"
