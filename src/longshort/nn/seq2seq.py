@@ -268,6 +268,13 @@ class Seq2Seq(nn.Module):
         ``max_len``. Positions past a sequence's length are ``PAD_ID``. Runs in eval mode (no dropout) whatever the
         module's mode, which it restores.
         """
+        return self.decode(src, src_lengths, max_len, lambda logits: logits.argmax(-1))
+
+    @torch.no_grad()
+    def decode(self, src: Sources, src_lengths: Sources, max_len: int, pick: Callable[[Tensor], Tensor]
+               ) -> tuple[Tensor, Tensor]:
+        """Batched left-to-right decoding where ``pick(logits [B, V]) -> tokens [B]`` chooses each next token
+        (argmax: :meth:`greedy_decode`; a draw: sampling). Same conventions and eval mode as :meth:`greedy_decode`."""
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         was_training = self.training
@@ -285,7 +292,7 @@ class Seq2Seq(nn.Module):
             for t in range(max_len):
                 logits, state, h_tilde, _, coverage = self.step(
                     tokens, state, h_tilde, enc, mask, t, coverage, prepared)
-                tokens = logits.argmax(-1)
+                tokens = pick(logits).to(enc.device)
                 out.append(torch.where(done, torch.full_like(tokens, PAD_ID), tokens))
                 ended = ~done & (tokens == EOS_ID)
                 lengths = torch.where(ended, torch.full_like(lengths, t + 1), lengths)

@@ -80,3 +80,45 @@ def checkpoint_path(ckpt_dir: Path, tag: str) -> Path | None:
 def load_state(path: Path) -> dict[str, Any]:
     """Training state, loaded with ``weights_only=True`` (no arbitrary code from the file runs)."""
     return torch.load(path / STATE, map_location="cpu", weights_only=True)
+
+
+def loop_state(trainer: Any) -> dict[str, Any]:
+    """The state every training loop checkpoints: optimizer, schedule, grad scaler, early stopping, RNG, position
+    (epoch, batch, step, finished), history, clipping and gradient-noise state. Each loop adds its own keys."""
+    state: dict[str, Any] = {
+        "optimizer": trainer.optimizer.state_dict(),
+        "schedule": trainer.schedule.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "early_stopping": trainer.early.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "epoch": trainer.epoch,
+        "batch": trainer.batch,
+        "step": trainer.step,
+        "finished": trainer.finished,
+        "history": trainer.history,
+        "clipper": trainer.clipper.state_dict(),
+        "noise": trainer.noise.state_dict(),
+    }
+    if trainer.device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(trainer.device)
+    return state
+
+
+def restore_loop_state(trainer: Any, path: Path) -> dict[str, Any]:
+    """Load the weights and :func:`loop_state` of checkpoint ``path`` into ``trainer``; returns the whole state
+    (for the loop's own keys)."""
+    load_weights(trainer.model, path / WEIGHTS)
+    s = load_state(path)
+    trainer.optimizer.load_state_dict(s["optimizer"])
+    trainer.schedule.load_state_dict(s["schedule"])
+    trainer.scaler.load_state_dict(s["scaler"])
+    trainer.early.load_state_dict(s["early_stopping"])
+    torch.set_rng_state(s["rng_cpu"])
+    if "rng_cuda" in s and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(s["rng_cuda"], trainer.device)
+    trainer.epoch, trainer.batch, trainer.step = int(s["epoch"]), int(s["batch"]), int(s["step"])
+    trainer.finished = bool(s["finished"])
+    trainer.history = list(s["history"])
+    trainer.clipper.load_state_dict(s["clipper"])
+    trainer.noise.load_state_dict(s["noise"])
+    return s

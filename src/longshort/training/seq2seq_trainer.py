@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -35,7 +34,7 @@ from longshort.evaluate.seq_metrics import sequence_metrics
 from longshort.nn.seq2seq import SCHEDULES, Seq2Seq, Seq2SeqConfig
 from longshort.training import curriculum as cur
 from longshort.training.callbacks import Callback, EarlyStopping
-from longshort.training.checkpoint import checkpoint_path, load_state, load_weights, save_checkpoint
+from longshort.training.checkpoint import checkpoint_path, loop_state, restore_loop_state, save_checkpoint
 from longshort.training.losses import TimeWeighting, sequence_focal_loss
 from longshort.training.optim import GradClipper, GradNoise, Lookahead, build_optimizer, build_schedule
 from longshort.training.sequence_level import ObjectiveConfig, SequenceObjective, ids_before_eos
@@ -385,22 +384,7 @@ class Seq2SeqTrainer:
     # -- checkpoints -------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "early_stopping": self.early.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "epoch": self.epoch, "batch": self.batch, "step": self.step, "finished": self.finished,
-            "history": self.history,
-            "epoch_sums": list(self.epoch_sums),
-            "clipper": self.clipper.state_dict(),
-            "noise": self.noise.state_dict(),
-            "objective": self.objective.state_dict(),
-        }
-        if self.device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
+        return loop_state(self) | {"epoch_sums": list(self.epoch_sums), "objective": self.objective.state_dict()}
 
     def save(self, tags: list[str]) -> None:
         save_checkpoint(self.ckpt_dir, tags, self.model, self.state_dict(), self.step)
@@ -409,24 +393,7 @@ class Seq2SeqTrainer:
         path = checkpoint_path(self.ckpt_dir, tag)
         if path is None:
             return False
-        load_weights(self.model, path / "model.safetensors")
-        s = load_state(path)
-        self.optimizer.load_state_dict(s["optimizer"])
-        self.schedule.load_state_dict(s["schedule"])
-        self.scaler.load_state_dict(s["scaler"])
-        self.early.load_state_dict(s["early_stopping"])
-        torch.set_rng_state(s["rng_cpu"])
-        if "rng_cuda" in s and self.device.type == "cuda":
-            torch.cuda.set_rng_state(s["rng_cuda"], self.device)
-        self.epoch, self.batch, self.step = int(s["epoch"]), int(s["batch"]), int(s["step"])
-        self.finished = bool(s["finished"])
-        self.history = list(s["history"])
+        s = restore_loop_state(self, path)
         self.epoch_sums = [float(v) for v in s["epoch_sums"]]
-        self.clipper.load_state_dict(s["clipper"])
-        self.noise.load_state_dict(s["noise"])
         self.objective.load_state_dict(s["objective"])
         return True
-
-
-def epoch_mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")

@@ -80,27 +80,11 @@ def sample_sequences(
 ) -> tuple[Tensor, Tensor]:
     """Ancestral sampling from ``<bos>``: ``(tokens [B, L], lengths [B])`` in :meth:`Seq2Seq.greedy_decode`'s
     convention (length counts ``<eos>``; ``PAD_ID`` after; ``max_len`` when no ``<eos>``). Eval mode, no grad."""
-    with _eval_mode(model):
-        enc, mask, state = model.encode(src, src_lengths)
-        prepared = model.attention.prepare(enc)  # the keys' projection, once per source
-        b = enc.shape[0]
-        h_tilde = enc.new_zeros(b, model.cfg.hidden_dim)
-        coverage: Tensor | None = None
-        tokens = torch.full((b,), BOS_ID, dtype=torch.long, device=enc.device)
-        done = torch.zeros(b, dtype=torch.bool, device=enc.device)
-        lengths = torch.full((b,), max_len, dtype=torch.long, device=enc.device)
-        out = []
-        for t in range(max_len):
-            logits, state, h_tilde, _, coverage = model.step(tokens, state, h_tilde, enc, mask, t, coverage, prepared)
-            probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
-            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(enc.device)
-            out.append(torch.where(done, torch.full_like(tokens, PAD_ID), tokens))
-            ended = ~done & (tokens == EOS_ID)
-            lengths = torch.where(ended, torch.full_like(lengths, t + 1), lengths)
-            done = done | ended
-            if bool(done.all()):
-                break
-        return torch.stack(out, 1), lengths
+    def draw(logits: Tensor) -> Tensor:
+        probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+    return model.decode(src, src_lengths, max_len, draw)
 
 
 def sequence_log_probs(

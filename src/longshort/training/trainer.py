@@ -31,7 +31,7 @@ from longshort.evaluate.predict import batched_outputs, batched_proba
 from longshort.training import curriculum as cur
 from longshort.training.augment import AugmentConfig, MixedBatch, MixupConfig, augment, mixup, mixup_loss
 from longshort.training.callbacks import Callback, EarlyStopping, EarlyStoppingConfig
-from longshort.training.checkpoint import checkpoint_path, load_state, load_weights, save_checkpoint
+from longshort.training.checkpoint import checkpoint_path, loop_state, restore_loop_state, save_checkpoint
 from longshort.training.curriculum import CurriculumConfig, TaskConfig
 from longshort.training.losses import LossConfig, aux_loss, build_loss
 from longshort.training.optim import (
@@ -466,25 +466,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "early_stopping": self.early.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "step": self.step,
-            "finished": self.finished,
-            "history": self.history,
-            "epoch_sums": list(self.epoch_sums),
-            "clipper": self.clipper.state_dict(),
-            "noise": self.noise.state_dict(),
-            "scores": self.scores,
-        }
-        if self.device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
+        return loop_state(self) | {"epoch_sums": list(self.epoch_sums), "scores": self.scores}
 
     def save(self, tags: list[str]) -> None:
         save_checkpoint(self.ckpt_dir, tags, self.model, self.state_dict(), self.step)
@@ -494,21 +476,8 @@ class Trainer:
         path = checkpoint_path(self.ckpt_dir, tag)
         if path is None:
             return False
-        load_weights(self.model, path / "model.safetensors")
-        s = load_state(path)
-        self.optimizer.load_state_dict(s["optimizer"])
-        self.schedule.load_state_dict(s["schedule"])
-        self.scaler.load_state_dict(s["scaler"])
-        self.early.load_state_dict(s["early_stopping"])
-        torch.set_rng_state(s["rng_cpu"])
-        if "rng_cuda" in s and self.device.type == "cuda":
-            torch.cuda.set_rng_state(s["rng_cuda"], self.device)
-        self.epoch, self.batch, self.step = int(s["epoch"]), int(s["batch"]), int(s["step"])
-        self.finished = bool(s["finished"])
-        self.history = list(s["history"])
+        s = restore_loop_state(self, path)
         loss_sum, correct, seen, aux_se = s["epoch_sums"]
         self.epoch_sums = (float(loss_sum), float(correct), int(seen), float(aux_se))
-        self.clipper.load_state_dict(s["clipper"])
-        self.noise.load_state_dict(s["noise"])
         self.scores = s["scores"]
         return True
