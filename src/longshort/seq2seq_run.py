@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -86,7 +87,7 @@ class Seq2SeqRun:
         """Output tokens for each source (token lists, or a PairData with all its source fields)."""
         if not isinstance(data, PairData):
             data = PairData(source=[list(s) for s in data], target=None, source_file="input",
-                            rows=torch.arange(len(data)).numpy())
+                            rows=np.arange(len(data), dtype=np.int64))
         dec = self.config.seq2seq.decode
         if beam_size is not None:
             dec = dec.model_copy(update={"beam_size": beam_size})
@@ -165,12 +166,15 @@ def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, ca
         load_weights(model, best / "model.safetensors")
     save_weights(model, run_dir / "model.safetensors", metadata={"format": "longshort.Seq2Seq"})
     metrics: dict[str, Any] = {}
+    outputs: dict[str, list[list[int]]] = {}  # each split decoded once: greedy, then beam when configured
     for name in ("val", "test"):
         data = enc[name]
         if data is not None and len(data):
-            metrics[name] = trainer.evaluate(data, beam=False)
+            outputs[name] = trainer.decode(data, beam=False)
+            metrics[name] = trainer.evaluate(data, hyps=outputs[name])
             if cfg.seq2seq.decode.beam_size > 1:
-                metrics[name]["beam"] = trainer.evaluate(data, beam=True)
+                outputs[name] = trainer.decode(data, beam=True)
+                metrics[name]["beam"] = sequence_metrics(outputs[name], reference_ids(data))
     metrics["best_epoch"] = trainer.early.best_epoch
     metrics["epochs_run"] = trainer.epoch
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -180,14 +184,14 @@ def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, ca
     if trainer.history:
         learning_curve_png(trainer.history, plots / "learning_curve.png")
     if splits.test is not None and enc["test"] is not None:
-        _test_outputs(run, splits.test, enc["test"], trainer, run_dir)
+        _test_outputs(run, splits.test, enc["test"], outputs["test"], trainer, run_dir)
     _summary(run_dir, metrics, console)
     return run
 
 
-def _test_outputs(run: Seq2SeqRun, test: PairData, enc: EncodedPairs, trainer: Seq2SeqTrainer, run_dir: Path) -> None:
-    pred = run.translate(test)
-    assert test.target is not None
+def _test_outputs(run: Seq2SeqRun, test: PairData, enc: EncodedPairs, ids: list[list[int]], trainer: Seq2SeqTrainer,
+                  run_dir: Path) -> None:
+    pred = [run.tgt_vocab.decode(i) for i in ids]  # the decoded test outputs the metrics were computed on
     write_predictions(run_dir / "test_predictions.tsv", test, pred, token_separators(run.config.data, test))
     # attention of the first test pair over its reference target (teacher forced): which source positions each
     # output step read

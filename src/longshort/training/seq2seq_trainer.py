@@ -368,18 +368,22 @@ class Seq2SeqTrainer:
             self.model.train(was)
         return loss_sum / max(tokens, 1), correct / max(tokens, 1)
 
-    def evaluate(self, data: EncodedPairs, beam: bool = True) -> dict[str, float]:
-        """Teacher-forced loss/accuracy, the exposure-bias gap, and the decoded outputs' sequence metrics."""
+    def evaluate(self, data: EncodedPairs, beam: bool = True, hyps: list[list[int]] | None = None
+                 ) -> dict[str, float]:
+        """Teacher-forced loss/accuracy, the exposure-bias gap, and the sequence metrics of the decoded outputs
+        (``hyps``, output ids before ``<eos>``, when the caller already decoded ``data``)."""
         loss, acc = self.teacher_forced(data)
         m: dict[str, float] = {"loss": loss, "accuracy": acc}
         if self.s2s.exposure_gap:
             free, _ = self.teacher_forced(data, sampling_prob=1.0)
             m |= {"free_loss": free, "exposure_gap": free - loss}
-        hyps = decode_all(self.model, data, self.s2s.decode, self.cfg.eval_batch_size, self.device, beam)
-        seq = sequence_metrics(hyps, reference_ids(data))
-        m |= {"exact_match": seq["exact_match"], "token_accuracy": seq["token_accuracy"],
-              "edit_error_rate": seq["edit_error_rate"], "bleu": seq["bleu"], "n": seq["n"]}
-        return m
+        if hyps is None:
+            hyps = self.decode(data, beam)
+        return m | sequence_metrics(hyps, reference_ids(data))
+
+    def decode(self, data: EncodedPairs, beam: bool = True) -> list[list[int]]:
+        """Output ids (before ``<eos>``) of every pair, greedy or (``beam`` and decode.beam_size > 1) beam search."""
+        return decode_all(self.model, data, self.s2s.decode, self.cfg.eval_batch_size, self.device, beam)
 
     # -- checkpoints -------------------------------------------------------------------------------------
 
