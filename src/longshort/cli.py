@@ -33,9 +33,47 @@ def _config_epilog() -> str:
     return "config keys (set in --config YAML or as KEY=VALUE):\n" + rows
 
 
+def _launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """``longshort train --nproc N ...`` = ``torchrun --standalone --nproc_per_node N -m longshort train ...``: one
+    machine, a rendezvous on localhost, the same arguments for every process. torchrun's exit status is ours (a
+    failed rank fails the job: torchrun stops the others)."""
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+           "--nproc_per_node", str(nproc), "-m", "longshort", "train", *argv]
+    env = {**os.environ, "LONGSHORT_LAUNCHED": "1"}
+    return subprocess.call(cmd, env=env)
+
+
+def _strip_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
-    from longshort.config import apply_overrides, read_yaml, validate
+    import os
+
+    from longshort.config import apply_overrides, load_config, read_yaml, validate
     from longshort.run import train
+
+    if args.nproc is not None and "WORLD_SIZE" not in os.environ:
+        if args.nproc < 1:
+            raise LongshortError(f"--nproc must be >= 1, got {args.nproc}")
+        cfg = load_config(Path(args.resume) / "config.yaml") if args.resume else None
+        if cfg is None:
+            raw = read_yaml(args.config) if args.config else {}
+            cfg = validate(apply_overrides(raw, [o for o in args.overrides if "=" in o]))
+        if cfg.distributed.strategy == "none" and args.nproc > 1:
+            raise LongshortError(f"--nproc {args.nproc} needs distributed.strategy=ddp or fsdp (now none)")
+        raise SystemExit(_launch_torchrun(args.nproc, _strip_nproc(list(args.argv))))
 
     if args.resume:
         if args.overrides or args.config or args.data or args.test_data or args.out or args.task:
@@ -158,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-data", metavar="PATH", help="separate test file (no test split is cut from --data)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/DATE-TIME-DATA)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    t.add_argument("--nproc", type=int, metavar="N", help="launch N processes on this machine with torchrun "
+                   "(with distributed.strategy=ddp or fsdp); for several machines run torchrun yourself "
+                   "(docs/distributed.md)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5")
     t.set_defaults(func=_cmd_train)
 
@@ -181,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw)
+    args.argv = raw[1:] if raw and raw[0] == "train" else raw
     try:
         args.func(args)
     except LongshortError as exc:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from longshort.data.config import DataConfig
 from longshort.errors import ConfigError
 from longshort.nn.classifier import ClassifierConfig
+from longshort.training.distributed import DistributedConfig
 from longshort.training.seq2seq_trainer import Seq2SeqSection
 from longshort.training.trainer import TrainConfig
 
@@ -36,6 +37,26 @@ class Config(BaseModel):
     model: ClassifierConfig = ClassifierConfig()
     train: TrainConfig = TrainConfig()
     seq2seq: Seq2SeqSection = Seq2SeqSection()
+    distributed: DistributedConfig = DistributedConfig()
+
+    @model_validator(mode="after")
+    def _distributed_options(self) -> Config:
+        """What the data-parallel strategies do not (yet) support is refused, not run differently."""
+        d, o = self.distributed, self.train.optim
+        if d.strategy == "none":
+            return self
+        bad = []
+        if self.task == "seq2seq":
+            bad.append("task seq2seq (the seq2seq loop runs in one process)")
+        if o.lookahead.enabled:
+            bad.append("train.optim.lookahead (its slow weights are not sharded)")
+        if d.strategy == "fsdp" and o.grad_noise.std > 0:
+            bad.append("train.optim.grad_noise with fsdp (noise on shards would differ from one process)")
+        if d.strategy == "fsdp" and o.clip_mode == "per_gate":
+            bad.append("train.optim.clip_mode=per_gate with fsdp (gate blocks are split across shards)")
+        if bad:
+            raise ValueError(f"distributed.strategy={d.strategy} does not support " + "; ".join(bad))
+        return self
 
     @model_validator(mode="after")
     def _task_options(self) -> Config:

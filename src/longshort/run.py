@@ -36,7 +36,8 @@ from longshort.nn.classifier import SequenceClassifier
 from longshort.report.plots import confusion_matrix_png, learning_curve_png
 from longshort.training.callbacks import Callback, HistoryCSV, PlainProgress, ProgressBar, TensorBoard
 from longshort.training.checkpoint import checkpoint_path, load_weights, save_weights
-from longshort.training.trainer import Trainer
+from longshort.training.distributed import DistContext, barrier, setup, shutdown
+from longshort.training.trainer import Trainer, resolve_device
 
 
 def _console() -> Console:
@@ -173,7 +174,10 @@ def _describe(splits: Splits, model: SequenceClassifier, batch_size: int, consol
 
 def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: str | Path | None = None,
           resume: str | Path | None = None, console: Console | None = None) -> Any:
-    """Train a model and write a run directory; with ``resume`` continue that run from its last checkpoint."""
+    """Train a model and write a run directory; with ``resume`` continue that run from its last checkpoint.
+
+    Under torchrun (``distributed.strategy`` ddp or fsdp) every process calls this; rank 0 alone prints, writes
+    the run directory's files and returns the :class:`Run` (the other ranks return None)."""
     console = console or _console()
     if resume is not None:
         run_dir = Path(resume)
@@ -184,34 +188,75 @@ def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: st
         cfg = config if isinstance(config, Config) else (
             validate(config) if isinstance(config, dict) else load_config(config))
         run_dir = Path(out) if out else default_run_dir(cfg)
-        if (run_dir / "config.yaml").exists():
+    if cfg.task == "seq2seq":
+        if resume is None and (run_dir / "config.yaml").exists():
             raise RunDirError(f"run directory {run_dir} already holds a run: resume it with --resume "
                               f"{run_dir} or choose another --out")
-
-    if cfg.task == "seq2seq":
         from longshort.seq2seq_run import train_seq2seq
 
         return train_seq2seq(cfg, run_dir, resume is not None, console, _callbacks(cfg, run_dir, console))
+    ctx = setup(cfg.distributed, resolve_device(cfg.train.device))
+    try:
+        return _train_classifier(cfg, run_dir, resume is not None, console, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _agree_on_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> Path:
+    """Rank 0's run directory for every rank (a default name has the time in it), and its checks for all."""
+    error = None
+    if ctx.is_main and not resume and (run_dir / "config.yaml").exists():
+        error = (f"run directory {run_dir} already holds a run: resume it with --resume {run_dir} or choose "
+                 "another --out")
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        shared: list[Any] = [str(run_dir), error]
+        dist.broadcast_object_list(shared, src=0)
+        run_dir, error = Path(shared[0]), shared[1]
+    if error:
+        raise RunDirError(error)
+    return run_dir
+
+
+def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console, ctx: DistContext) -> Run | None:
+    run_dir = _agree_on_run_dir(run_dir, resume, ctx)
+    if not ctx.is_main:
+        console = Console(quiet=True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     splits = prepare(cfg.data, cfg.seed)
-    if resume is None:  # only once the data is read: a bad file leaves no half-made run behind
+    if not resume and ctx.is_main:  # only once the data is read: a bad file leaves no half-made run behind
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    splits.prep.save(run_dir / "preprocess.json")
+    if ctx.is_main:
+        splits.prep.save(run_dir / "preprocess.json")
+    barrier(ctx)
     model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
     _describe(splits, model, cfg.train.batch_size, console)
+    if ctx.enabled:
+        console.print(f"distributed: {cfg.distributed.strategy} over {ctx.world} processes, global batch "
+                      f"{cfg.train.batch_size}")
 
     trainer = Trainer(
         cfg.train, model, to_tensors(splits.train), None if splits.val is None else to_tensors(splits.val),
         num_classes=len(splits.prep.class_names), seed=cfg.seed, run_dir=run_dir,
-        callbacks=_callbacks(cfg, run_dir, console),
+        callbacks=_callbacks(cfg, run_dir, console) if ctx.is_main else [],
+        distributed=cfg.distributed, ctx=ctx,
     )
-    if resume is not None and trainer.restore("last"):
+    if resume and trainer.restore("last"):
         console.print(f"resumed {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch}, step {trainer.step}")
     trainer.fit()
 
+    if ctx.enabled:  # the full weights rank 0 wrote into the checkpoints: final metrics on a plain model there
+        barrier(ctx)
+        if not ctx.is_main:
+            return None
+        model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
+        last = checkpoint_path(trainer.ckpt_dir, "last")
+        assert last is not None
+        load_weights(model, last / "model.safetensors")
     best = checkpoint_path(trainer.ckpt_dir, "best")
     if best is not None:
         load_weights(model, best / "model.safetensors")

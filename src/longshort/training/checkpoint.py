@@ -106,10 +106,16 @@ def loop_state(trainer: Any) -> dict[str, Any]:
 
 def restore_loop_state(trainer: Any, path: Path) -> dict[str, Any]:
     """Load the weights and :func:`loop_state` of checkpoint ``path`` into ``trainer``; returns the whole state
-    (for the loop's own keys)."""
-    load_weights(trainer.model, path / WEIGHTS)
-    s = load_state(path)
-    trainer.optimizer.load_state_dict(s["optimizer"])
+    (for the loop's own keys). A distributed checkpoint (``path/dcp``) loads on any number of ranks."""
+    ctx = getattr(trainer, "dist", None)
+    if is_distributed_checkpoint(path):
+        s = load_distributed_checkpoint(path, trainer.model, trainer.optimizer, ctx.rank if ctx else 0)
+    else:
+        if ctx is not None and ctx.enabled:
+            raise RunDirError(f"{path} is a single-process checkpoint: resume it with distributed.strategy=none")
+        load_weights(trainer.model, path / WEIGHTS)
+        s = load_state(path)
+        trainer.optimizer.load_state_dict(s["optimizer"])
     trainer.schedule.load_state_dict(s["schedule"])
     trainer.scaler.load_state_dict(s["scaler"])
     trainer.early.load_state_dict(s["early_stopping"])
@@ -122,3 +128,68 @@ def restore_loop_state(trainer: Any, path: Path) -> dict[str, Any]:
     trainer.clipper.load_state_dict(s["clipper"])
     trainer.noise.load_state_dict(s["noise"])
     return s
+
+
+# -- distributed (DDP / FSDP2): torch.distributed.checkpoint, reshardable to any number of ranks ----------------
+
+DCP_DIR = "dcp"
+
+
+def save_distributed_checkpoint(ckpt_dir: Path, tags: list[str], model: nn.Module, optimizer: Any,
+                                state: dict[str, Any], step: int, rank: int) -> Path:
+    """Every rank calls this. Model and optimizer go to ``step-N/dcp`` with torch.distributed.checkpoint (each rank
+    writes its shards; a later run may load them on any number of ranks, one process included); rank 0 also writes
+    the full model as safetensors (gathered, for evaluation and deployment) and the loop state; each rank its RNG."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    name = f"step-{step:09d}"
+    final, tmp = ckpt_dir / name, ckpt_dir / f".{name}.partial"
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if not final.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+    dist.barrier()
+    if not final.exists():
+        msd, osd = get_state_dict(model, optimizer)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / DCP_DIR))
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        torch.save({"rng_cpu": torch.get_rng_state()}, tmp / f"rng-rank{rank}.pt")
+        if rank == 0:
+            save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / WEIGHTS))
+            torch.save({k: v for k, v in state.items() if k != "optimizer"}, tmp / STATE)
+        dist.barrier()
+        if rank == 0:
+            os.replace(tmp, final)
+    if rank == 0:
+        for tag in tags:
+            _atomic_write_text(ckpt_dir / f"{tag}.json", json.dumps({"dir": name, "step": step}))
+        live = {json.loads(p.read_text())["dir"] for p in ckpt_dir.glob("*.json")}
+        for old in ckpt_dir.glob("step-*"):
+            if old.name not in live:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def is_distributed_checkpoint(path: Path) -> bool:
+    return (path / DCP_DIR).is_dir()
+
+
+def load_distributed_checkpoint(path: Path, model: nn.Module, optimizer: Any, rank: int) -> dict[str, Any]:
+    """Model and optimizer from ``path/dcp`` into this run's layout (sharded or not, any number of ranks, with or
+    without a process group); returns the loop state with ``optimizer`` removed (it is loaded already)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(model, optimizer)
+    sd = {"model": msd, "optim": osd}
+    dcp.load(sd, checkpoint_id=str(path / DCP_DIR))
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    state = load_state(path)
+    own = path / f"rng-rank{rank}.pt"
+    if own.is_file():  # same rank exists in the saved run: continue its dropout stream exactly
+        state["rng_cpu"] = torch.load(own, weights_only=True)["rng_cpu"]
+    return state

@@ -55,6 +55,7 @@ class OptimConfig(BaseModel):
         0.01, ge=0, description="weight decay (decoupled for AdamW, an L2 term in the gradient for SGD)"
     )
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW's (beta1, beta2)")
+    eps: float = Field(1e-8, gt=0, description="AdamW's epsilon in lr * m / (sqrt(v) + eps)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum; 0 = plain SGD")
     nesterov: bool = Field(False, description="SGD: Nesterov momentum (needs momentum > 0)")
     grad_clip: float | None = Field(
@@ -109,7 +110,7 @@ class ScheduleConfig(BaseModel):
 
 
 def _adamw(params: list[nn.Parameter], cfg: OptimConfig) -> Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
 
 
 def _sgd(params: list[nn.Parameter], cfg: OptimConfig) -> Optimizer:

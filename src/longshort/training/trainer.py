@@ -31,8 +31,23 @@ from longshort.evaluate.predict import batched_outputs, batched_proba
 from longshort.training import curriculum as cur
 from longshort.training.augment import AugmentConfig, MixedBatch, MixupConfig, augment, mixup, mixup_loss
 from longshort.training.callbacks import Callback, EarlyStopping, EarlyStoppingConfig
-from longshort.training.checkpoint import checkpoint_path, loop_state, restore_loop_state, save_checkpoint
+from longshort.training.checkpoint import (
+    checkpoint_path,
+    loop_state,
+    restore_loop_state,
+    save_checkpoint,
+    save_distributed_checkpoint,
+)
 from longshort.training.curriculum import CurriculumConfig, TaskConfig
+from longshort.training.distributed import (
+    DistContext,
+    DistributedConfig,
+    all_sum,
+    device_for,
+    fsdp_no_sync,
+    local_part,
+    parallelize,
+)
 from longshort.training.losses import LossConfig, aux_loss, build_loss
 from longshort.training.optim import (
     GradClipper,
@@ -76,6 +91,9 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice")
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps inside an epoch; 0 = off")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="split each batch into this many micro-batches (same gradient, less activation memory)"
+    )
     log_every: int = Field(10, ge=1, description="steps between progress-bar updates (each reads the loss)")
     progress: Literal["auto", "rich", "plain", "off"] = Field(
         "auto", description="auto: a rich bar on a terminal, a line per epoch otherwise"
@@ -163,11 +181,19 @@ class Trainer:
         seed: int,
         run_dir: Path,
         callbacks: list[Callback] | None = None,
+        distributed: DistributedConfig | None = None,
+        ctx: DistContext | None = None,
     ) -> None:
         self.cfg, self.seed, self.run_dir = cfg, seed, run_dir
-        self.device = resolve_device(cfg.device)
+        self.dist = ctx or DistContext()
+        self.dist_cfg = distributed or DistributedConfig()
+        self.device = device_for(self.dist, resolve_device(cfg.device))
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
-        self.model = model.to(self.device)
+        self.model = parallelize(model.to(self.device), self.dist_cfg, self.dist, self.device)
+        if self.dist.enabled:  # one set of initial weights (broadcast), then each rank its own dropout stream
+            torch.manual_seed(_seed_for(seed, 7, self.dist.rank))
+        self._loss_scale = 1.0  # world * n_rank / n_global for the batch in hand (1 in one process)
+        self._local_n = 0  # this rank's examples in the batch in hand
         self.train_data, self.val_data = train, val
         self.num_classes = num_classes
         self.callbacks = callbacks or []
@@ -337,8 +363,12 @@ class Trainer:
         """One update. Returns (loss, correct count, aux squared-error sum) as tensors (no sync)."""
         self.optimizer.zero_grad(set_to_none=True)
         batch, mixed = self._transform(batch)
-        loss, logits, aux_se = self.compute_loss(batch, mixed)
-        self.scaler.scale(loss).backward()
+        k = min(self.cfg.grad_accum_steps, len(batch))
+        if k == 1 or mixed is not None:  # mixup pairs examples across the whole batch: it stays one piece
+            loss, logits, aux_se = self.compute_loss(batch, mixed)
+            self.scaler.scale(loss * self._loss_scale).backward()
+        else:
+            loss, logits, aux_se = self._accumulate(batch, k)
         self.scaler.unscale_(self.optimizer)
         self.last_grad_norm = self.clipper.clip(self.model)
         self.noise.apply(self.model, self.epoch, self._generator("noise", self.epoch, self.batch))
@@ -353,13 +383,45 @@ class Trainer:
             correct = mixed.lam * (pred == mixed.y_a).sum().double() + (1 - mixed.lam) * (pred == mixed.y_b).sum()
         return loss.detach(), correct, None if aux_se is None else aux_se.sum().double()
 
+    def _accumulate(self, batch: Batch, k: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Gradient accumulation: ``k`` micro-batches, each's loss weighted by its share of the batch, gradients
+        synchronised across ranks only on the last one. The same gradient as the whole batch at once."""
+        parts = torch.tensor_split(torch.arange(len(batch), device=batch.x.device), k)
+        loss = torch.zeros((), device=self.device)
+        logits, aux = [], []
+        for j, part in enumerate(parts):
+            mb = Batch(batch.x[part], batch.lengths[part], None if batch.y is None else batch.y[part],
+                       None if batch.aux is None else batch.aux[part])
+            with self._grad_sync(j == k - 1):
+                lj, lg, ae = self.compute_loss(mb)
+                self.scaler.scale(lj * (len(part) / len(batch)) * self._loss_scale).backward()
+            loss = loss + lj.detach() * (len(part) / len(batch))
+            logits.append(lg)
+            if ae is not None:
+                aux.append(ae)
+        return loss, torch.cat(logits), torch.cat(aux) if aux else None
+
+    def _grad_sync(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        if sync or not self.dist.enabled:
+            return contextlib.nullcontext()
+        if isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return self.model.no_sync()
+        return fsdp_no_sync(self.model)
+
     # -- the loop --------------------------------------------------------------------------------------
 
     def _batches(self, epoch: int, start: int) -> Iterator[tuple[int, Batch]]:
         plan = self.plan(epoch)
         idx = batch_indices(plan.order, self.batch_size(epoch))
         for i in range(start, len(idx)):
-            b = take(self.train_data, idx[i], self.device)
+            local = local_part(idx[i], self.dist)
+            # world * n_rank / n_global: the ranks' averaged gradient is the global batch's mean gradient; a rank
+            # left without examples (a last batch smaller than the world) runs one at weight 0 for the collectives
+            self._loss_scale = self.dist.world * len(local) / len(idx[i])
+            self._local_n = len(local)
+            if len(local) == 0:
+                local = idx[i][:1]
+            b = take(self.train_data, local, self.device)
             if plan.limit is not None:
                 x, lengths = cur.limit_batch(b.x, b.lengths, plan.limit)
                 b = Batch(x, lengths, b.y, b.aux)
@@ -398,11 +460,12 @@ class Trainer:
         seen, new, t0 = prev_seen, 0, time.perf_counter()
         for i, batch in self._batches(epoch, self.batch):
             loss, ok, se = self.train_step(batch)
-            loss_sum += loss.double() * len(batch)
-            correct += ok
+            n = self._local_n  # this rank's examples (0 when it only ran a stand-in for the collectives)
+            loss_sum += loss.double() * n
+            correct += ok * (n > 0)
             if se is not None:
-                aux_sum += se
-            seen, new = seen + len(batch), new + len(batch)
+                aux_sum += se * (n > 0)
+            seen, new = seen + n, new + n
             self.batch, self.step = i + 1, self.step + 1
             if self.batch % cfg.log_every == 0 or self.batch == self.steps_per_epoch:
                 stats = {"batch": self.batch, "loss": loss_sum.item() / seen, "accuracy": correct.item() / seen,
@@ -410,9 +473,18 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_step(self, stats)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.batch < self.steps_per_epoch:
-                self.epoch_sums = (loss_sum.item(), correct.item(), seen, aux_sum.item())
+                ls, ok_sum, n_seen, se_sum = all_sum([loss_sum.item(), correct.item(), seen, aux_sum.item()],
+                                                     self.dist, self.device)  # the epoch so far, all ranks
+                self.epoch_sums = (ls, ok_sum, int(n_seen), se_sum)
                 self.save(["last"])
         elapsed = time.perf_counter() - t0
+        if self.dist.enabled:  # the epoch's totals over all ranks
+            ls, ok_sum, n_seen, se_sum, n_new = all_sum(
+                [loss_sum.item(), correct.item(), seen, aux_sum.item(), new], self.dist, self.device)
+            loss_sum.fill_(ls)
+            correct.fill_(ok_sum)
+            aux_sum.fill_(se_sum)
+            seen, new = int(n_seen), int(n_new)
         if isinstance(self.optimizer, Lookahead) and cfg.optim.lookahead.sync_each_epoch:
             self.optimizer.sync()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -469,7 +541,11 @@ class Trainer:
         return loop_state(self) | {"epoch_sums": list(self.epoch_sums), "scores": self.scores}
 
     def save(self, tags: list[str]) -> None:
-        save_checkpoint(self.ckpt_dir, tags, self.model, self.state_dict(), self.step)
+        if self.dist.enabled:
+            save_distributed_checkpoint(self.ckpt_dir, tags, self.model, self.optimizer, self.state_dict(), self.step,
+                                        self.dist.rank)
+        else:
+            save_checkpoint(self.ckpt_dir, tags, self.model, self.state_dict(), self.step)
 
     def restore(self, tag: str = "last") -> bool:
         """Load checkpoint ``tag`` if there is one; True when something was restored."""
@@ -479,5 +555,7 @@ class Trainer:
         s = restore_loop_state(self, path)
         loss_sum, correct, seen, aux_se = s["epoch_sums"]
         self.epoch_sums = (float(loss_sum), float(correct), int(seen), float(aux_se))
+        if self.dist.rank != 0:  # the saved sums are all ranks' together: rank 0 carries them on
+            self.epoch_sums = (0.0, 0.0, 0, 0.0)
         self.scores = s["scores"]
         return True

@@ -1,0 +1,240 @@
+"""Data-parallel training under ``torchrun``: DDP or FSDP2 applied to a plain model from outside it.
+
+``longshort train`` runs unchanged under ``torchrun --nproc_per_node N`` (or ``longshort train --nproc N``, which
+launches torchrun). Each process reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` from the environment, joins the
+process group (nccl on CUDA, gloo on CPU), builds the model from the same seed (and rank 0's weights are
+broadcast, so every rank starts from one set of initial weights), then :func:`parallelize` wraps it:
+
+- ``ddp``: ``DistributedDataParallel``: every rank holds the whole model, gradients are averaged.
+- ``fsdp``: FSDP2 ``fully_shard`` on each temporal-conv block, BiLSTM block and attention block (seq2seq: each
+  encoder and the decoder cells), then on the root (seed 000's wrap policy, as torchtitan applies it): parameters,
+  gradients and optimizer state are sharded across ranks; ``reshard_after_forward`` true frees the gathered
+  parameters after each block's forward (the seed's FULL_SHARD), false keeps them for the backward (SHARD_GRAD_OP).
+  Mixed precision (bf16/fp16 parameters, fp32 gradient reduction) and pinned CPU offload are CUDA paths; CPU
+  offload without an accelerator is plain (unpinned) offload.
+- activation checkpointing per block (both strategies): the block's activations are recomputed in the backward.
+
+The global batch (``train.batch_size``) is the same as in one process: each rank takes its contiguous part of
+every batch of the one deterministic epoch order (so a resumed run replays it), and each rank's loss is scaled by
+``world * n_rank / n_global`` so that the averaged gradient is exactly the global batch's mean gradient even when
+the last batch does not split evenly. Metrics are summed across ranks; validation runs the whole validation set
+on every rank (FSDP needs every rank in each forward), so every rank takes the same early-stopping decision.
+Only rank 0 prints progress and writes logs and the final ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from longshort.errors import ConfigError
+
+
+class DistributedConfig(BaseModel):
+    """``distributed:`` how the same run spreads over the processes torchrun starts."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    strategy: Literal["none", "ddp", "fsdp"] = Field(
+        "none", description="none: one process; ddp: replicate, average gradients; fsdp: FSDP2 fully_shard per block"
+    )
+    reshard_after_forward: bool = Field(
+        True, description="fsdp: free gathered parameters after each block's forward (FULL_SHARD); false keeps "
+        "them until the backward (SHARD_GRAD_OP: more memory, less communication)"
+    )
+    mixed_precision: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="fsdp on CUDA: parameters in bf16/fp16 for compute, gradients reduced in fp32"
+    )
+    cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters and optimizer state on the CPU")
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in the backward")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
+    timeout_s: int = Field(300, ge=10, description="collective timeout: a lost rank fails the job after this")
+
+
+@dataclass
+class DistContext:
+    """Where this process stands: ``rank`` of ``world`` (``world == 1`` and ``enabled`` False for one process)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    enabled: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup(cfg: DistributedConfig, device: torch.device) -> DistContext:
+    """Join the process group torchrun set up (no-op for one process); checks the strategy fits the launch."""
+    world = env_world()
+    if cfg.strategy == "none":
+        if world > 1:
+            raise ConfigError(f"started by torchrun with {world} processes but distributed.strategy=none: set "
+                              "distributed.strategy=ddp or fsdp")
+        return DistContext()
+    if cfg.mixed_precision != "none" and device.type != "cuda":
+        raise ConfigError(f"distributed.mixed_precision={cfg.mixed_precision} needs CUDA (fp32 on CPU: LSTMs "
+                          "under CPU autocast are not supported)")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+        if backend == "nccl" and device.type != "cuda":
+            raise ConfigError("distributed.backend=nccl needs CUDA devices (use gloo on CPU)")
+        if device.type == "cuda":
+            torch.cuda.set_device(local)
+        if "MASTER_ADDR" not in os.environ:  # one process without torchrun: a group of one on this machine only
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.setdefault("RANK", "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
+        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout_s))
+    return DistContext(dist.get_rank(), dist.get_world_size(), local, True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def device_for(ctx: DistContext, device: torch.device) -> torch.device:
+    """Each rank's own GPU (``cuda:LOCAL_RANK``); the CPU stays the CPU."""
+    if device.type == "cuda":
+        return torch.device("cuda", ctx.local_rank)
+    return device
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The units FSDP shards and activation checkpointing recomputes, in forward order."""
+    units: list[nn.Module] = []
+    for name in ("convs", "lstms", "encoders", "cells"):  # classifier blocks; seq2seq encoders and decoder cells
+        seq = getattr(model, name, None)
+        if isinstance(seq, nn.ModuleList):
+            units += list(seq)
+    attns = getattr(model, "attns", None)
+    if isinstance(attns, nn.ModuleDict):
+        units += list(attns.values())
+    return units
+
+
+def broadcast_parameters(model: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (one set of initial weights whatever each rank drew)."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def _checkpoint_blocks(model: nn.Module) -> None:
+    # torch's own wrapper (as torchtitan uses it): recompute in the backward, state-dict keys unchanged.
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for name in ("convs", "lstms", "encoders"):
+        seq = getattr(model, name, None)
+        if isinstance(seq, nn.ModuleList):
+            for i, block in enumerate(seq):
+                seq[i] = checkpoint_wrapper(block)
+    attns = getattr(model, "attns", None)
+    if isinstance(attns, nn.ModuleDict):
+        for key in list(attns):
+            attns[key] = checkpoint_wrapper(attns[key])
+
+
+def parallelize(model: nn.Module, cfg: DistributedConfig, ctx: DistContext, device: torch.device) -> nn.Module:
+    """The model as this strategy trains it (``model`` itself for strategy none, or a DDP wrapper, or the model
+    with FSDP2 applied in place)."""
+    if not ctx.enabled:
+        return model
+    broadcast_parameters(model)
+    if cfg.activation_checkpointing:
+        _checkpoint_blocks(model)
+    if cfg.strategy == "ddp":
+        ids = [device.index] if device.type == "cuda" else None
+        # find_unused_parameters: the auxiliary head gets no gradient when there is no aux target
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (ctx.world,))
+    kw: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": cfg.reshard_after_forward}
+    if cfg.mixed_precision != "none":
+        dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    kw["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
+    for block in blocks(model):
+        fully_shard(block, **kw)
+    fully_shard(model, **kw)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under a DDP wrapper (FSDP2 works in place, so the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def fsdp_no_sync(model: nn.Module) -> Iterator[None]:
+    """FSDP2: accumulate gradients locally (no reduce-scatter) inside the block."""
+    model.set_requires_gradient_sync(False)  # type: ignore[operator]
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)  # type: ignore[operator]
+
+
+def local_part(idx: Tensor, ctx: DistContext) -> Tensor:
+    """This rank's contiguous part of a global batch's indices (the first ``n % world`` ranks take one more)."""
+    if not ctx.enabled:
+        return idx
+    return torch.tensor_split(idx, ctx.world)[ctx.rank]
+
+
+def all_sum(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
+    """Element-wise sum over ranks (float64)."""
+    if not ctx.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sharded_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Bytes this rank holds for parameters, gradients and optimizer state (local shards of DTensors)."""
+
+    def local(t: Tensor) -> Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    params = sum(local(p).numel() * p.element_size() for p in model.parameters())
+    grads = sum(local(p.grad).numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    opt = 0
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            for v in state.values():
+                if isinstance(v, Tensor):
+                    opt += local(v).numel() * v.element_size()
+    return {"params": params, "grads": grads, "optimizer": opt, "total": params + grads + opt}
