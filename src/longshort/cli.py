@@ -163,6 +163,26 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(f"{len(data)} predictions written to {out}")
 
 
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from longshort.config import apply_overrides, read_yaml, validate
+    from longshort.plan import plan, print_plan
+    from longshort.run import _console
+
+    raw = read_yaml(args.config) if args.config else {}
+    for o in args.overrides:
+        if "=" not in o:
+            raise LongshortError(f"'{o}' is not a KEY=VALUE override")
+    cfg = validate(apply_overrides(raw, list(args.overrides)))
+    if cfg.task != "classify":
+        raise LongshortError("longshort plan covers task classify (the model distributed training runs)")
+    nprocs = sorted({1, *args.nproc}) if args.nproc else [1, 2, 4, 8]
+    result = plan(cfg, nprocs, measure_steps=args.steps)
+    print_plan(result, _console())
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"written: {args.json}")
+
+
 def _cmd_datasets(args: argparse.Namespace) -> None:
     from longshort.data.builtin import BUILTINS
     from longshort.data.pairs import PAIR_BUILTINS
@@ -215,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", metavar="FILE", required=True, help="CSV (classify) or TSV (seq2seq) to write")
     r.add_argument("--beam", type=int, metavar="K", help="seq2seq: beam size (default seq2seq.decode.beam_size)")
     r.set_defaults(func=_cmd_predict)
+
+    pl = sub.add_parser("plan", help="parameters, memory per rank (none / ddp / fsdp) and training time, before "
+                        "training", description="Parameters by component, memory per rank for none, ddp and fsdp "
+                        "at N ranks, and a training-time estimate from a few steps measured on this machine.")
+    pl.add_argument("--config", metavar="FILE")
+    pl.add_argument("--nproc", type=int, nargs="+", metavar="N", help="rank counts to show (default 1 2 4 8)")
+    pl.add_argument("--steps", type=int, default=3, help="training steps to time (after one warm-up)")
+    pl.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
+    pl.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    pl.set_defaults(func=_cmd_plan)
 
     d = sub.add_parser("datasets", help="list the built-in datasets")
     d.set_defaults(func=_cmd_datasets)

@@ -81,3 +81,19 @@ def test_sigkill_of_a_rank_fails_the_job_and_the_run_resumes_on_2_and_on_1_proce
     h2, h1 = pd.read_csv(run / "history.csv"), pd.read_csv(one / "history.csv")
     torch.testing.assert_close(torch.tensor(h2["train_loss"].to_numpy()), torch.tensor(h1["train_loss"].to_numpy()),
                                atol=1e-3, rtol=0)
+
+
+def test_plan_command_prints_and_writes_the_memory_table(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    proc = subprocess.run([sys.executable, "-m", "longshort", "plan", "--nproc", "2", "4", "--steps", "1", "--json",
+                           out, "data.builtin.n=60", "data.builtin.length=12", "model.hidden_dim=16",
+                           "model.num_heads=2", "model.num_lstm_layers=2", "model.conv_dilations=[1]"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "memory per rank" in proc.stderr and "training time" in proc.stderr
+    plan = json.loads(out.read_text())
+    rows = {(r["strategy"], r["nproc"]) for r in plan["memory"]}
+    assert {("none", 1), ("ddp", 2), ("fsdp", 2), ("ddp", 4), ("fsdp", 4)} <= rows
+    fsdp4 = next(r for r in plan["memory"] if r["strategy"] == "fsdp" and r["nproc"] == 4)
+    ddp4 = next(r for r in plan["memory"] if r["strategy"] == "ddp" and r["nproc"] == 4)
+    assert fsdp4["params"] < 0.3 * ddp4["params"] and fsdp4["activations"] == ddp4["activations"]
