@@ -32,7 +32,7 @@ import torch
 from longshort.config import validate
 from longshort.data.batching import TensorData
 from longshort.nn.classifier import SequenceClassifier
-from longshort.plan import activation_profile, measured_peak, memory_rows
+from longshort.plan import RSSPeak, activation_profile, measured_peak, memory_rows, rss_profile
 from longshort.training.distributed import DistributedConfig, setup, sharded_bytes, shutdown
 from longshort.training.trainer import Trainer
 
@@ -61,12 +61,26 @@ def run_trainer(steps: int, strategy: str, tmp: Path) -> dict[str, Any]:
     tr = Trainer(cfg.train, model, data(steps), None, num_classes=CLASSES, seed=0, run_dir=tmp, distributed=dcfg,
                  ctx=ctx)
     tr.save = lambda tags: None  # type: ignore[method-assign]  # timing the steps, not checkpoint I/O
+    # the process's resident memory during the steps after the first (which allocates the optimizer state and
+    # the libraries' caches, as plan's probes do in their warm-up), above where it stood before them
+    watch, inner = RSSPeak(), tr.train_step
+
+    def step(batch: Any) -> Any:
+        if tr.step == 1:
+            watch.__enter__()
+        return inner(batch)
+
+    tr.train_step = step  # type: ignore[method-assign]
     t0 = time.perf_counter()
     tr.fit()
     elapsed = time.perf_counter() - t0
+    watch.__exit__(None, None, None)
+    rss_peak = watch.peak
     mem = sharded_bytes(tr.model, tr.optimizer)
     shutdown(ctx)
-    return {"samples_per_s": BATCH * steps / elapsed, "seconds": elapsed, "memory": mem, "rank": ctx.rank}
+    return {"samples_per_s": BATCH * steps / elapsed, "seconds": elapsed, "memory": mem, "rank": ctx.rank,
+            "rss_peak_over_start": rss_peak}
+
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -110,6 +124,11 @@ def main() -> None:
     model = SequenceClassifier(FEATURES, CLASSES, cfg.model)
     per_seq, fixed = activation_profile(model, LENGTH, FEATURES)
     rows = {(r.strategy, r.nproc): r for r in memory_rows(model, cfg, [1, 2], per_seq, fixed)}
+    torch.set_num_threads(1)  # the RSS probes like the 1-thread run they are compared with
+    fit = rss_profile(cfg, LENGTH, FEATURES, CLASSES)
+    full = rss_profile(cfg, LENGTH, FEATURES, CLASSES, batches=(BATCH, 2 * BATCH))  # measured at batch 64 itself
+    assert fit is not None and full is not None
+    rss_plan, rss_measured = fit[1] + fit[0] * BATCH, full[1] + full[0] * BATCH
     peak = measured_peak(model, cfg, BATCH, LENGTH, FEATURES, CLASSES)
     state = {k: rows[k].params + rows[k].grads + rows[k].optimizer for k in rows}
     result = {
@@ -128,7 +147,11 @@ def main() -> None:
             "fsdp_over_ddp_measured": fsdp["memory"]["total"] / ddp["memory"]["total"],
         },
         "plan_vs_measured_peak": {"plan_total_none": rows[("none", 1)].total, "measured_peak": peak,
-                                  "ratio": rows[("none", 1)].total / peak["total"]},
+                                  "ratio": rows[("none", 1)].total / peak["total"],
+                                  "plan_rss_estimate": rss_plan,
+                                  "rss_measured_fresh_process_batch_64": rss_measured,
+                                  "ratio_plan_rss_to_measured": rss_plan / rss_measured,
+                                  "rss_trainer_run_after_first_step": one_1["rss_peak_over_start"]},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -145,6 +168,11 @@ def main() -> None:
     p = result["plan_vs_measured_peak"]
     print(f"plan total (none) {p['plan_total_none'] / 2**20:.2f} MiB vs measured peak "
           f"{p['measured_peak']['total'] / 2**20:.2f} MiB: ratio {p['ratio']:.3f}")
+    print(f"process memory (RSS) of training steps at batch 64 in a fresh process "
+          f"{p['rss_measured_fresh_process_batch_64'] / 2**20:.2f} MiB; plan's RSS estimate (fitted at batch 8 and "
+          f"16) {p['plan_rss_estimate'] / 2**20:.2f} MiB: ratio {p['ratio_plan_rss_to_measured']:.3f}")
+    print(f"(the Trainer run's RSS growth after its first step: {p['rss_trainer_run_after_first_step'] / 2**20:.2f} "
+          "MiB: memory freed by step 1 is reused, so it grows less)")
     print(f"written: {args.out}")
 
 

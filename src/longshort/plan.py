@@ -44,7 +44,9 @@ parameters, gradients and ``optimizer.state`` tensors plus the bytes saved for b
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -320,7 +322,84 @@ def time_steps(model: nn.Module, cfg: Config, batch: int, length: int, input_dim
 # -- the plan -----------------------------------------------------------------------------------------------
 
 
-def plan(cfg: Config, nprocs: list[int] | None = None, measure_steps: int = 3) -> dict[str, Any]:
+# -- process memory (RSS), calibrated by two probe runs ---------------------------------------------------------
+
+
+class RSSPeak:
+    """``with RSSPeak() as p: ...`` then ``p.peak``: the peak resident memory of this process inside the block,
+    above where it stood at the start, sampled by a thread every ~0.2 ms from /proc/self/statm (Linux). The
+    kernel's own peak (ru_maxrss) cannot be reset and would include import-time peaks."""
+
+    def __init__(self) -> None:
+        import threading
+        from pathlib import Path
+
+        self._statm, self._page = Path("/proc/self/statm"), os.sysconf("SC_PAGE_SIZE")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.start = self.top = 0
+
+    def rss(self) -> int:
+        return int(self._statm.read_text().split()[1]) * self._page
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.top = max(self.top, self.rss())
+            time.sleep(0.0002)
+
+    def __enter__(self) -> RSSPeak:
+        self.start = self.top = self.rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.top = max(self.top, self.rss())
+
+    @property
+    def peak(self) -> int:
+        return self.top - self.start
+
+
+def _rss_probe(cfg: Config, batch: int, length: int, input_dim: int, num_classes: int) -> int:
+    """In this (fresh) process: :class:`RSSPeak` of two real training steps at ``batch`` (after a batch-1 step, so
+    library start-up is not counted)."""
+    torch.manual_seed(cfg.seed)
+    model = SequenceClassifier(input_dim, num_classes, cfg.model)
+    opt = build_optimizer(model, cfg.train.optim)
+    clipper = GradClipper(cfg.train.optim)
+    _step(model, opt, clipper, cfg, _probe_batch(1, length, input_dim, num_classes, torch.device("cpu")))
+    probe = _probe_batch(batch, length, input_dim, num_classes, torch.device("cpu"))
+    with RSSPeak() as watch:
+        for _ in range(2):
+            _step(model, opt, clipper, cfg, probe)
+    return watch.peak
+
+
+def rss_profile(cfg: Config, length: int, input_dim: int, num_classes: int, batches: tuple[int, int] = (8, 16)
+                ) -> tuple[float, float] | None:
+    """(bytes per sequence, fixed bytes) of the process's peak resident memory during training, fitted to two probe
+    runs in fresh processes (peak RSS cannot be reset inside one); None where /proc is missing (not Linux)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/statm").is_file():
+        return None
+    peaks = []
+    for b in batches:
+        job = {"config": cfg.model_dump(mode="json"), "batch": b, "length": length, "input_dim": input_dim,
+               "num_classes": num_classes}
+        out = subprocess.run([sys.executable, "-m", "longshort.plan", "--rss-probe"], input=json.dumps(job),
+                             capture_output=True, text=True, check=True, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+        peaks.append(int(out.stdout.strip().splitlines()[-1]))
+    slope = (peaks[1] - peaks[0]) / (batches[1] - batches[0])
+    return slope, peaks[0] - slope * batches[0]
+
+
+def plan(cfg: Config, nprocs: list[int] | None = None, measure_steps: int = 3, rss: bool = True) -> dict[str, Any]:
     """Parameters, memory per rank and training-time estimate for ``cfg``'s classifier, as a JSON-able dict."""
     if cfg.task != "classify":
         raise ValueError(f"plan covers the classifier (task: classify), got task: {cfg.task}")
@@ -339,6 +418,15 @@ def plan(cfg: Config, nprocs: list[int] | None = None, measure_steps: int = 3) -
     components = model.parameter_counts()
     per_sample, fixed = activation_profile(model, length, input_dim)
     rows = memory_rows(model, cfg, ns, per_sample, fixed)
+    rss_fit = rss_profile(cfg, length, input_dim, num_classes) if rss and device.type == "cpu" else None
+    rss_rows = {}
+    if rss_fit is not None:
+        none_state = next(r for r in rows if r.strategy == "none")
+        full_state = none_state.params + none_state.grads + none_state.optimizer
+        for r in rows:  # the probe's fit at this rank's batch, less the state FSDP shards away
+            b = math.ceil(cfg.train.batch_size / r.nproc) if r.strategy != "none" else cfg.train.batch_size
+            saved = full_state - (r.params + r.grads + r.optimizer)
+            rss_rows[f"{r.strategy}:{r.nproc}"] = int(rss_fit[1] + rss_fit[0] * b - saved)
 
     global_batch = cfg.train.batch_size
     train_size = len(splits.train)
@@ -368,6 +456,9 @@ def plan(cfg: Config, nprocs: list[int] | None = None, measure_steps: int = 3) -
         "the true transient can be larger)",
         "memory counts the tensors training keeps, not the allocator peak (no operation workspaces, gradient "
         "temporaries, DDP buckets, CUDA context or fragmentation)",
+        *(["process peak (RSS): fitted to two training steps at batch 8 and 16 run in fresh processes on this "
+           f"machine ({rss_fit[0] / 2**20:.2f} MiB per sequence + {rss_fit[1] / 2**20:.1f} MiB), at the per-rank "
+           "batch; what the operating system sees, allocator and workspaces included"] if rss_fit else []),
         f"time: mean of {measure_steps} training steps after 1 warm-up on {device.type} "
         f"({torch.get_num_threads()} CPU threads), times {steps_per_epoch} steps/epoch x {epochs} epochs",
         "N > 1: assumes N devices each as fast as this one and no communication cost (ideal scaling); the "
@@ -388,7 +479,7 @@ def plan(cfg: Config, nprocs: list[int] | None = None, measure_steps: int = 3) -
         "activation_fixed_bytes": fixed,
         "global_batch": global_batch,
         "per_rank_batch": {str(n): b for n, b in per_rank.items()},
-        "memory": [asdict(r) for r in rows],
+        "memory": [asdict(r) | ({"rss": rss_rows[f"{r.strategy}:{r.nproc}"]} if rss_rows else {}) for r in rows],
         "seconds_per_step": seconds,
         "train_size": train_size,
         "steps_per_epoch": steps_per_epoch,
@@ -423,12 +514,14 @@ def print_plan(result: dict[str, Any], console: Console) -> None:
     console.print(t)
 
     m = Table(title="memory per rank (MiB)", show_edge=False)
-    for col in ("strategy", "N", "batch/rank", "params", "grads", "optimizer", "activations", "gathered", "total"):
+    has_rss = bool(result["memory"]) and "rss" in result["memory"][0]
+    cols = ["strategy", "N", "batch/rank", "params", "grads", "optimizer", "activations", "gathered", "total"]
+    for col in cols + (["process (RSS)"] if has_rss else []):
         m.add_column(col, justify="left" if col == "strategy" else "right")
     for r in result["memory"]:
         m.add_row(r["strategy"], str(r["nproc"]), str(result["per_rank_batch"][str(r["nproc"])]), _mib(r["params"]),
                   _mib(r["grads"]), _mib(r["optimizer"]), _mib(r["activations"]), _mib(r["gathered"]),
-                  _mib(r["total"]))
+                  _mib(r["total"]), *([_mib(r["rss"])] if has_rss else []))
     console.print(m)
 
     s = Table(title=f"training time ({result['epochs']} epochs x {result['steps_per_epoch']} steps)", show_edge=False)
@@ -439,3 +532,13 @@ def print_plan(result: dict[str, Any], console: Console) -> None:
     console.print(s)
     for note in result["notes"]:
         console.print(f"note: {note}")
+
+
+if __name__ == "__main__":  # the --rss-probe worker of rss_profile: a config on stdin, the peak in bytes on stdout
+    import sys
+
+    if sys.argv[1:] == ["--rss-probe"]:
+        from longshort.config import validate
+
+        job = json.loads(sys.stdin.read())
+        print(_rss_probe(validate(job["config"]), job["batch"], job["length"], job["input_dim"], job["num_classes"]))

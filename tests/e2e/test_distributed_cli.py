@@ -97,3 +97,6 @@ def test_plan_command_prints_and_writes_the_memory_table(tmp_path: Path) -> None
     fsdp4 = next(r for r in plan["memory"] if r["strategy"] == "fsdp" and r["nproc"] == 4)
     ddp4 = next(r for r in plan["memory"] if r["strategy"] == "ddp" and r["nproc"] == 4)
     assert fsdp4["params"] < 0.3 * ddp4["params"] and fsdp4["activations"] == ddp4["activations"]
+    # the process-memory column, fitted to probe runs at batch 8 and 16: grows with the per-rank batch
+    none = next(r for r in plan["memory"] if r["strategy"] == "none")
+    assert "process peak (RSS)" in proc.stderr and none["rss"] > ddp4["rss"] > 0

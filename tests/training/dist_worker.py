@@ -40,7 +40,8 @@ def main() -> None:
     mem = __import__("longshort.training.distributed", fromlist=["x"]).sharded_bytes(tr.model, tr.optimizer)
     if ctx.is_main:
         save_file({k: v.contiguous() for k, v in full.items()}, str(out.with_suffix(".safetensors")))
-        out.write_text(json.dumps({"losses": losses, "steps": STEPS, "memory": mem}))
+        wrapped = sum(type(m).__name__ == "CheckpointWrapper" for m in tr.model.modules())
+        out.write_text(json.dumps({"losses": losses, "steps": STEPS, "memory": mem, "checkpoint_wrapped": wrapped}))
     shutdown(ctx)
 
 

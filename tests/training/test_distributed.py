@@ -75,15 +75,23 @@ def test_gradient_accumulation_gives_the_whole_batch_gradient(tmp_path: Path) ->
         torch.testing.assert_close(accum[k], v, atol=2e-6, rtol=1e-5, msg=k)
 
 
-def test_ddp_with_gradient_accumulation_matches_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("strategy", "extra"), [
+    ("ddp", {"grad_accum_steps": 2, "distributed": {"activation_checkpointing": True}}),
+    ("fsdp", {"grad_accum_steps": 2, "distributed": {"reshard_after_forward": False}}),
+])
+def test_accumulation_checkpointing_and_shard_grad_op_match_one_process(tmp_path: Path, strategy: str,
+                                                                        extra: dict[str, Any]) -> None:
     ref_losses, ref_weights = _single(tmp_path / "single")
-    out = tmp_path / "ddp" / "result.json"
+    out = tmp_path / strategy / "result.json"
     out.parent.mkdir()
-    res = torchrun(WORKER, "ddp", out, json.dumps({"grad_accum_steps": 2}))
+    res = torchrun(WORKER, strategy, out, json.dumps(extra))
     assert res.returncode == 0, res.stderr[-3000:]
-    torch.testing.assert_close(torch.tensor(json.loads(out.read_text())["losses"]), torch.tensor(ref_losses),
-                               atol=1e-4, rtol=0)
+    got = json.loads(out.read_text())
+    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref_losses), atol=1e-4, rtol=0)
+    # the conv, BiLSTM and attention blocks (1 + 2 + 1) recompute their activations in the backward
+    assert got["checkpoint_wrapped"] == (4 if extra["distributed"].get("activation_checkpointing") else 0)
     weights = load_file(str(out.with_suffix(".safetensors")))
+    assert weights.keys() == ref_weights.keys()  # activation checkpointing leaves the state-dict keys alone
     for k, v in ref_weights.items():
         torch.testing.assert_close(weights[k], v, atol=1e-4, rtol=1e-4, msg=k)
 
