@@ -163,6 +163,25 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(f"{len(data)} predictions written to {out}")
 
 
+def _cmd_cv(args: argparse.Namespace) -> None:
+    from datetime import datetime
+
+    from longshort.config import apply_overrides, read_yaml, validate
+    from longshort.evaluate.validation import run_cv
+    from longshort.run import _console
+
+    raw = read_yaml(args.config) if args.config else {}
+    extra = list(args.overrides) + ([f"data.source={args.data}"] if args.data else [])
+    for o in extra:
+        if "=" not in o:
+            raise LongshortError(f"'{o}' is not a KEY=VALUE override")
+    cfg = validate(apply_overrides(raw, extra))
+    out = Path(args.out) if args.out else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-cv"
+    if (out / "cv.json").exists():
+        raise LongshortError(f"{out} already holds a cross-validation (cv.json): choose another --out")
+    run_cv(cfg, out, _console())
+
+
 def _cmd_plan(args: argparse.Namespace) -> None:
     from longshort.config import apply_overrides, read_yaml, validate
     from longshort.plan import plan, print_plan
@@ -235,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", metavar="FILE", required=True, help="CSV (classify) or TSV (seq2seq) to write")
     r.add_argument("--beam", type=int, metavar="K", help="seq2seq: beam size (default seq2seq.decode.beam_size)")
     r.set_defaults(func=_cmd_predict)
+
+    cv = sub.add_parser("cv", help="cross-validate: walk-forward folds for a series, stratified k-fold otherwise",
+                        epilog="cv.* keys: folds, scheme (auto|expanding|sliding|kfold), gap, embargo, "
+                        "train_windows, val_fraction (see docs/validation.md)")
+    cv.add_argument("--config", metavar="FILE")
+    cv.add_argument("--data", metavar="PATH")
+    cv.add_argument("--out", metavar="DIR", help="where folds and the summary go (default runs/DATE-TIME-cv)")
+    cv.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    cv.set_defaults(func=_cmd_cv)
 
     pl = sub.add_parser("plan", help="parameters, memory per rank (none / ddp / fsdp) and training time, before "
                         "training", description="Parameters by component, memory per rank for none, ddp and fsdp "

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from longshort.data.config import DataConfig
 from longshort.errors import ConfigError
+from longshort.evaluate.validation import CVConfig
 from longshort.nn.classifier import ClassifierConfig
 from longshort.training.distributed import DistributedConfig
 from longshort.training.seq2seq_trainer import Seq2SeqSection
@@ -38,6 +39,7 @@ class Config(BaseModel):
     train: TrainConfig = TrainConfig()
     seq2seq: Seq2SeqSection = Seq2SeqSection()
     distributed: DistributedConfig = DistributedConfig()
+    cv: CVConfig = CVConfig()
 
     @model_validator(mode="after")
     def _distributed_options(self) -> Config:

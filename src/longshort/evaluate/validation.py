@@ -1,0 +1,238 @@
+"""Cross-validation that cannot leak: walk-forward folds for a continuous series, stratified k-fold for independent
+sequences. Every fold builds a fresh model and optimizer and fits its own scaling on its own training part.
+
+Continuous series (``data.layout`` series). The series is cut into windows once (``data.series``); window ``i``
+ends at row ``e_i``, reads rows ``e_i - window + 1 .. e_i`` and its label reads rows ``e_i + 1 .. e_i + horizon``.
+The windows' end rows are divided into ``cv.folds + 1`` consecutive blocks; fold ``k`` tests on block ``k + 1``
+(starting at row ``T_k``) and trains on the windows that end before ``T_k - gap``: all of them (``expanding``) or
+the last ``cv.train_windows`` (``sliding``). Two windows share no row (features or label) when their end rows
+differ by at least ``window + horizon``, so a train window ending at ``T_k - gap - 1`` and the first test window
+are disjoint exactly when ``gap >= window + horizon - 1``; a smaller ``cv.gap`` is refused. The default is
+``window + horizon``. The last ``cv.val_fraction`` of each fold's training windows is its validation part (early
+stopping), with the same purge between them (``cv.embargo``, default ``window + horizon``), so neither early
+stopping nor scaling sees a row that a later part labels.
+
+Independent sequences: ``StratifiedKFold`` (scikit-learn, shuffled by the seed); a stratified validation part is
+cut from each fold's training part.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+from rich.table import Table
+
+from longshort.errors import ConfigError, DataError
+
+
+class CVConfig(BaseModel):
+    """``cv:`` how ``longshort cv`` folds the data."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    folds: int = Field(5, ge=2, description="number of folds (test blocks)")
+    scheme: Literal["auto", "expanding", "sliding", "kfold"] = Field(
+        "auto", description="auto: expanding walk-forward for a continuous series, stratified k-fold otherwise"
+    )
+    gap: int | None = Field(
+        None, ge=0, description="purge: rows between the last training window's end and the first test window's "
+        "end; default window + horizon; less than window + horizon - 1 would share rows and is refused"
+    )
+    embargo: int | None = Field(
+        None, ge=0, description="rows purged between each fold's training and validation windows (default "
+        "window + horizon; the same minimum as gap)"
+    )
+    train_windows: int | None = Field(None, ge=10, description="sliding: training windows per fold (default: "
+                                      "as many as one test block)")
+    val_fraction: float = Field(0.15, ge=0, lt=0.5, description="share of each fold's training part for validation")
+
+
+@dataclass
+class Fold:
+    train: np.ndarray  # indices into the windowed (or independent) sequences
+    val: np.ndarray
+    test: np.ndarray
+    describe: str
+
+
+def _min_gap(window: int, horizon: int) -> int:
+    return window + horizon - 1
+
+
+def walk_forward(ends: np.ndarray, cfg: CVConfig, window: int, horizon: int) -> list[Fold]:
+    """Folds over windows whose last rows are ``ends`` (sorted), as the module docstring says."""
+    scheme = "expanding" if cfg.scheme == "auto" else cfg.scheme
+    if scheme == "kfold":
+        raise ConfigError("cv.scheme=kfold shuffles windows of one series across folds, so train and test would "
+                          "share rows: use expanding or sliding for a continuous series")
+    gap = window + horizon if cfg.gap is None else cfg.gap
+    embargo = window + horizon if cfg.embargo is None else cfg.embargo
+    need = _min_gap(window, horizon)
+    for name, value in (("cv.gap", gap), ("cv.embargo", embargo)):
+        if value < need:
+            raise ConfigError(f"{name}={value} would let training and test windows share rows: a window reads "
+                              f"{window} rows and its label {horizon} more, so {name} must be >= window + horizon "
+                              f"- 1 = {need}")
+    n = len(ends)
+    blocks = np.array_split(np.arange(n), cfg.folds + 1)
+    if min(len(b) for b in blocks) < 2:
+        raise DataError("cv", f"{n} windows are too few for {cfg.folds} folds")
+    folds = []
+    for k in range(cfg.folds):
+        test = blocks[k + 1]
+        t0 = ends[test[0]]
+        train = np.flatnonzero(ends < t0 - gap)
+        if scheme == "sliding":
+            size = cfg.train_windows or len(blocks[0])
+            train = train[-size:]
+        if len(train) < 4:
+            raise DataError("cv", f"fold {k + 1}: {len(train)} training windows before row {t0} with gap {gap} "
+                                  "(fewer folds, a smaller window, or more data)")
+        n_val = round(len(train) * cfg.val_fraction)
+        val = np.array([], dtype=np.int64)
+        if n_val:
+            val = train[-n_val:]
+            train = train[ends[train] < ends[val[0]] - embargo]
+        folds.append(Fold(train, val, test, f"train rows <= {ends[train[-1]]}, "
+                          + (f"val rows {ends[val[0]]}-{ends[val[-1]]}, " if len(val) else "")
+                          + f"test rows {ends[test[0]]}-{ends[test[-1]]} (window end rows)"))
+    return folds
+
+
+def stratified_folds(y: np.ndarray, cfg: CVConfig, seed: int) -> list[Fold]:
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    if cfg.scheme in ("expanding", "sliding"):
+        raise ConfigError(f"cv.scheme={cfg.scheme} is for one continuous series; independent sequences use kfold")
+    labels = np.asarray([str(v) for v in y])
+    folds = []
+    for k, (tr, te) in enumerate(StratifiedKFold(cfg.folds, shuffle=True, random_state=seed).split(labels, labels)):
+        val = np.array([], dtype=np.int64)
+        if cfg.val_fraction > 0:
+            _, counts = np.unique(labels[tr], return_counts=True)
+            tr, val = train_test_split(tr, test_size=cfg.val_fraction, random_state=seed + k,
+                                       stratify=labels[tr] if counts.min() >= 2 else None)
+        folds.append(Fold(np.sort(tr), np.sort(val), np.sort(te), f"stratified fold {k + 1} of {cfg.folds}"))
+    return folds
+
+
+def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any]:
+    """Train and test one fresh model per fold; write ``out/cv.json``, ``out/folds.csv``, ``out/cv.png``."""
+    import torch
+
+    from longshort.config import save_config
+    from longshort.data.batching import to_tensors
+    from longshort.data.pipeline import Preprocessor, layout_of, read_source
+    from longshort.data.types import SeriesData
+    from longshort.data.windows import make_windows
+    from longshort.evaluate.metrics import classification_metrics
+    from longshort.evaluate.predict import batched_proba
+    from longshort.nn.classifier import SequenceClassifier
+    from longshort.training.trainer import Trainer
+
+    console = console or Console(stderr=True)
+    if cfg.task != "classify":
+        raise ConfigError("longshort cv covers task classify")
+    raw = read_source(cfg.data.source, cfg.data, cfg.seed)
+    layout = layout_of(raw)
+    if isinstance(raw, SeriesData):
+        s = cfg.data.series
+        seqs = make_windows(raw, s)
+        assert seqs.order is not None
+        folds = walk_forward(np.asarray(seqs.order), cfg.cv, s.window, s.horizon)
+    else:
+        seqs = raw
+        assert seqs.y is not None
+        folds = stratified_folds(seqs.y, cfg.cv, cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    rows: list[dict[str, Any]] = []
+    for k, fold in enumerate(folds):
+        prep = Preprocessor.fit(seqs.subset(fold.train), layout, cfg.data.scale)  # this fold's training part only
+        train = prep.transform(seqs.subset(fold.train))
+        val = prep.transform(seqs.subset(fold.val)) if len(fold.val) else None
+        test = prep.transform(seqs.subset(fold.test))
+        torch.manual_seed(cfg.seed)  # a fresh model (and, in the Trainer, a fresh optimizer) per fold
+        model = SequenceClassifier(train.n_features, len(prep.class_names), cfg.model)
+        trainer = Trainer(cfg.train, model, to_tensors(train), None if val is None else to_tensors(val),
+                          num_classes=len(prep.class_names), seed=cfg.seed, run_dir=out / f"fold-{k + 1}")
+        trainer.fit()
+        from longshort.training.checkpoint import checkpoint_path, load_weights
+
+        best = checkpoint_path(trainer.ckpt_dir, "best")
+        if best is not None:
+            load_weights(model, best / "model.safetensors")
+        assert test.y is not None
+        proba = batched_proba(model, to_tensors(test), cfg.train.eval_batch_size).numpy()
+        m = classification_metrics(test.y, proba, prep.class_names)
+        counts = np.bincount(test.y, minlength=len(prep.class_names))
+        row = {"fold": k + 1, "train": len(fold.train), "val": len(fold.val), "test": len(fold.test),
+               "accuracy": m["accuracy"], "f1_macro": m["f1_macro"], "log_loss": m["log_loss"],
+               "majority_share": float(counts.max() / counts.sum()), "best_epoch": trainer.early.best_epoch,
+               "split": fold.describe}
+        rows.append(row)
+        console.print(f"fold {k + 1}/{len(folds)}: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  "
+                      f"(train {row['train']}, val {row['val']}, test {row['test']}; {fold.describe})")
+    summary = {key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
+               for key in ("accuracy", "f1_macro", "log_loss", "majority_share")}
+    result = {"scheme": cfg.cv.scheme if cfg.cv.scheme != "auto" else ("expanding" if layout == "series" else
+                                                                        "kfold"),
+              "folds": rows, "summary": summary}
+    (out / "cv.json").write_text(json.dumps(result, indent=1))
+    _fold_table(rows, summary, console)
+    _fold_plot(rows, out / "cv.png")
+    import csv
+
+    with open(out / "folds.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"cv directory: {out}", flush=True)
+    return result
+
+
+def _fold_table(rows: list[dict[str, Any]], summary: dict[str, Any], console: Console) -> None:
+    t = Table(title="cross-validation", show_edge=False)
+    for col in ("fold", "train", "val", "test", "accuracy", "f1_macro", "log_loss", "majority"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(str(r["fold"]), str(r["train"]), str(r["val"]), str(r["test"]), f"{r['accuracy']:.4f}",
+                  f"{r['f1_macro']:.4f}", f"{r['log_loss']:.4f}", f"{r['majority_share']:.4f}")
+    s = summary
+    t.add_row("mean ± sd", "", "", "", f"{s['accuracy']['mean']:.4f} ± {s['accuracy']['std']:.4f}",
+              f"{s['f1_macro']['mean']:.4f} ± {s['f1_macro']['std']:.4f}",
+              f"{s['log_loss']['mean']:.4f} ± {s['log_loss']['std']:.4f}", f"{s['majority_share']['mean']:.4f}",
+              style="bold")
+    console.print(t)
+
+
+def _fold_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    from longshort.report.plots import plt
+
+    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(rows), 3.5))
+    x = [r["fold"] for r in rows]
+    ax.bar(x, [r["accuracy"] for r in rows], color="#4c72b0", label="accuracy")
+    ax.plot(x, [r["majority_share"] for r in rows], "k_", markersize=22, mew=2, label="majority class share")
+    ax.set_xticks(x)
+    ax.set_xlabel("fold")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right")
+    ax.set_title("cross-validation: test accuracy per fold")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def chance_gap(result: dict[str, Any]) -> float:
+    """Mean accuracy minus mean majority-class share, in points."""
+    s = result["summary"]
+    return 100 * (s["accuracy"]["mean"] - s["majority_share"]["mean"])
+
+
+__all__ = ["CVConfig", "Fold", "chance_gap", "run_cv", "stratified_folds", "walk_forward"]
