@@ -311,3 +311,16 @@ def test_a_bad_toolbox_option_names_the_key(cli, helpers, tmp_path: Path) -> Non
     assert res.code == 2
     assert "train.optim.clip_mode" in res.err and "per_gate" in res.err
     assert not (tmp_path / "run").exists()
+
+
+def test_cv_command_writes_per_fold_metrics(tmp_path: Path, cli, helpers) -> None:
+    out = tmp_path / "cv"
+    res = cli("cv", "--out", out, "data.builtin.n=150", "data.builtin.length=12", "cv.folds=3", *helpers.TINY)
+    assert res.code == 0, res.err
+    assert f"cv directory: {out}" in res.out
+    folds = json.loads((out / "cv.json").read_text())["folds"]
+    assert [f["fold"] for f in folds] == [1, 2, 3] and all("accuracy" in f and "f1_macro" in f for f in folds)
+    res = cli("cv", "--out", out, *helpers.TINY)
+    assert res.code == 2 and "already holds a cross-validation" in res.err
+    res = cli("cv", "--out", tmp_path / "cv2", "cv.scheme=sliding", *helpers.TINY)
+    assert res.code == 2 and "cv.scheme=sliding is for one continuous series" in res.err
