@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Config", "Run", "__version__", "load", "load_config", "train"]
+__all__ = ["Config", "Run", "__version__", "cv", "load", "load_config", "train"]
 
 if TYPE_CHECKING:
     from longshort.config import Config, load_config
@@ -22,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from longshort import run
 
         return getattr(run, name)
+    if name == "cv":
+        from longshort.evaluate.validation import run_cv
+
+        return run_cv
     raise AttributeError(name)
