@@ -141,16 +141,25 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from longshort.data.pipeline import load_for_model
     from longshort.run import load
 
-    run = load(args.run_dir)
-    if run.task == "seq2seq":
-        _predict_seq2seq(run, args)
-        return
-    if args.beam is not None:
-        raise LongshortError("--beam applies to seq2seq runs only")
-    # Labels are optional here; when the file has them they must be classes the model knows.
-    data = load_for_model(args.data, run.config.data, run.prep, run.config.seed, labels="optional")
-    proba = run.predict_proba(data, prepared=True)
-    names = run.prep.class_names
+    if len(args.run_dir) > 1 or args.weights:  # an ensemble: the weighted mean of the members' probabilities
+        from longshort.evaluate.ensemble import ensemble_proba
+
+        if args.beam is not None:
+            raise LongshortError("--beam applies to seq2seq runs only")
+        ens = ensemble_proba(args.run_dir, args.data, args.weights)
+        data, proba, names = ens.data, ens.proba, ens.class_names
+    else:
+        run = load(args.run_dir[0])
+        if run.task == "seq2seq":
+            args.run_dir = args.run_dir[0]
+            _predict_seq2seq(run, args)
+            return
+        if args.beam is not None:
+            raise LongshortError("--beam applies to seq2seq runs only")
+        # Labels are optional here; when the file has them they must be classes the model knows.
+        data = load_for_model(args.data, run.config.data, run.prep, run.config.seed, labels="optional")
+        proba = run.predict_proba(data, prepared=True)
+        names = run.prep.class_names
     ids = data.ids if data.ids is not None else data.order if data.order is not None else np.arange(len(data))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +170,25 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             label = [names[int(data.y[i])]] if data.y is not None else []
             w.writerow([ids[i], names[int(proba[i].argmax())], *[f"{p:.6f}" for p in proba[i]], *label])
     print(f"{len(data)} predictions written to {out}")
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> None:
+    from longshort.evaluate.ensemble import ensemble_proba
+    from longshort.evaluate.metrics import classification_metrics
+
+    ens = ensemble_proba(args.run_dirs, args.data, args.weights, labels="require")
+    assert ens.data.y is not None
+    rows = {str(d): classification_metrics(ens.data.y, p, ens.class_names) for d, p in zip(args.run_dirs,
+                                                                                          ens.members, strict=True)}
+    m = classification_metrics(ens.data.y, ens.proba, ens.class_names)
+    for name, r in rows.items():
+        print(f"member {name}: accuracy {r['accuracy']:.4f}  f1_macro {r['f1_macro']:.4f}  "
+              f"log_loss {r['log_loss']:.4f}")
+    print(f"ensemble of {len(rows)} (weights {', '.join(f'{w:g}' for w in ens.weights)}): accuracy "
+          f"{m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  log_loss {m['log_loss']:.4f}  (n={m['n']})")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"members": rows, "ensemble": m, "weights": ens.weights}, indent=1))
+        print(f"written: {args.output}")
 
 
 def _cmd_cv(args: argparse.Namespace) -> None:
@@ -249,11 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("predict", help="class and probabilities for every sequence of a file (seq2seq: the "
                        "decoded output of every source, as TSV)")
-    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="one run, or several: their ensemble (the "
+                   "weighted mean of their probabilities)")
     r.add_argument("--data", metavar="PATH", required=True)
+    r.add_argument("--weights", type=float, nargs="+", metavar="W", help="ensemble weights, one per run")
     r.add_argument("--output", metavar="FILE", required=True, help="CSV (classify) or TSV (seq2seq) to write")
     r.add_argument("--beam", type=int, metavar="K", help="seq2seq: beam size (default seq2seq.decode.beam_size)")
     r.set_defaults(func=_cmd_predict)
+
+    en = sub.add_parser("ensemble", help="evaluate the ensemble of several classifier runs (mean of probabilities)")
+    en.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    en.add_argument("--data", metavar="PATH", required=True, help="labelled file to evaluate on")
+    en.add_argument("--weights", type=float, nargs="+", metavar="W", help="one weight per run (default equal)")
+    en.add_argument("--output", metavar="FILE.json", help="also write the metrics as JSON")
+    en.set_defaults(func=_cmd_ensemble)
 
     cv = sub.add_parser("cv", help="cross-validate: walk-forward folds for a series, stratified k-fold otherwise",
                         epilog="cv.* keys: folds, scheme (auto|expanding|sliding|kfold), gap, embargo, "

@@ -324,3 +324,27 @@ def test_cv_command_writes_per_fold_metrics(tmp_path: Path, cli, helpers) -> Non
     assert res.code == 2 and "already holds a cross-validation" in res.err
     res = cli("cv", "--out", tmp_path / "cv2", "cv.scheme=sliding", *helpers.TINY)
     assert res.code == 2 and "cv.scheme=sliding is for one continuous series" in res.err
+
+
+def test_ensemble_of_runs_averages_their_probabilities(tmp_path: Path, cli, helpers, npz_run) -> None:
+    other = tmp_path / "seed1"
+    res = cli(*helpers.train_args(npz_run.data, other, "seed=1"))
+    assert res.code == 0, res.err
+    one, both, weighted = tmp_path / "one.csv", tmp_path / "both.csv", tmp_path / "weighted.csv"
+    assert cli("predict", npz_run.dir, "--data", npz_run.data, "--output", one).code == 0
+    assert cli("predict", npz_run.dir, other, "--data", npz_run.data, "--output", both).code == 0
+    assert cli("predict", npz_run.dir, other, "--data", npz_run.data, "--weights", "3", "1",
+               "--output", weighted).code == 0
+    a = pd.read_csv(one)
+    b = pd.read_csv(tmp_path / "both.csv")
+    c = pd.read_csv(weighted)
+    res = cli("predict", other, "--data", npz_run.data, "--output", tmp_path / "other.csv")
+    o = pd.read_csv(tmp_path / "other.csv")
+    cols = [k for k in a.columns if k.startswith("p_")]
+    np.testing.assert_allclose(b[cols].to_numpy(), (a[cols].to_numpy() + o[cols].to_numpy()) / 2, atol=2e-6)
+    np.testing.assert_allclose(c[cols].to_numpy(), 0.75 * a[cols].to_numpy() + 0.25 * o[cols].to_numpy(), atol=2e-6)
+    res = cli("ensemble", npz_run.dir, other, "--data", npz_run.data, "--output", tmp_path / "ens.json")
+    assert res.code == 0, res.err
+    assert "ensemble of 2" in res.out and json.loads((tmp_path / "ens.json").read_text())["ensemble"]["n"] == 120
+    res = cli("ensemble", npz_run.dir, other, "--data", npz_run.data, "--weights", "1")
+    assert res.code == 2 and "1 weights for 2 run directories" in res.err
