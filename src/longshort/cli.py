@@ -210,6 +210,30 @@ def _cmd_cv(args: argparse.Namespace) -> None:
     run_cv(cfg, out, _console())
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from datetime import datetime
+
+    from longshort.config import apply_overrides, read_yaml, validate
+    from longshort.tune import run_tune
+
+    raw = read_yaml(args.config) if args.config else {}
+    extra = list(args.overrides) + ([f"data.source={args.data}"] if args.data else [])
+    for o in extra:
+        if "=" not in o:
+            raise LongshortError(f"'{o}' is not a KEY=VALUE override")
+    cfg = validate(apply_overrides(raw, extra))
+    if cfg.task != "classify":
+        raise LongshortError("longshort tune covers task classify")
+    out = Path(args.study_dir) if args.study_dir else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-tune"
+    study = run_tune(cfg, out, args.n_trials, args.timeout, args.storage)
+    states = [t.state.name for t in study.trials]
+    print(f"{len(states)} trials: " + ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states))))
+    if (out / "best.yaml").exists():
+        print(f"best {cfg.tune.metric} {study.best_value:.4f} with {study.best_trial.params}")
+        print(f"best config: {out / 'best.yaml'} (longshort train --config {out / 'best.yaml'})")
+    print(f"study directory: {out}")
+
+
 def _cmd_plan(args: argparse.Namespace) -> None:
     from longshort.config import apply_overrides, read_yaml, validate
     from longshort.plan import plan, print_plan
@@ -300,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", metavar="DIR", help="where folds and the summary go (default runs/DATE-TIME-cv)")
     cv.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     cv.set_defaults(func=_cmd_cv)
+
+    tu = sub.add_parser("tune", help="hyperparameter search with Optuna over tune.space (TPE, pruning)",
+                        epilog="tune.* keys: space (KEY: {type, low, high, log, choices}), metric, pruner "
+                        "(median|hyperband|none), startup_trials, heartbeat_s, max_retry")
+    tu.add_argument("--config", metavar="FILE")
+    tu.add_argument("--data", metavar="PATH")
+    tu.add_argument("--study-dir", metavar="DIR", help="study directory (default runs/DATE-TIME-tune)")
+    tu.add_argument("--n-trials", type=int, metavar="N", help="trials this worker runs (default: until --timeout)")
+    tu.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
+    tu.add_argument("--storage", metavar="URL", help="e.g. postgresql://user@host/db: workers with the same URL "
+                    "share one study (default: SQLite in the study directory)")
+    tu.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    tu.set_defaults(func=_cmd_tune)
 
     pl = sub.add_parser("plan", help="parameters, memory per rank (none / ddp / fsdp) and training time, before "
                         "training", description="Parameters by component, memory per rank for none, ddp and fsdp "

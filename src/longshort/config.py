@@ -22,6 +22,7 @@ from longshort.nn.classifier import ClassifierConfig
 from longshort.training.distributed import DistributedConfig
 from longshort.training.seq2seq_trainer import Seq2SeqSection
 from longshort.training.trainer import TrainConfig
+from longshort.tune import TuneConfig
 
 
 class Config(BaseModel):
@@ -40,6 +41,7 @@ class Config(BaseModel):
     seq2seq: Seq2SeqSection = Seq2SeqSection()
     distributed: DistributedConfig = DistributedConfig()
     cv: CVConfig = CVConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _distributed_options(self) -> Config:
@@ -200,5 +202,7 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple
             desc = field.description or ""
             if args:
                 desc = (desc + " " if desc else "") + "(" + " | ".join(map(str, args)) + ")"
-            rows.append((key, repr(field.default), desc))
+            default = field.get_default(call_default_factory=True)
+            shown = repr(default) if not isinstance(default, dict) else "{" + ", ".join(default) + "}"
+            rows.append((key, shown, desc))
     return rows

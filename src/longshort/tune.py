@@ -1,0 +1,194 @@
+"""``longshort tune``: hyperparameter search with Optuna (TPE sampler, median or Hyperband pruning on the per-epoch
+validation metric), over a search space declared in the config (``tune.space``).
+
+Every trial trains the config with its sampled values laid over it (``KEY=VALUE`` paths, the same keys as the CLI)
+and reports ``tune.metric`` after each epoch, so the pruner can stop it early. The study lives in an RDB storage:
+SQLite in the study directory by default (``STUDY_DIR/study.db``), or ``--storage postgresql://...`` so workers on
+many machines join one study by running the same command. A heartbeat marks trials whose worker died as failed,
+and ``RetryFailedTrialCallback`` queues them again. The best trial's config is written as ``best.yaml`` (accepted
+by ``longshort train --config``), with the optimisation-history and parameter-importance plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from longshort.errors import ConfigError
+
+
+class ParamSpace(BaseModel):
+    """One searched key: ``float`` / ``int`` in [low, high] (``log`` for log-uniform), or ``categorical`` choices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParamSpace:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical search space needs choices")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} search space needs low < high, got {self.low} and {self.high}")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"log=true needs low > 0, got {self.low}")
+        return self
+
+
+def _default_space() -> dict[str, ParamSpace]:
+    return {
+        "train.optim.lr": ParamSpace(type="float", low=3e-5, high=3e-3, log=True),
+        "model.dropout": ParamSpace(type="float", low=0.0, high=0.5),
+        "model.hidden_dim": ParamSpace(type="categorical", choices=[64, 128, 256]),
+    }
+
+
+class TuneConfig(BaseModel):
+    """``tune:`` what ``longshort tune`` searches and how."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    space: dict[str, ParamSpace] = Field(
+        default_factory=_default_space,
+        description="KEY: {type, low, high, log, choices}; a combination the config refuses (e.g. model.num_heads "
+        "not dividing model.hidden_dim) is pruned",
+    )
+    metric: Literal["val_f1_macro", "val_accuracy", "val_loss"] = Field("val_f1_macro")
+    pruner: Literal["median", "hyperband", "none"] = Field("median")
+    startup_trials: int = Field(5, ge=0, description="TPE's random start and the median pruner's warm-up trials")
+    heartbeat_s: int = Field(60, ge=1, description="a trial without a heartbeat for 2 x this is failed and retried")
+    max_retry: int = Field(2, ge=0, description="times a failed (killed) trial is queued again")
+
+
+def _sample(trial: Any, space: dict[str, ParamSpace]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, p in space.items():
+        if p.type == "categorical":
+            assert p.choices is not None
+            values[key] = trial.suggest_categorical(key, p.choices)
+        elif p.type == "int":
+            assert p.low is not None and p.high is not None
+            values[key] = trial.suggest_int(key, int(p.low), int(p.high), log=p.log)
+        else:
+            assert p.low is not None and p.high is not None
+            values[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
+    return values
+
+
+def trial_config(base: Any, values: dict[str, Any]) -> Any:
+    """``base`` (a Config) with ``values`` (dotted keys) laid over it, validated."""
+    from longshort.config import validate
+
+    raw = base.model_dump(mode="json")
+    for key, value in values.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"tune.space key '{key}': '{part}' is not a config section")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"tune.space key '{key}' is not a config key")
+        node[leaf] = value
+    return validate(raw)
+
+
+def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | None, storage: str | None = None,
+             study_name: str = "longshort") -> Any:
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    from longshort.config import save_config
+    from longshort.data.batching import to_tensors
+    from longshort.data.pipeline import prepare
+    from longshort.nn.classifier import SequenceClassifier
+    from longshort.training.callbacks import Callback
+    from longshort.training.trainer import Trainer
+
+    t = cfg.tune
+    study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{study_dir / 'study.db'}"
+    rdb = RDBStorage(url, heartbeat_interval=t.heartbeat_s, grace_period=2 * t.heartbeat_s,
+                     failed_trial_callback=RetryFailedTrialCallback(max_retry=t.max_retry))
+    pruner: optuna.pruners.BasePruner = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=1),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.train.epochs),
+        "none": optuna.pruners.NopPruner,
+    }[t.pruner]()
+    direction = "minimize" if t.metric == "val_loss" else "maximize"
+    study = optuna.create_study(study_name=study_name, storage=rdb, load_if_exists=True, direction=direction,
+                                sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=t.startup_trials),
+                                pruner=pruner)
+    save_config(cfg, study_dir / "config.yaml")
+
+    class Report(Callback):
+        def __init__(self, trial: Any) -> None:
+            self.trial = trial
+
+        def on_epoch_end(self, trainer: Any, row: dict[str, float]) -> None:
+            self.trial.report(row[t.metric], int(row["epoch"]))
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {int(row['epoch'])}: {t.metric} {row[t.metric]:.4f}")
+
+    def objective(trial: Any) -> float:
+        values = _sample(trial, t.space)
+        try:
+            c = trial_config(cfg, values)
+        except ConfigError as exc:  # an invalid combination, e.g. heads that do not divide the hidden size
+            if "not a config" in str(exc):
+                raise
+            raise optuna.TrialPruned(str(exc)) from None
+        import torch
+
+        torch.manual_seed(c.seed)
+        splits = prepare(c.data, c.seed)
+        if splits.val is None:
+            raise ConfigError("tune needs a validation split (data.split.val > 0)")
+        model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), c.model)
+        trainer = Trainer(c.train, model, to_tensors(splits.train), to_tensors(splits.val),
+                          num_classes=len(splits.prep.class_names), seed=c.seed,
+                          run_dir=study_dir / f"trial-{trial.number}", callbacks=[Report(trial)])
+        trainer.save = lambda tags: None  # type: ignore[method-assign]  # trials keep no checkpoints
+        trainer.fit()
+        best = max if direction == "maximize" else min
+        return float(best(r[t.metric] for r in trainer.history))
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=())
+    complete = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        best_cfg = trial_config(cfg, {k: v for k, v in study.best_trial.params.items()})
+        save_config(best_cfg, study_dir / "best.yaml")
+        _plots(study, study_dir)
+    return study
+
+
+def _plots(study: Any, study_dir: Path) -> None:
+    import warnings
+
+    import optuna.visualization.matplotlib as ovm
+
+    from longshort.report.plots import plt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
+        ax = ovm.plot_optimization_history(study)
+        ax.figure.tight_layout()
+        ax.figure.savefig(study_dir / "optimization_history.png", dpi=110)
+        plt.close(ax.figure)
+        complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+        if len(complete) >= 2 and len(study.best_trial.params) >= 1:
+            try:
+                ax = ovm.plot_param_importances(study)
+                ax.figure.tight_layout()
+                ax.figure.savefig(study_dir / "param_importances.png", dpi=110)
+                plt.close(ax.figure)
+            except (RuntimeError, ValueError, ZeroDivisionError):  # all trials scored the same: no importance
+                pass
+
