@@ -331,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--config", metavar="FILE")
     tu.add_argument("--data", metavar="PATH")
     tu.add_argument("--study-dir", metavar="DIR", help="study directory (default runs/DATE-TIME-tune)")
-    tu.add_argument("--n-trials", type=int, metavar="N", help="trials this worker runs (default: until --timeout)")
+    tu.add_argument("--n-trials", type=int, metavar="N", help="finished trials the study should reach, counting "
+                    "every worker's (default: until --timeout)")
     tu.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
     tu.add_argument("--storage", metavar="URL", help="e.g. postgresql://user@host/db: workers with the same URL "
                     "share one study (default: SQLite in the study directory)")

@@ -113,6 +113,8 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
     from longshort.training.trainer import Trainer
 
     t = cfg.tune
+    if n_trials is None and timeout is None:
+        raise ConfigError("tune needs --n-trials or --timeout (else it would run until interrupted)")
     study_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{study_dir / 'study.db'}"
     rdb = RDBStorage(url, heartbeat_interval=t.heartbeat_s, grace_period=2 * t.heartbeat_s,
@@ -160,7 +162,12 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
         best = max if direction == "maximize" else min
         return float(best(r[t.metric] for r in trainer.history))
 
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=())
+    # n_trials counts the study's finished trials (complete or pruned), whichever worker ran them: every worker
+    # started with the same command stops once the study has that many, retried trials included.
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=states)] if n_trials is not None else []
+    if n_trials is None or sum(t.state in states for t in study.trials) < n_trials:
+        study.optimize(objective, timeout=timeout, catch=(), callbacks=callbacks)
     complete = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         best_cfg = trial_config(cfg, {k: v for k, v in study.best_trial.params.items()})
