@@ -117,8 +117,16 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
         raise ConfigError("tune needs --n-trials or --timeout (else it would run until interrupted)")
     study_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{study_dir / 'study.db'}"
-    rdb = RDBStorage(url, heartbeat_interval=t.heartbeat_s, grace_period=2 * t.heartbeat_s,
-                     failed_trial_callback=RetryFailedTrialCallback(max_retry=t.max_retry))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in use since v2
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9 names it so
+            retry = {"heartbeat_stale_trial_callback":
+                     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry)}
+        else:
+            retry = {"failed_trial_callback": RetryFailedTrialCallback(max_retry=t.max_retry)}
+        rdb = RDBStorage(url, heartbeat_interval=t.heartbeat_s, grace_period=2 * t.heartbeat_s, **retry)
     pruner: optuna.pruners.BasePruner = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=1),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.train.epochs),
