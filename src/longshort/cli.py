@@ -11,7 +11,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from longshort.errors import LongshortError
 
@@ -191,19 +191,25 @@ def _cmd_ensemble(args: argparse.Namespace) -> None:
         print(f"written: {args.output}")
 
 
-def _cmd_cv(args: argparse.Namespace) -> None:
-    from datetime import datetime
-
+def _config_from(args: argparse.Namespace) -> Any:
+    """The config of ``--config``, ``--data`` and ``KEY=VALUE`` overrides (cv, tune and plan)."""
     from longshort.config import apply_overrides, read_yaml, validate
-    from longshort.evaluate.validation import run_cv
-    from longshort.run import _console
 
     raw = read_yaml(args.config) if args.config else {}
-    extra = list(args.overrides) + ([f"data.source={args.data}"] if args.data else [])
+    extra = list(args.overrides) + ([f"data.source={args.data}"] if getattr(args, "data", None) else [])
     for o in extra:
         if "=" not in o:
             raise LongshortError(f"'{o}' is not a KEY=VALUE override")
-    cfg = validate(apply_overrides(raw, extra))
+    return validate(apply_overrides(raw, extra))
+
+
+def _cmd_cv(args: argparse.Namespace) -> None:
+    from datetime import datetime
+
+    from longshort.evaluate.validation import run_cv
+    from longshort.run import _console
+
+    cfg = _config_from(args)
     out = Path(args.out) if args.out else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-cv"
     if (out / "cv.json").exists():
         raise LongshortError(f"{out} already holds a cross-validation (cv.json): choose another --out")
@@ -213,15 +219,9 @@ def _cmd_cv(args: argparse.Namespace) -> None:
 def _cmd_tune(args: argparse.Namespace) -> None:
     from datetime import datetime
 
-    from longshort.config import apply_overrides, read_yaml, validate
     from longshort.tune import run_tune
 
-    raw = read_yaml(args.config) if args.config else {}
-    extra = list(args.overrides) + ([f"data.source={args.data}"] if args.data else [])
-    for o in extra:
-        if "=" not in o:
-            raise LongshortError(f"'{o}' is not a KEY=VALUE override")
-    cfg = validate(apply_overrides(raw, extra))
+    cfg = _config_from(args)
     if cfg.task != "classify":
         raise LongshortError("longshort tune covers task classify")
     out = Path(args.study_dir) if args.study_dir else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-tune"
@@ -235,15 +235,10 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
-    from longshort.config import apply_overrides, read_yaml, validate
     from longshort.plan import plan, print_plan
     from longshort.run import _console
 
-    raw = read_yaml(args.config) if args.config else {}
-    for o in args.overrides:
-        if "=" not in o:
-            raise LongshortError(f"'{o}' is not a KEY=VALUE override")
-    cfg = validate(apply_overrides(raw, list(args.overrides)))
+    cfg = _config_from(args)
     if cfg.task != "classify":
         raise LongshortError("longshort plan covers task classify (the model distributed training runs)")
     nprocs = sorted({1, *args.nproc}) if args.nproc else [1, 2, 4, 8]
