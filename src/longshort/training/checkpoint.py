@@ -61,13 +61,18 @@ def save_checkpoint(ckpt_dir: Path, tags: list[str], model: nn.Module, state: di
         save_file(state_dict_for_saving(model), str(tmp / WEIGHTS))
         torch.save(state, tmp / STATE)
         os.replace(tmp, final)
+    _point_tags(ckpt_dir, tags, name, step)
+    return final
+
+
+def _point_tags(ckpt_dir: Path, tags: list[str], name: str, step: int) -> None:
+    """Point each tag at checkpoint ``name`` (atomically), then drop checkpoints no tag points at."""
     for tag in tags:
         _atomic_write_text(ckpt_dir / f"{tag}.json", json.dumps({"dir": name, "step": step}))
     live = {json.loads(p.read_text())["dir"] for p in ckpt_dir.glob("*.json")}
     for old in ckpt_dir.glob("step-*"):
         if old.name not in live:
             shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def checkpoint_path(ckpt_dir: Path, tag: str) -> Path | None:
@@ -164,12 +169,7 @@ def save_distributed_checkpoint(ckpt_dir: Path, tags: list[str], model: nn.Modul
         if rank == 0:
             os.replace(tmp, final)
     if rank == 0:
-        for tag in tags:
-            _atomic_write_text(ckpt_dir / f"{tag}.json", json.dumps({"dir": name, "step": step}))
-        live = {json.loads(p.read_text())["dir"] for p in ckpt_dir.glob("*.json")}
-        for old in ckpt_dir.glob("step-*"):
-            if old.name not in live:
-                shutil.rmtree(old, ignore_errors=True)
+        _point_tags(ckpt_dir, tags, name, step)
     dist.barrier()
     return final
 
