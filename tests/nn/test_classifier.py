@@ -101,3 +101,46 @@ def test_stack_variants(skip: str) -> None:
     sizes = [b.lstm.input_size for b in m.lstms]
     assert sizes == ([16, 32, 48, 64] if skip == "dense" else [16] * 4)
     assert m(torch.randn(2, 5, 3), torch.tensor([5, 3])).logits.shape == (2, 2)
+
+
+CAUSAL = TINY.model_copy(update={"bidirectional": False, "attention_every": 1})
+
+
+def _perturbed_features(cfg: ClassifierConfig, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    m = SequenceClassifier(3, 2, cfg).eval()
+    x = torch.randn(2, 12, 3)
+    y = x.clone()
+    y[:, t] += 5.0
+    return m.encode(x), m.encode(y)
+
+
+def test_causal_model_features_before_a_perturbed_step_do_not_change() -> None:
+    before, after = _perturbed_features(CAUSAL, t=6)
+    torch.testing.assert_close(after[:, :6], before[:, :6], rtol=0, atol=1e-6)
+    assert (after[:, 6:] - before[:, 6:]).abs().amax() > 1e-3  # from step 6 on the change does arrive
+
+
+def test_default_model_is_not_causal() -> None:
+    before, after = _perturbed_features(TINY, t=6)
+    assert (after[:, :6] - before[:, :6]).abs().amax() > 1e-3
+
+
+def test_causal_model_has_forward_only_blocks_of_full_width() -> None:
+    m = SequenceClassifier(3, 2, CAUSAL.model_copy(update={"conv_kernel": 4}))  # even kernels are fine here
+    assert m.causal and not SequenceClassifier(3, 2, TINY).causal
+    for block in m.lstms:
+        assert not block.lstm.bidirectional and block.lstm.hidden_size == 16
+    assert not any("reverse" in name for name in m.state_dict())
+    assert [c.left_pad for c in m.convs] == [3, 6]
+    assert m(torch.randn(2, 5, 3)).logits.shape == (2, 2)
+
+
+def test_causal_model_ignores_padding_too() -> None:
+    torch.manual_seed(0)
+    m = SequenceClassifier(3, 2, CAUSAL).eval()
+    short = torch.randn(1, 7, 3)
+    batch = torch.full((2, 10, 3), 100.0)
+    batch[0, :7] = short[0]
+    batch[1] = torch.randn(10, 3)
+    torch.testing.assert_close(m(batch, torch.tensor([7, 10])).logits[0], m(short).logits[0], rtol=1e-5, atol=1e-5)

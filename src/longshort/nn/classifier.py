@@ -10,6 +10,10 @@ Data flow for ``x`` [B, T, C] with ``lengths`` [B]::
 
 Padded steps (``t >= lengths[b]``) never influence the valid ones: they are zeroed before every
 convolution, packed away from the LSTM, and masked out of attention and pooling.
+
+``bidirectional=False`` makes every per-step feature causal (step t sees only steps <= t): the convolutions pad
+on the left only, each LSTM block runs one forward direction of width ``hidden_dim``, and attention gets a causal
+mask. The pooled prefix is then all a stream needs, which is what ``longshort.deploy.streaming`` relies on.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
@@ -29,12 +34,14 @@ class ClassifierConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    hidden_dim: int = Field(256, ge=2, description="width of every block; each LSTM direction gets half")
+    hidden_dim: int = Field(
+        256, ge=2, description="width of every block; each LSTM direction gets half (all of it when unidirectional)"
+    )
     num_lstm_layers: int = Field(4, ge=1, description="BiLSTM blocks")
     num_heads: int = Field(8, ge=1, description="attention heads; must divide hidden_dim")
     dropout: float = Field(0.3, ge=0, lt=1)
     conv_dilations: list[int] = Field([1, 2, 4], description="one temporal conv block per dilation")
-    conv_kernel: int = Field(3, ge=1, description="odd kernel size of the temporal convolutions")
+    conv_kernel: int = Field(3, ge=1, description="kernel size of the temporal convolutions; odd unless unidirectional")
     attention_every: int = Field(2, ge=0, description="self-attention after every k-th BiLSTM block; 0 = none")
     lstm_fp32: bool = Field(True, description="run the LSTM in float32 even under bf16/fp16 autocast")
     cell: CellConfig = Field(CellConfig(), description="LSTM cell variant of every BiLSTM block")
@@ -42,14 +49,20 @@ class ClassifierConfig(BaseModel):
     spectral_norm: bool = Field(
         False, description="spectral normalisation of every Linear layer (largest singular value kept at 1)"
     )
+    bidirectional: bool = Field(
+        True,
+        description="false: a causal model (left-padded convolutions, forward-only LSTM blocks of width hidden_dim, "
+        "causally masked attention) whose features at step t depend only on steps <= t, so it can be run "
+        "step by step on a stream (longshort.deploy.streaming); true: the seed's BiLSTM model",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ClassifierConfig:
-        if self.hidden_dim % 2:
+        if self.bidirectional and self.hidden_dim % 2:
             raise ValueError(f"hidden_dim must be even (two LSTM directions), got {self.hidden_dim}")
         if self.hidden_dim % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_dim ({self.hidden_dim})")
-        if self.conv_kernel % 2 == 0:
+        if self.bidirectional and self.conv_kernel % 2 == 0:  # 'same' padding splits (kernel - 1) in two halves
             raise ValueError(f"conv_kernel must be odd, got {self.conv_kernel}")
         if any(d < 1 for d in self.conv_dilations):
             raise ValueError(f"conv_dilations must be >= 1, got {self.conv_dilations}")
@@ -68,42 +81,61 @@ def length_mask(lengths: Tensor, t: int) -> Tensor:
 
 def sinusoidal_positions(t: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """[T, dim] fixed sine/cosine position codes, computed for any length (no maximum)."""
-    pos = torch.arange(t, device=device, dtype=torch.float32)[:, None]
+    return sinusoidal_at(torch.arange(t, device=device), dim, dtype)
+
+
+def sinusoidal_at(positions: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
+    """[..., dim] the position codes of arbitrary step indices ``positions`` [...]: a stream at step 10,000
+    needs its own code without building the 10,000 before it, and with the very arithmetic of the full model."""
+    pos = positions.to(torch.float32)[..., None]
+    device = positions.device
     freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(t, dim, device=device)
-    pe[:, 0::2] = torch.sin(pos * freq)
-    pe[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    pe = torch.zeros(*positions.shape, dim, device=device)
+    pe[..., 0::2] = torch.sin(pos * freq)
+    pe[..., 1::2] = torch.cos(pos * freq[: dim // 2])
     return pe.to(dtype)
 
 
 class TemporalConvBlock(nn.Module):
-    """Dilated 1-D convolution over time, GELU, dropout, residual and LayerNorm."""
+    """Dilated 1-D convolution over time, GELU, dropout, residual and LayerNorm.
 
-    def __init__(self, dim: int, kernel: int, dilation: int, dropout: float) -> None:
+    ``causal``: all ``dilation * (kernel - 1)`` padding goes on the left, so output t reads inputs t - pad .. t
+    (a stream keeps exactly those ``pad`` last inputs); otherwise it is split evenly ('same' padding)."""
+
+    def __init__(self, dim: int, kernel: int, dilation: int, dropout: float, causal: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(dim, dim, kernel, dilation=dilation, padding=dilation * (kernel - 1) // 2)
+        self.causal = causal
+        self.left_pad = dilation * (kernel - 1) if causal else 0
+        same = dilation * (kernel - 1) // 2
+        self.conv = nn.Conv1d(dim, dim, kernel, dilation=dilation, padding=0 if causal else same)
         self.act = nn.GELU()
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = x * mask[..., None]  # padded steps contribute zeros, as if the sequence ended there
-        y = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        xt = x.transpose(1, 2)
+        if self.left_pad:
+            xt = F.pad(xt, (self.left_pad, 0))
+        y = self.conv(xt).transpose(1, 2)
         return self.norm(x + self.drop(self.act(y)))
 
 
 class BiLSTMBlock(nn.Module):
     """One bidirectional LSTM layer over the valid steps, dropout, a skip connection and LayerNorm.
 
+    With ``bidirectional=False`` the layer is one forward direction of the full width ``dim`` (the causal model).
+
     ``skip`` (``model.stack.skip``) joins the block's input ``x`` and the LSTM's output ``y``:
     residual ``LN(x + y)`` (seed 000), highway ``LN(T*y + (1-T)*x)`` with ``T = sigmoid(W_T x + b_T)``,
     none ``LN(y)``, dense ``LN(y)`` where ``x`` is the concatenation of all earlier blocks' outputs.
     """
 
-    def __init__(self, in_dim: int, dim: int, dropout: float, cell: CellConfig, skip: str, fp32: bool = True
-                 ) -> None:
+    def __init__(self, in_dim: int, dim: int, dropout: float, cell: CellConfig, skip: str, fp32: bool = True,
+                 bidirectional: bool = True) -> None:
         super().__init__()
-        self.lstm = LSTM(in_dim, dim // 2, batch_first=True, bidirectional=True, cell=cell)
+        width = dim // 2 if bidirectional else dim
+        self.lstm = LSTM(in_dim, width, batch_first=True, bidirectional=bidirectional, cell=cell)
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
         self.skip = skip
@@ -113,33 +145,46 @@ class BiLSTMBlock(nn.Module):
         self.fp32 = fp32
 
     def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        return self.forward_with_state(x, lengths)[0]
+
+    def forward_with_state(self, x: Tensor, lengths: Tensor | None, hx: tuple[Tensor, Tensor] | None = None
+                           ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The block's output and the LSTM's final ``(h, c)``, starting from ``hx``: a stream carries the state
+        from one chunk to the next (only meaningful for a unidirectional block)."""
         if self.fp32 and torch.is_autocast_enabled(x.device.type):
             # cuDNN's reduced-precision LSTM drifts over long sequences; keep the recurrence in fp32.
             with torch.autocast(x.device.type, enabled=False):
-                y = self.lstm(x.float(), lengths=lengths)[0]
+                y, state = self.lstm(x.float(), hx=hx, lengths=lengths)
         else:
-            y = self.lstm(x, lengths=lengths)[0]
+            y, state = self.lstm(x, hx=hx, lengths=lengths)
         y = self.drop(y.to(x.dtype))
         if self.skip == "residual":
-            return self.norm(x + y)
+            return self.norm(x + y), state
         if self.skip == "highway":
             t = torch.sigmoid(self.gate(x))
-            return self.norm(t * y + (1 - t) * x)
-        return self.norm(y)
+            return self.norm(t * y + (1 - t) * x), state
+        return self.norm(y), state
 
 
 class AttentionBlock(nn.Module):
-    """Multi-head self-attention over valid steps, dropout, residual and LayerNorm."""
+    """Multi-head self-attention over valid steps, dropout, residual and LayerNorm.
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    ``causal``: step t attends to steps <= t only (the attention mask), on top of the key padding mask."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, causal: bool = False) -> None:
         super().__init__()
+        self.causal = causal
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         pad = None if mask is None else ~mask
-        y, _ = self.attn(x, x, x, key_padding_mask=pad, need_weights=False)
+        future = None
+        if self.causal:
+            t = x.shape[1]
+            future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
+        y, _ = self.attn(x, x, x, key_padding_mask=pad, attn_mask=future, need_weights=False)
         return self.norm(x + self.drop(y))
 
 
@@ -153,25 +198,42 @@ class SequenceClassifier(nn.Module):
         self.cfg = cfg
         self.input_dim, self.num_classes = input_dim, num_classes
         self.input_proj = nn.Linear(input_dim, h)
+        causal = not cfg.bidirectional
         self.convs = nn.ModuleList(
-            TemporalConvBlock(h, cfg.conv_kernel, d, cfg.dropout) for d in cfg.conv_dilations
+            TemporalConvBlock(h, cfg.conv_kernel, d, cfg.dropout, causal) for d in cfg.conv_dilations
         )
         dense = cfg.stack.skip == "dense"
         self.lstms = nn.ModuleList(
-            BiLSTMBlock(h * (i + 1) if dense else h, h, cfg.dropout, cfg.cell, cfg.stack.skip, cfg.lstm_fp32)
+            BiLSTMBlock(h * (i + 1) if dense else h, h, cfg.dropout, cfg.cell, cfg.stack.skip, cfg.lstm_fp32,
+                        cfg.bidirectional)
             for i in range(cfg.num_lstm_layers)
         )
         k = cfg.attention_every
         self.attention_after = [i for i in range(cfg.num_lstm_layers) if k and (i + 1) % k == 0]
         self.attns = nn.ModuleDict(
-            {str(i): AttentionBlock(h, cfg.num_heads, cfg.dropout) for i in self.attention_after}
+            {str(i): AttentionBlock(h, cfg.num_heads, cfg.dropout, causal) for i in self.attention_after}
         )
         self.head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, num_classes))
         self.aux_head = nn.Sequential(nn.Linear(2 * h, h // 2), nn.GELU(), nn.Linear(h // 2, 1))
         if cfg.spectral_norm:
             apply_spectral_norm(self)
 
+    @property
+    def causal(self) -> bool:
+        """Whether per-step features depend only on the past (``bidirectional=False``)."""
+        return not self.cfg.bidirectional
+
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> ClassifierOutput:
+        z, ones = self._encode(x, lengths)
+        pooled = masked_mean_max(z, ones)
+        return ClassifierOutput(self.head(pooled), self.aux_head(pooled).squeeze(-1))
+
+    def encode(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The per-step features [B, T, hidden_dim] that pooling reduces (zero meaning at padded steps):
+        what a causality check or a streaming comparison looks at."""
+        return self._encode(x, lengths)[0]
+
+    def _encode(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         b, t, _ = x.shape
         if lengths is not None and bool((lengths == t).all()):
             lengths = None  # nothing is padded: skip packing and masking work
@@ -186,8 +248,7 @@ class SequenceClassifier(nn.Module):
             if str(i) in self.attns:
                 z = self.attns[str(i)](z, mask)
             outputs.append(z)
-        pooled = masked_mean_max(z, ones)
-        return ClassifierOutput(self.head(pooled), self.aux_head(pooled).squeeze(-1))
+        return z, ones
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per component, in forward order."""
