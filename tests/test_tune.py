@@ -1,7 +1,15 @@
-"""longshort tune: an Optuna study in SQLite, the best config as YAML train accepts, pruning of invalid trials."""
+"""longshort tune: an Optuna study in SQLite or PostgreSQL, the best config as YAML train accepts, pruning of
+invalid trials, several workers on one study, and a killed worker's trial retried.
+
+The storage tests run on SQLite always and on PostgreSQL when ``LONGSHORT_TEST_POSTGRES`` names a server
+(``.ci/run`` starts one on 127.0.0.1 with ``.ci/postgres.sh``); each test gets a fresh database there.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,24 +20,48 @@ from longshort.config import load_config, validate
 from longshort.errors import ConfigError
 from longshort.tune import run_tune, trial_config
 
+PG_URL = os.environ.get("LONGSHORT_TEST_POSTGRES")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A storage URL for one study: SQLite in the study directory, or a fresh database on the test server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'study' / 'study.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("no PostgreSQL server: set LONGSHORT_TEST_POSTGRES (.ci/run starts one)")
+    import sqlalchemy as sa
+
+    name = f"longshort_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 BASE = {"data": {"builtin": {"n": 160, "length": 12}},
         "model": {"num_heads": 2, "num_lstm_layers": 1, "conv_dilations": [1], "hidden_dim": 16},
         "train": {"epochs": 2, "progress": "off", "tensorboard": False, "threads": 1}}
 
 
-def test_study_in_sqlite_writes_the_best_config_train_accepts(tmp_path: Path) -> None:
+def test_a_study_writes_the_best_config_train_accepts(tmp_path: Path, storage: str) -> None:
     space = {"model.hidden_dim": {"type": "categorical", "choices": [16, 32]},
              "train.optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
     cfg = validate({**BASE, "tune": {"space": space, "startup_trials": 2}})
-    study = run_tune(cfg, tmp_path / "study", n_trials=3, timeout=None)
-    assert (tmp_path / "study" / "study.db").is_file()
+    study = run_tune(cfg, tmp_path / "study", n_trials=3, timeout=None, storage=storage)
+    assert (tmp_path / "study" / "study.db").is_file() == storage.startswith("sqlite")
     assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
     best = load_config(tmp_path / "study" / "best.yaml")  # what `longshort train --config` reads
     assert best.model.hidden_dim == study.best_params["model.hidden_dim"]
     assert best.train.optim.lr == pytest.approx(study.best_params["train.optim.lr"])
     assert 1e-4 <= best.train.optim.lr <= 1e-2
     assert (tmp_path / "study" / "optimization_history.png").is_file()
-    again = run_tune(cfg, tmp_path / "study", n_trials=4, timeout=None)  # a second worker joins the same study
+    # a second worker joins the same study
+    again = run_tune(cfg, tmp_path / "study", n_trials=4, timeout=None, storage=storage)
     assert len(again.trials) == 4  # --n-trials counts the study's trials, whoever ran them
 
 
@@ -47,26 +79,49 @@ def test_space_keys_must_be_config_keys() -> None:
         validate({"tune": {"space": {"model.dropout": {"type": "float", "low": 0.5, "high": 0.1}}}})
 
 
-def test_a_worker_killed_mid_trial_leaves_it_failed_and_retried(tmp_path: Path) -> None:
+def _worker_args(study_dir: Path, storage: str, n_trials: int, epochs: int) -> list[str]:
     import json
-    import os
+    import sys
+
+    space = json.dumps({"train.optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    return [sys.executable, "-m", "longshort", "tune", "--study-dir", str(study_dir), "--n-trials", str(n_trials),
+            "--storage", storage, "data.builtin.n=160", "data.builtin.length=12", "model.num_heads=2",
+            "model.num_lstm_layers=1", "model.conv_dilations=[1]", "model.hidden_dim=16", f"train.epochs={epochs}",
+            "train.progress=off", "train.tensorboard=false", "train.threads=1", f"tune.space={space}",
+            "tune.heartbeat_s=1", "tune.pruner=none"]
+
+
+def test_two_worker_processes_share_one_study(tmp_path: Path, storage: str) -> None:
+    import subprocess
+
+    import optuna
+
+    args = _worker_args(tmp_path / "study", storage, n_trials=4, epochs=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name="longshort", storage=storage).trials
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    # Each worker stops once the study has 4 finished trials; both may be mid-trial at the 4th, so up to 5.
+    assert 4 <= len(trials) <= 5
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes ran trials of the one study
+    assert len({t.number for t in trials}) == len(trials)
+
+
+def test_a_worker_killed_mid_trial_leaves_it_failed_and_retried(tmp_path: Path, storage: str) -> None:
     import signal
     import subprocess
-    import sys
     import time
 
     import optuna
 
-    study_dir = tmp_path / "study"
-    space = json.dumps({"train.optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
-    args = [sys.executable, "-m", "longshort", "tune", "--study-dir", str(study_dir), "--n-trials", "4",
-            "data.builtin.n=160", "data.builtin.length=12", "model.num_heads=2", "model.num_lstm_layers=1",
-            "model.conv_dilations=[1]", "model.hidden_dim=16", "train.epochs=6", "train.progress=off",
-            "train.tensorboard=false", "train.threads=1", f"tune.space={space}", "tune.heartbeat_s=1",
-            "tune.pruner=none"]
+    args = _worker_args(tmp_path / "study", storage, n_trials=4, epochs=6)
+    url = storage
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     victim = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"sqlite:///{study_dir / 'study.db'}"
     deadline = time.time() + 120
     running = []
     while not running:  # wait until the victim is inside a trial

@@ -11,6 +11,8 @@ by ``longshort train --config``), with the optimisation-history and parameter-im
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,7 +128,8 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
                      optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry)}
         else:
             retry = {"failed_trial_callback": RetryFailedTrialCallback(max_retry=t.max_retry)}
-        rdb = RDBStorage(url, heartbeat_interval=t.heartbeat_s, grace_period=2 * t.heartbeat_s, **retry)
+        rdb = _storage(RDBStorage, url, heartbeat_interval=t.heartbeat_s, grace_period=2 * t.heartbeat_s,
+                       **retry)
     pruner: optuna.pruners.BasePruner = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=1),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.train.epochs),
@@ -147,7 +150,10 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
             if self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {int(row['epoch'])}: {t.metric} {row[t.metric]:.4f}")
 
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
     def objective(trial: Any) -> float:
+        trial.set_user_attr("worker", worker)  # which of the study's workers ran it (host:pid)
         values = _sample(trial, t.space)
         try:
             c = trial_config(cfg, values)
@@ -182,6 +188,24 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
         save_config(best_cfg, study_dir / "best.yaml")
         _plots(study, study_dir)
     return study
+
+
+def _storage(cls: Any, url: str, **kwargs: Any) -> Any:
+    """``cls(url, **kwargs)``, retried when workers started together race to create the schema of a new database
+    (the loser sees the winner's half-made tables: a duplicate-key or duplicate-table error, then all is well)."""
+    import random
+    import time
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(6):
+        try:
+            return cls(url, **kwargs)
+        except SQLAlchemyError as exc:
+            if attempt == 5 or url.startswith("sqlite"):
+                raise ConfigError(f"cannot open the study storage {url}: {exc}") from exc
+            time.sleep(0.2 * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def _plots(study: Any, study_dir: Path) -> None:
