@@ -225,7 +225,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     if cfg.task != "classify":
         raise LongshortError("longshort tune covers task classify")
     out = Path(args.study_dir) if args.study_dir else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-tune"
-    study = run_tune(cfg, out, args.n_trials, args.timeout, args.storage)
+    study = run_tune(cfg, out, args.n_trials, args.timeout, args.storage, study_name=args.study_name)
     states = [t.state.name for t in study.trials]
     print(f"{len(states)} trials: " + ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states))))
     if (out / "best.yaml").exists():
@@ -323,9 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="hyperparameter search with Optuna over tune.space (TPE, pruning)",
                         epilog="tune.* keys: space (KEY: {type, low, high, log, choices}), metric, pruner "
                         "(median|hyperband|none), startup_trials, heartbeat_s, max_retry")
-    tu.add_argument("--config", metavar="FILE")
-    tu.add_argument("--data", metavar="PATH")
-    tu.add_argument("--study-dir", metavar="DIR", help="study directory (default runs/DATE-TIME-tune)")
+    tu.add_argument("--config", metavar="FILE", help="YAML config: the base every trial starts from, with tune.*")
+    tu.add_argument("--data", metavar="PATH", help="training data (as for train)")
+    tu.add_argument("--study-dir", metavar="DIR", help="study directory: best.yaml, plots, the SQLite study "
+                    "(default runs/DATE-TIME-tune)")
+    tu.add_argument("--study-name", default="longshort", metavar="NAME",
+                    help="the study's name in the storage, to keep several studies in one database")
     tu.add_argument("--n-trials", type=int, metavar="N", help="finished trials the study should reach, counting "
                     "every worker's (default: until --timeout)")
     tu.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
