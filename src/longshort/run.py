@@ -86,6 +86,13 @@ class Run:
         """Predicted class names for each sequence."""
         return np.asarray(self.prep.class_names)[self.predict_proba(x, lengths).argmax(1)]
 
+    def streamer(self, batch_size: int = 1) -> Any:
+        """A :class:`~longshort.deploy.streaming.RunStreamer`: feed raw steps of ``batch_size`` streams one at a
+        time and get each prefix's class probabilities (needs a model trained with model.bidirectional=false)."""
+        from longshort.deploy.streaming import RunStreamer
+
+        return RunStreamer(self, batch_size)
+
     def evaluate(self, data: str | None = None) -> dict[str, Any]:
         """Metrics on a file (all of it), or on the run's own test split when ``data`` is None."""
         if data is None:
