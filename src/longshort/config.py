@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from longshort.data.config import DataConfig
+from longshort.diagnostics.monitor import DiagnosticsConfig
 from longshort.errors import ConfigError
 from longshort.evaluate.validation import CVConfig
 from longshort.nn.classifier import ClassifierConfig
@@ -42,6 +43,7 @@ class Config(BaseModel):
     distributed: DistributedConfig = DistributedConfig()
     cv: CVConfig = CVConfig()
     tune: TuneConfig = TuneConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
 
     @model_validator(mode="after")
     def _distributed_options(self) -> Config:

@@ -250,7 +250,7 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
         cfg.train, model, to_tensors(splits.train), None if splits.val is None else to_tensors(splits.val),
         num_classes=len(splits.prep.class_names), seed=cfg.seed, run_dir=run_dir,
         callbacks=_callbacks(cfg, run_dir, console) if ctx.is_main else [],
-        distributed=cfg.distributed, ctx=ctx,
+        distributed=cfg.distributed, ctx=ctx, diagnostics=cfg.diagnostics,
     )
     if resume and trainer.restore("last"):
         console.print(f"resumed {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch}, step {trainer.step}")

@@ -161,7 +161,8 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
         torch.manual_seed(cfg.seed)  # a fresh model (and, in the Trainer, a fresh optimizer) per fold
         model = SequenceClassifier(train.n_features, len(prep.class_names), cfg.model)
         trainer = Trainer(cfg.train, model, to_tensors(train), None if val is None else to_tensors(val),
-                          num_classes=len(prep.class_names), seed=cfg.seed, run_dir=out / f"fold-{k + 1}")
+                          num_classes=len(prep.class_names), seed=cfg.seed, run_dir=out / f"fold-{k + 1}",
+                          diagnostics=cfg.diagnostics)
         trainer.fit()
         from longshort.training.checkpoint import checkpoint_path, load_weights
 

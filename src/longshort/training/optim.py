@@ -453,3 +453,22 @@ def build_schedule(opt: Optimizer, cfg: ScheduleConfig, total_steps: int, base_l
                                              total_iters=cfg.warmup)
     main = SCHEDULES[cfg.name](opt, cfg, total_steps - cfg.warmup, base_lr)
     return torch.optim.lr_scheduler.SequentialLR(opt, [warm, main], milestones=[cfg.warmup])
+
+
+def scale_learning_rate(opt: Optimizer, schedule: LRScheduler, factor: float) -> None:
+    """Multiply the learning rate by ``factor`` from now on, under any of :data:`SCHEDULES` (with warm-up too).
+
+    Schedules keep the rate in different places: recursive ones (exponential, step, cosine's chainable form) read
+    the group's current ``lr``; closed-form ones read their ``base_lrs``; OneCycle reads ``initial_lr``, ``max_lr``
+    and ``min_lr`` from the group. Scaling all of them keeps every schedule's shape, at ``factor`` times the rate.
+    """
+    for group in opt.param_groups:
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            if isinstance(group.get(key), float | int):
+                group[key] = group[key] * factor
+    scheds = [schedule, *getattr(schedule, "_schedulers", [])]  # SequentialLR's parts (warm-up, main)
+    for s in scheds:
+        if hasattr(s, "base_lrs"):
+            s.base_lrs = [lr * factor for lr in s.base_lrs]
+        if hasattr(s, "_last_lr"):
+            s._last_lr = [float(g["lr"]) for g in opt.param_groups]

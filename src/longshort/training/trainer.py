@@ -15,7 +15,9 @@ batch), so a resumed run replays the same batches.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from longshort.data.batching import Batch, TensorData, batch_indices, take
+from longshort.diagnostics.monitor import DiagnosticsConfig, Rollback, TrainingMonitor
 from longshort.evaluate.predict import batched_outputs, batched_proba
 from longshort.training import curriculum as cur
 from longshort.training.augment import AugmentConfig, MixedBatch, MixupConfig, augment, mixup, mixup_loss
@@ -57,6 +60,7 @@ from longshort.training.optim import (
     ScheduleConfig,
     build_optimizer,
     build_schedule,
+    scale_learning_rate,
 )
 from longshort.training.recipes import PhaseConfig, RecipeName, merge_under, preset_phases, recipe_values
 
@@ -183,6 +187,7 @@ class Trainer:
         callbacks: list[Callback] | None = None,
         distributed: DistributedConfig | None = None,
         ctx: DistContext | None = None,
+        diagnostics: DiagnosticsConfig | None = None,
     ) -> None:
         self.cfg, self.seed, self.run_dir = cfg, seed, run_dir
         self.dist = ctx or DistContext()
@@ -224,6 +229,12 @@ class Trainer:
         self.epoch_sums = (0.0, 0.0, 0, 0.0)
         self.task_w = {"main": 1.0, "aux": cfg.loss.aux_weight}
         self.last_grad_norm = 0.0
+        diag = diagnostics or DiagnosticsConfig()
+        # gradient norms, spike/NaN actions and gate samples (diagnostics/monitor.py); files from rank 0 only
+        self.monitor = TrainingMonitor(diag, self.model, run_dir, writes=self.dist.rank == 0,
+                                       probe=val if val is not None else train,
+                                       fsdp=self.dist_cfg.strategy == "fsdp") if diag.enabled else None
+        self._has_checkpoint = False
 
     # -- phases and curriculum: what an epoch looks like --------------------------------------------------
 
@@ -369,13 +380,32 @@ class Trainer:
             self.scaler.scale(loss * self._loss_scale).backward()
         else:
             loss, logits, aux_se = self._accumulate(batch, k)
-        self.scaler.unscale_(self.optimizer)
-        self.last_grad_norm = self.clipper.clip(self.model)
-        self.noise.apply(self.model, self.epoch, self._generator("noise", self.epoch, self.batch))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        verdict = "apply"
+        if self.monitor is not None:
+            enabled = self.scaler.is_enabled()
+            verdict = self.monitor.check(loss, step=self.step + 1, epoch=self.epoch + 1,
+                                         lr=self.optimizer.param_groups[0]["lr"],
+                                         grad_scale=self.scaler.get_scale() if enabled else 1.0,
+                                         scaler_enabled=enabled, can_rollback=self._has_checkpoint)
+        if verdict == "rollback":
+            self.optimizer.zero_grad(set_to_none=True)
+            raise Rollback
+        if verdict == "skip":  # the update never reaches the weights (nor the optimizer's moments)
+            self.optimizer.zero_grad(set_to_none=True)
+            assert self.monitor is not None
+            self.last_grad_norm = self.monitor.last["grad_norm"]
+        else:
+            self.scaler.unscale_(self.optimizer)
+            self.last_grad_norm = self.clipper.clip(self.model)
+            self.noise.apply(self.model, self.epoch, self._generator("noise", self.epoch, self.batch))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        # the schedule follows the data position, skipped step or not (a resumed run stays aligned)
         if self.cfg.schedule.interval == "batch" and self._scheduled(self.epoch):
-            self.schedule.step()
+            with warnings.catch_warnings():
+                if verdict == "skip":  # torch warns when no optimizer step came before; here that is intended
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                self.schedule.step()
         pred = logits.detach().argmax(1)
         if mixed is None:
             correct = (pred == batch.y).sum().double()
@@ -430,14 +460,35 @@ class Trainer:
     def fit(self) -> list[dict[str, float]]:
         for cb in self.callbacks:
             cb.on_fit_start(self)
+        if self.monitor is not None:
+            self.monitor.on_fit_start(self.step)
+            if self.monitor.cfg.anomaly.action == "rollback" and not self._has_checkpoint:
+                self.save(["last"])  # something to roll back to before the first epoch's checkpoint
         try:
             while self.epoch < self.cfg.epochs and not self.finished:
-                self._run_epoch()
+                try:
+                    self._run_epoch()
+                except Rollback:
+                    self._rollback()
             self.finished = True
         finally:
+            if self.monitor is not None:
+                self.monitor.close()
             for cb in self.callbacks:
                 cb.on_fit_end(self)
         return self.history
+
+    def _rollback(self) -> None:
+        """Back to the last checkpoint, with the learning rate times ``diagnostics.anomaly.lr_factor``."""
+        m = self.monitor
+        assert m is not None
+        rollbacks, target = m.rollbacks + 1, m.lr_scale * m.cfg.anomaly.lr_factor
+        at = self.step + 1
+        self.restore("last")  # weights, optimizer, schedule, RNG, data position, the monitor's statistics
+        scale_learning_rate(self.optimizer, self.schedule, target / m.lr_scale)  # from the checkpoint's scale
+        m.rollbacks, m.lr_scale = rollbacks, target
+        print(f"diagnostics: gradient spike at step {at}: rolled back to step {self.step}, learning rate x"
+              f"{target:.3g} (rollback {rollbacks} of {m.cfg.anomaly.max_rollbacks})", file=sys.stderr)
 
     def _run_epoch(self) -> None:
         cfg, epoch = self.cfg, self.epoch
@@ -467,6 +518,8 @@ class Trainer:
                 aux_sum += se * (n > 0)
             seen, new = seen + n, new + n
             self.batch, self.step = i + 1, self.step + 1
+            if self.monitor is not None:
+                self.monitor.maybe_sample_gates(self.step)
             if self.batch % cfg.log_every == 0 or self.batch == self.steps_per_epoch:
                 stats = {"batch": self.batch, "loss": loss_sum.item() / seen, "accuracy": correct.item() / seen,
                          "samples_per_s": new / (time.perf_counter() - t0)}
@@ -512,6 +565,8 @@ class Trainer:
             self.finished = True
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
+        if self.monitor is not None:
+            self.monitor.on_epoch_end(epoch + 1, self.step)
         self.save(["last", "best"] if improved else ["last"])
 
     def predict_proba(self, data: TensorData) -> Tensor:
@@ -538,9 +593,13 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return loop_state(self) | {"epoch_sums": list(self.epoch_sums), "scores": self.scores}
+        diag = {} if self.monitor is None else {"diagnostics": self.monitor.state_dict()}
+        return loop_state(self) | {"epoch_sums": list(self.epoch_sums), "scores": self.scores} | diag
 
     def save(self, tags: list[str]) -> None:
+        if self.monitor is not None:
+            self.monitor.flush()  # the rows up to this checkpoint are on disk before it is
+        self._has_checkpoint = True
         if self.dist.enabled:
             save_distributed_checkpoint(self.ckpt_dir, tags, self.model, self.optimizer, self.state_dict(), self.step,
                                         self.dist.rank)
@@ -558,4 +617,7 @@ class Trainer:
         if self.dist.rank != 0:  # the saved sums are all ranks' together: rank 0 carries them on
             self.epoch_sums = (0.0, 0.0, 0, 0.0)
         self.scores = s["scores"]
+        if self.monitor is not None and "diagnostics" in s:
+            self.monitor.load_state_dict(s["diagnostics"])
+        self._has_checkpoint = True
         return True
