@@ -157,7 +157,7 @@ def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, ca
            for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
     assert enc["train"] is not None
     trainer = Seq2SeqTrainer(cfg.train, cfg.seq2seq, model, enc["train"], enc["val"], seed=cfg.seed,
-                             run_dir=run_dir, callbacks=callbacks)
+                             run_dir=run_dir, callbacks=callbacks, diagnostics=cfg.diagnostics)
     if resume and trainer.restore("last"):
         console.print(f"resumed {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch}, step {trainer.step}")
     trainer.fit()

@@ -3,6 +3,7 @@ sequence-level objectives (self-critical raises the reward, MRT lowers the risk)
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,26 @@ def test_config_refuses_options_of_the_other_task() -> None:
     c = validate({"task": "seq2seq"})
     assert c.data.source == "builtin:reverse"  # the seq2seq default dataset
     assert validate({"task": "seq2seq", "data": {"source": "x.tsv"}}).data.source == "x.tsv"
+
+
+def test_a_nan_loss_never_reaches_the_seq2seq_weights(tmp_path: Path) -> None:
+    tr = _trainer(tmp_path, epochs=1)
+    compute, seen = tr.compute_loss, {}
+
+    def compute_loss(*a: Any, **k: Any) -> Any:
+        token, correct, n_tok = compute(*a, **k)
+        if tr.step == 3:  # the fourth step
+            seen["before"] = {n: v.clone() for n, v in tr.model.state_dict().items()}
+            return token * math.nan, correct, n_tok
+        if "before" in seen and "after" not in seen:
+            seen["after"] = {n: v.clone() for n, v in tr.model.state_dict().items()}  # before step 5 moves them
+        return token, correct, n_tok
+
+    tr.compute_loss = compute_loss  # type: ignore[method-assign]
+    tr.fit()
+    assert all(torch.equal(seen["before"][n], seen["after"][n]) for n in seen["before"])
+    import csv
+
+    with (tmp_path / "diagnostics" / "steps.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["action"] for r in rows if r["anomaly"] == "1"] == ["nonfinite"] and rows[3]["step"] == "4"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from longshort.data.pair_pipeline import EncodedPairs, PairBatch
 from longshort.data.pairs import PAD_ID
+from longshort.diagnostics.monitor import DiagnosticsConfig, Rollback, TrainingMonitor
 from longshort.evaluate.seq_metrics import sequence_metrics
 from longshort.nn.seq2seq import SCHEDULES, Seq2Seq, Seq2SeqConfig
 from longshort.training import curriculum as cur
@@ -38,7 +40,15 @@ from longshort.training.checkpoint import checkpoint_path, loop_state, restore_l
 from longshort.training.losses import TimeWeighting, sequence_focal_loss
 from longshort.training.optim import GradClipper, GradNoise, Lookahead, build_optimizer, build_schedule
 from longshort.training.sequence_level import ObjectiveConfig, SequenceObjective, ids_before_eos
-from longshort.training.trainer import TrainConfig, _seed_for, resolve_device, resolve_precision
+from longshort.training.trainer import (
+    TrainConfig,
+    _seed_for,
+    guarded_update,
+    resolve_device,
+    resolve_precision,
+    rollback,
+    start_monitor,
+)
 
 
 class _Strict(BaseModel):
@@ -163,6 +173,7 @@ class Seq2SeqTrainer:
         seed: int,
         run_dir: Path,
         callbacks: list[Callback] | None = None,
+        diagnostics: DiagnosticsConfig | None = None,
     ) -> None:
         self.cfg, self.s2s, self.seed, self.run_dir = cfg, s2s, seed, run_dir
         self.device = resolve_device(cfg.device)
@@ -189,6 +200,10 @@ class Seq2SeqTrainer:
         # would: (loss * tokens, correct tokens, tokens, pairs, sampling prob * pairs, reward * pairs, seq pairs).
         self.epoch_sums: list[float] = [0.0] * 7
         self.last_grad_norm = 0.0
+        diag = diagnostics or DiagnosticsConfig()
+        # gradient norms and spike/NaN actions as in the classifier's loop (gates are sampled there only)
+        self.monitor = TrainingMonitor(diag, self.model, run_dir) if diag.enabled else None
+        self._has_checkpoint = False
 
     # -- what an epoch looks like -------------------------------------------------------------------------
 
@@ -256,13 +271,12 @@ class Seq2SeqTrainer:
             loss = (1 - w) * token + w * stats.loss
             reward = stats.reward
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        self.last_grad_norm = self.clipper.clip(self.model)
-        self.noise.apply(self.model, epoch, self._generator("noise", epoch, i))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        verdict = guarded_update(self, loss, self._generator("noise", epoch, i))
         if self.cfg.schedule.interval == "batch":
-            self.schedule.step()
+            with warnings.catch_warnings():
+                if verdict == "skip":  # torch warns when no optimizer step came before; here that is intended
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                self.schedule.step()
         return {"token_loss": token.detach(), "correct": correct, "tokens": n_tok, "sampling_prob": sampling_prob,
                 "reward": reward}
 
@@ -276,11 +290,17 @@ class Seq2SeqTrainer:
     def fit(self) -> list[dict[str, float]]:
         for cb in self.callbacks:
             cb.on_fit_start(self)  # type: ignore[arg-type]
+        start_monitor(self)
         try:
             while self.epoch < self.cfg.epochs and not self.finished:
-                self._run_epoch()
+                try:
+                    self._run_epoch()
+                except Rollback:
+                    rollback(self)
             self.finished = True
         finally:
+            if self.monitor is not None:
+                self.monitor.close()
             for cb in self.callbacks:
                 cb.on_fit_end(self)  # type: ignore[arg-type]
         return self.history
@@ -388,10 +408,15 @@ class Seq2SeqTrainer:
     # -- checkpoints -------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return loop_state(self) | {"epoch_sums": list(self.epoch_sums), "objective": self.objective.state_dict()}
+        diag = {} if self.monitor is None else {"diagnostics": self.monitor.state_dict()}
+        return loop_state(self) | {"epoch_sums": list(self.epoch_sums), "objective": self.objective.state_dict()} \
+            | diag
 
     def save(self, tags: list[str]) -> None:
+        if self.monitor is not None:
+            self.monitor.flush()
         save_checkpoint(self.ckpt_dir, tags, self.model, self.state_dict(), self.step)
+        self._has_checkpoint = True
 
     def restore(self, tag: str = "last") -> bool:
         path = checkpoint_path(self.ckpt_dir, tag)
@@ -400,4 +425,7 @@ class Seq2SeqTrainer:
         s = restore_loop_state(self, path)
         self.epoch_sums = [float(v) for v in s["epoch_sums"]]
         self.objective.load_state_dict(s["objective"])
+        if self.monitor is not None and "diagnostics" in s:
+            self.monitor.load_state_dict(s["diagnostics"])
+        self._has_checkpoint = True
         return True

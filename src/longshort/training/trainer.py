@@ -173,6 +173,53 @@ def _seed_for(*parts: int) -> int:
 _PURPOSE = {"augment": 1, "mixup": 2, "noise": 3}
 
 
+def start_monitor(tr: Any) -> None:
+    """Open the monitor's files; with ``anomaly.action=rollback``, make sure there is a checkpoint to go back to."""
+    if tr.monitor is None:
+        return
+    tr.monitor.on_fit_start(tr.step)
+    if tr.monitor.cfg.anomaly.action == "rollback" and not tr._has_checkpoint:
+        tr.save(["last"])  # something to roll back to before the first epoch's checkpoint
+
+
+def guarded_update(tr: Any, loss: Tensor, noise_generator: torch.Generator) -> str:
+    """After ``backward``: ask the monitor, then clip, add gradient noise and step (both training loops use this).
+
+    Returns the verdict: ``apply`` / ``scaler`` (stepped), ``skip`` (gradients dropped, no optimizer step: the update
+    never reaches the weights nor the optimizer's moments); raises :class:`Rollback` for a rollback."""
+    verdict = "apply"
+    if tr.monitor is not None:
+        enabled = tr.scaler.is_enabled()
+        verdict = tr.monitor.check(loss, step=tr.step + 1, epoch=tr.epoch + 1, lr=tr.optimizer.param_groups[0]["lr"],
+                                   grad_scale=tr.scaler.get_scale() if enabled else 1.0, scaler_enabled=enabled,
+                                   can_rollback=tr._has_checkpoint)
+    if verdict in ("rollback", "skip"):
+        tr.optimizer.zero_grad(set_to_none=True)
+        if verdict == "rollback":
+            raise Rollback
+        tr.last_grad_norm = tr.monitor.last["grad_norm"]
+        return verdict
+    tr.scaler.unscale_(tr.optimizer)
+    tr.last_grad_norm = tr.clipper.clip(tr.model)
+    tr.noise.apply(tr.model, tr.epoch, noise_generator)
+    tr.scaler.step(tr.optimizer)
+    tr.scaler.update()
+    return verdict
+
+
+def rollback(tr: Any) -> None:
+    """Back to the last checkpoint, with the learning rate times ``diagnostics.anomaly.lr_factor``."""
+    m = tr.monitor
+    assert m is not None
+    rollbacks, target = m.rollbacks + 1, m.lr_scale * m.cfg.anomaly.lr_factor
+    at = tr.step + 1
+    tr.restore("last")  # weights, optimizer, schedule, RNG, data position, the monitor's statistics
+    scale_learning_rate(tr.optimizer, tr.schedule, target / m.lr_scale)  # relative to the checkpoint's scale
+    m.rollbacks, m.lr_scale = rollbacks, target
+    print(f"diagnostics: gradient spike at step {at}: rolled back to step {tr.step}, learning rate x{target:.3g} "
+          f"(rollback {rollbacks} of {m.cfg.anomaly.max_rollbacks})", file=sys.stderr)
+
+
 class Trainer:
     def __init__(
         self,
@@ -380,26 +427,7 @@ class Trainer:
             self.scaler.scale(loss * self._loss_scale).backward()
         else:
             loss, logits, aux_se = self._accumulate(batch, k)
-        verdict = "apply"
-        if self.monitor is not None:
-            enabled = self.scaler.is_enabled()
-            verdict = self.monitor.check(loss, step=self.step + 1, epoch=self.epoch + 1,
-                                         lr=self.optimizer.param_groups[0]["lr"],
-                                         grad_scale=self.scaler.get_scale() if enabled else 1.0,
-                                         scaler_enabled=enabled, can_rollback=self._has_checkpoint)
-        if verdict == "rollback":
-            self.optimizer.zero_grad(set_to_none=True)
-            raise Rollback
-        if verdict == "skip":  # the update never reaches the weights (nor the optimizer's moments)
-            self.optimizer.zero_grad(set_to_none=True)
-            assert self.monitor is not None
-            self.last_grad_norm = self.monitor.last["grad_norm"]
-        else:
-            self.scaler.unscale_(self.optimizer)
-            self.last_grad_norm = self.clipper.clip(self.model)
-            self.noise.apply(self.model, self.epoch, self._generator("noise", self.epoch, self.batch))
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        verdict = guarded_update(self, loss, self._generator("noise", self.epoch, self.batch))
         # the schedule follows the data position, skipped step or not (a resumed run stays aligned)
         if self.cfg.schedule.interval == "batch" and self._scheduled(self.epoch):
             with warnings.catch_warnings():
@@ -460,16 +488,13 @@ class Trainer:
     def fit(self) -> list[dict[str, float]]:
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        if self.monitor is not None:
-            self.monitor.on_fit_start(self.step)
-            if self.monitor.cfg.anomaly.action == "rollback" and not self._has_checkpoint:
-                self.save(["last"])  # something to roll back to before the first epoch's checkpoint
+        start_monitor(self)
         try:
             while self.epoch < self.cfg.epochs and not self.finished:
                 try:
                     self._run_epoch()
                 except Rollback:
-                    self._rollback()
+                    rollback(self)
             self.finished = True
         finally:
             if self.monitor is not None:
@@ -477,18 +502,6 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_fit_end(self)
         return self.history
-
-    def _rollback(self) -> None:
-        """Back to the last checkpoint, with the learning rate times ``diagnostics.anomaly.lr_factor``."""
-        m = self.monitor
-        assert m is not None
-        rollbacks, target = m.rollbacks + 1, m.lr_scale * m.cfg.anomaly.lr_factor
-        at = self.step + 1
-        self.restore("last")  # weights, optimizer, schedule, RNG, data position, the monitor's statistics
-        scale_learning_rate(self.optimizer, self.schedule, target / m.lr_scale)  # from the checkpoint's scale
-        m.rollbacks, m.lr_scale = rollbacks, target
-        print(f"diagnostics: gradient spike at step {at}: rolled back to step {self.step}, learning rate x"
-              f"{target:.3g} (rollback {rollbacks} of {m.cfg.anomaly.max_rollbacks})", file=sys.stderr)
 
     def _run_epoch(self) -> None:
         cfg, epoch = self.cfg, self.epoch
