@@ -224,3 +224,31 @@ def test_gradient_predictiveness_on_a_quadratic() -> None:
         assert out["grad_diff_norm"][i] == pytest.approx(eta * (a @ g).norm().item(), rel=1e-10)
         assert out["beta"][i] == pytest.approx((a @ g).norm().item() / math.sqrt(gn2), rel=1e-10)
     assert q.w.grad is None
+
+
+def test_hessian_vector_product_through_the_classifier_and_its_attention() -> None:
+    """Eval-mode MultiheadAttention runs a fused SDPA kernel without double backward: held to the math one."""
+    model, x, lengths, y = tiny_classifier()
+    model = model.double()
+    x = x.double()
+
+    def loss() -> Tensor:
+        return nn.functional.cross_entropy(model(x, lengths).logits, y)
+
+    params = list(model.parameters())
+    before = snapshot(model)
+    v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+         for i, p in enumerate(params)]
+    hv = torch.cat([h.flatten() for h in hessian_vector_product(model, loss, v)])
+    eps, grads = 1e-5, []
+    for sign in (1, -1):
+        with torch.no_grad():
+            for p, d, b in zip(params, v, before, strict=False):
+                p.copy_(b + sign * eps * d)
+        gr = torch.autograd.grad(loss(), params, allow_unused=True)  # the aux head is not in this loss
+        grads.append(torch.cat([torch.zeros_like(p).flatten() if g is None else g.flatten()
+                                for g, p in zip(gr, params, strict=True)]))
+    with torch.no_grad():
+        for p, b in zip(params, before, strict=False):
+            p.copy_(b)
+    torch.testing.assert_close(hv, (grads[0] - grads[1]) / (2 * eps), rtol=1e-4, atol=1e-6)

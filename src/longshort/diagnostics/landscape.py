@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from longshort.nn.lstm import LSTM
 
@@ -151,7 +152,9 @@ def twice_differentiable(model: nn.Module) -> Iterator[None]:
     double-differentiate (checked against finite differences of the gradient), so an LSTM that takes the fused
     path on the CPU is left alone; every other one gets ``gate_stats = True`` for the block, which routes its
     recurrence through ``lstm_recurrence_reference`` (a plain autograd step loop: exact, slower). cuDNN is off
-    for the block too, for any plain ``nn.LSTM`` the model holds."""
+    for the block too, for any plain ``nn.LSTM`` the model holds, and scaled dot-product attention (inside
+    ``nn.MultiheadAttention``) is held to its math backend: the flash and memory-efficient kernels have no double
+    backward."""
     lstms = [m for m in model.modules() if isinstance(m, LSTM)]
     saved = [(m, m.gate_stats, m.last_gate_stats) for m in lstms]
     try:
@@ -159,7 +162,7 @@ def twice_differentiable(model: nn.Module) -> Iterator[None]:
             on_cpu = all(p.device.type == "cpu" for p in m.parameters())
             if not (m.uses_fused_path and on_cpu):
                 m.gate_stats = True
-        with torch.backends.cudnn.flags(enabled=False):
+        with torch.backends.cudnn.flags(enabled=False), sdpa_kernel([SDPBackend.MATH]):
             yield
     finally:
         for m, flag, last in saved:
