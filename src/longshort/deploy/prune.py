@@ -8,10 +8,12 @@ under a parametrization (``model.spectral_norm``) are skipped, since their ``wei
 
 How (``torch.nn.utils.prune``):
 
-- unstructured (default): L1 magnitude per tensor, so each matrix loses ``amount`` of its entries. Per tensor
-  rather than global because the matrices live at very different scales (the LSTM's uniform(+-1/sqrt(H))
-  init against the heads' Kaiming init), and one global threshold would empty the small-scale ones first;
-  ``scope="global"`` is there to compare.
+- unstructured (default): L1 magnitude per tensor, so each matrix loses exactly ``amount`` of its entries and
+  no layer is thinned more than asked. The matrices live at different scales (the LSTM's uniform(+-1/sqrt(H))
+  init, the convolutions' 1/sqrt(fan_in * kernel)), and one global threshold piles the zeros on the
+  smallest-scale ones (on Japanese Vowels at 0.2: convolutions 33%, input projection 11%).
+  ``scope="global"`` (``prune.global_unstructured``) is there to compare; on that one run it kept more
+  accuracy (0.843 against 0.822, test n=370), so try both.
 - structured: ``prune.ln_structured`` (L1 norm, ``dim=0``) per tensor, zeroing whole output rows of Linear /
   LSTM gate matrices and whole output channels of convolutions. The two output layers (class logits, aux
   value) are left out here: a zeroed output row there would delete a class.
