@@ -49,19 +49,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from longshort.config import Config, load_config
 from longshort.data.batching import Batch, TensorData, sequential_batches, to_tensors
-from longshort.data.types import SequenceData
 from longshort.diagnostics._util import json_safe, model_mode
 from longshort.errors import LongshortError, RunDirError
-from longshort.nn.classifier import SequenceClassifier
 from longshort.training.losses import aux_loss, build_loss
+
+if TYPE_CHECKING:  # config imports the trainer: importing it here at run time would make trainer -> analyse a cycle
+    from longshort.config import Config
+    from longshort.data.types import SequenceData
+    from longshort.nn.classifier import SequenceClassifier
 
 __all__ = ["analyse_run", "training_loss"]
 
@@ -142,6 +144,7 @@ def analyse_run(run_dir: str | Path, n_batches: int = 2, seed: int = 0, *, batch
     start vector and the permutation baselines. Returns ``{"dir", "files", "landscape", "information", "gates",
     "attention"}``: the written contents (attention as shapes).
     """
+    from longshort.config import load_config
     from longshort.data.pipeline import prepare
     from longshort.diagnostics.attention import capture_attention
     from longshort.diagnostics.gates import HEALTHY_RANGES, gate_statistics
