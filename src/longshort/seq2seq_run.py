@@ -185,6 +185,9 @@ def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, ca
         learning_curve_png(trainer.history, plots / "learning_curve.png")
     if splits.test is not None and enc["test"] is not None:
         _test_outputs(run, splits.test, enc["test"], outputs["test"], trainer, run_dir)
+    from longshort.run import after_training
+
+    after_training(cfg, run_dir, console)
     _summary(run_dir, metrics, console)
     return run
 

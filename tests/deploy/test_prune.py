@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -9,7 +8,8 @@ import pytest
 import torch
 
 import longshort
-from longshort.deploy.prune import add_prune_arguments, prunable_weights, prune_command, prune_run
+from longshort.cli import main
+from longshort.deploy.prune import prunable_weights, prune_run
 from longshort.errors import RunDirError
 from longshort.run import train
 
@@ -77,11 +77,11 @@ def test_structured_prune_zeroes_whole_output_rows(run_dir: Path, tmp_path: Path
 
 def test_cli_prints_the_figures_and_refuses_an_existing_out(run_dir: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    p = argparse.ArgumentParser()
-    add_prune_arguments(p)
-    prune_command(p.parse_args([str(run_dir), "--amount", "0.5", "--out", str(tmp_path / "c")]))
+    assert main(["prune", str(run_dir), "--amount", "0.5", "--out", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "accuracy before" in out and "accuracy after" in out
     assert "50.0% of the pruned weight matrices" in out and str(tmp_path / "c") in out
     with pytest.raises(RunDirError, match="already holds a run"):
         prune_run(run_dir, out=tmp_path / "c")
+    assert main(["prune", str(run_dir), "--out", str(tmp_path / "c")]) == 2  # the CLI: one error line, exit 2
+    assert "already holds a run" in capsys.readouterr().err

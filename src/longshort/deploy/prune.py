@@ -51,7 +51,7 @@ from longshort.nn.lstm import LSTM
 from longshort.training.checkpoint import save_weights
 from longshort.training.trainer import Trainer
 
-__all__ = ["Pruning", "add_prune_arguments", "prunable_weights", "prune_command", "prune_model", "prune_run",
+__all__ = ["Pruning", "prunable_weights", "prune_command", "prune_model", "prune_run",
            "sparsity"]
 
 Target = tuple[nn.Module, str]  # (module, parameter name)
@@ -235,19 +235,6 @@ def prune_run(run_dir: str | Path, amount: float = 0.2, structured: bool = False
 
 
 # -- command line (wired into ``longshort`` by cli.py) ---------------------------------------------------------
-
-
-def add_prune_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``longshort prune RUN_DIR``."""
-    p.add_argument("run_dir", help="a finished classifier run directory")
-    p.add_argument("--amount", type=float, default=0.2, help="fraction of each weight matrix to zero (default 0.2)")
-    p.add_argument("--structured", action="store_true",
-                   help="zero whole output rows / channels by L1 norm instead of single weights")
-    p.add_argument("--scope", choices=["layer", "global"], default="layer",
-                   help="unstructured only: one magnitude threshold per matrix (layer, default) or one for all")
-    p.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
-                   help="fine-tune N epochs on the training split with the pruned weights held at zero")
-    p.add_argument("--out", default=None, help="directory of the pruned run (default RUN_DIR-pruned)")
 
 
 def prune_command(args: argparse.Namespace) -> None:
