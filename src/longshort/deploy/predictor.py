@@ -1,0 +1,75 @@
+"""Pick the fastest way available to run a run's classifier: an up-to-date ONNX export, else torch eager.
+
+``longshort predict`` on CPU spends its time in the model, and onnxruntime runs this one faster than eager torch
+(one fused LSTM kernel per direction, no Python between operators; see benchmarks/inference.py). An export is
+used only when it is provably the model of the run: its ``model.json`` records the sha256 of the run's
+``model.safetensors``, and an export of other weights (the run was resumed or retrained since) is skipped.
+The quantized export is opt-in (``allow_quantized``): it changes probabilities slightly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CANDIDATES", "PredictFn", "fastest_predictor", "usable_export"]
+
+log = logging.getLogger(__name__)
+
+PredictFn = Callable[..., np.ndarray]  # (x [N, T, C] raw, lengths [N] | None) -> probabilities [N, K]
+CANDIDATES = (("onnx-quantized", "quantized"), ("onnx", "onnx"))  # (name, directory under RUN_DIR/export)
+
+
+def usable_export(run_dir: str | Path, export_dir: str | Path) -> tuple[bool, str]:
+    """Whether ``export_dir`` holds an ONNX export of ``run_dir``'s current weights, and why not."""
+    from longshort.deploy.export import weights_sha256
+
+    d = Path(export_dir)
+    manifest_path = d / "model.json"
+    if not manifest_path.is_file():
+        return False, f"no {manifest_path}"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        return False, f"{manifest_path} is not valid JSON"
+    if not (d / str(manifest.get("file", "model.onnx"))).is_file():
+        return False, f"{d} lacks the model file its manifest names"
+    recorded = manifest.get("source", {}).get("weights_sha256")
+    if recorded != weights_sha256(run_dir):
+        return False, f"{d} was exported from other weights than {Path(run_dir) / 'model.safetensors'} (stale)"
+    return True, "up to date"
+
+
+def fastest_predictor(run_dir: str | Path, *, allow_quantized: bool = False, threads: int = 1
+                      ) -> tuple[str, PredictFn]:
+    """``(name, predict_proba)`` for ``run_dir``: ``"onnx-quantized"`` (only with ``allow_quantized``) or
+    ``"onnx"`` when ``RUN_DIR/export/quantized`` or ``RUN_DIR/export/onnx`` holds an export of the run's current
+    weights and onnxruntime is importable, else ``"torch"`` (``Run.predict_proba``).
+
+    ``predict_proba(x, lengths=None)`` takes raw (unscaled) sequences [N, T, C] and returns probabilities [N, K];
+    ``threads`` is onnxruntime's intra-op thread count. The reasons for skipping an export go to this module's
+    logger (debug level).
+    """
+    d = Path(run_dir)
+    if importlib.util.find_spec("onnxruntime") is None:
+        log.debug("onnxruntime is not installed: torch eager")
+    else:
+        from longshort.deploy.runtime import OnnxPredictor
+
+        for name, sub in CANDIDATES:
+            if name == "onnx-quantized" and not allow_quantized:
+                continue
+            ok, why = usable_export(d, d / "export" / sub)
+            if ok:
+                predictor = OnnxPredictor(d / "export" / sub, threads=threads)
+                return name, predictor.predict_proba
+            log.debug("skipping %s: %s", name, why)
+    from longshort.run import Run
+
+    run = Run.load(d)
+    return "torch", run.predict_proba
