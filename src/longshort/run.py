@@ -287,7 +287,7 @@ def after_training(cfg: Config, run_dir: Path, console: Console) -> None:
         t0 = time.perf_counter()
         with console.status("diagnostics: loss landscape, Hessian, information flow, attention ..."):
             try:
-                analyse_run(run_dir, seed=cfg.seed)
+                analyse_run(run_dir, n_batches=d.analysis_batches, seed=cfg.seed)
                 console.print(f"diagnostics: {run_dir / 'diagnostics'} ({time.perf_counter() - t0:.0f} s; "
                               "diagnostics.analysis=false skips it)")
             except Exception as exc:  # the trained model is saved: say what failed, go on

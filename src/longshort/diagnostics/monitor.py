@@ -72,6 +72,9 @@ class DiagnosticsConfig(BaseModel):
         True, description="after training: loss-landscape slices, Hessian top eigenvalue, information flow, "
         "attention maps (RUN_DIR/diagnostics/*.json)"
     )
+    analysis_batches: int = Field(
+        1, ge=1, description="validation batches (of train.batch_size) the landscape and Hessian losses average over"
+    )
     report: bool = Field(True, description="after training: RUN_DIR/report.html")
 
 
