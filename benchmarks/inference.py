@@ -1,0 +1,194 @@
+"""Inference on one CPU thread: batch-1 latency (p50/p99) and batched throughput of every way to run a classifier.
+
+The default model (hidden 256, 4 BiLSTM layers, 8 heads; 9 features, 3 classes; seeded weights, or ``--run``'s)
+on length-50 sequences, with ``torch.set_num_threads(1)`` and onnxruntime's ``intra_op_num_threads=1``:
+
+- ``plain_pytorch`` (the reference): what a user writes by hand, ``softmax(model(x, lengths).logits)`` under
+  ``torch.inference_mode()`` on an already scaled tensor;
+- ``torch_eager``: ``Run.predict_proba`` on raw input (scaling, batching and the same eager model);
+- ``onnx_fp32``: :class:`longshort.deploy.runtime.OnnxPredictor` on the float32 export (raw input, scaling in
+  numpy), what ``fastest_predictor`` picks;
+- ``onnx_int8``: the same predictor on the dynamic 8-bit export (``longshort export --format quantized``);
+- ``torch_export``: the ``torch.export`` program (``.pt2``, LSTM as a ``scan``) on a scaled tensor;
+- ``streaming_step``: the slot for per-step streaming latency, see :func:`streaming_row` (needs a causal model:
+  ``--causal`` builds one).
+
+Latency: single sequences, calls of all paths interleaved round by round (so drift in machine load hits all
+alike), each call timed on its own; p50/p99 over all calls. Throughput: batches of ``--batch`` sequences, the
+median over rounds, in sequences per second. ``ratio_*`` = the reference's figure over the path's (> 1: the path is
+faster than plain PyTorch) for latency, path over reference for throughput.
+
+    python benchmarks/inference.py [--calls 300] [--rounds 5] [--batch 64] [--run RUN_DIR] [--causal] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LENGTH, FEATURES = 50, 9
+
+
+def make_run(root: Path, causal: bool) -> Path:
+    """A run directory of the default model with seeded weights (timing does not need trained ones)."""
+    from longshort.config import save_config, validate
+    from longshort.data.pipeline import prepare
+    from longshort.nn.classifier import SequenceClassifier
+    from longshort.training.checkpoint import save_weights
+
+    cfg = validate({"data": {"source": "builtin:regimes", "builtin": {"n": 200, "length": LENGTH}},
+                    "model": {"bidirectional": not causal}})
+    splits = prepare(cfg.data, cfg.seed)
+    run = root / "run"
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    splits.prep.save(run / "preprocess.json")
+    torch.manual_seed(0)
+    model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
+    save_weights(model.eval(), run / "model.safetensors")
+    return run
+
+
+def streaming_row(run_dir: Path, x: np.ndarray, calls: int) -> dict[str, Any]:
+    """Slot for the streaming row: p50/p99 milliseconds of feeding one new step to a stream that has already
+    seen ``LENGTH - 1`` steps (``longshort.deploy.streaming``), measured like the other latency rows.
+
+    To fill: build the streamer of ``run_dir`` (a causal run: ``--causal``), feed ``x[0, :-1]``, then time
+    ``calls`` single steps (resetting to the saved state before each), and return
+    ``{"p50_ms": ..., "p99_ms": ..., "what": "..."}``. Until then it reports why it is empty."""
+    return {"measured": False, "why": "left to longshort.deploy.streaming's benchmark (needs a causal model)"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=300, help="batch-1 calls per path (spread over the rounds)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=64, help="sequences per call of the throughput rows")
+    ap.add_argument("--run", default=None, help="a trained classifier run (default: the default model, seeded)")
+    ap.add_argument("--causal", action="store_true", help="build the default model with bidirectional=false")
+    ap.add_argument("--no-torch-export", action="store_true", help="skip the torch.export row (slow to export)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "inference.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    from longshort.deploy.export import export_onnx, export_torch
+    from longshort.deploy.quantize import quantize
+    from longshort.deploy.runtime import OnnxPredictor
+    from longshort.run import Run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(args.run) if args.run else make_run(Path(tmp), args.causal)
+        exports = Path(tmp) / "exports"
+        t0 = time.perf_counter()
+        onnx = export_onnx(run_dir, exports / "onnx")
+        q = quantize(run_dir, exports / "quantized", evaluate=False)
+        program = None if args.no_torch_export else export_torch(run_dir, exports / "torch-export")
+        print(f"exports written in {time.perf_counter() - t0:.1f} s")
+        run = Run.load(run_dir)
+        model = run.model.eval()
+        fp32, int8 = OnnxPredictor(exports / "onnx", threads=1), OnnxPredictor(exports / "quantized", threads=1)
+        module = None if program is None else torch.export.load(program["path"]).module()
+
+        rng = np.random.default_rng(0)
+        raw = (rng.standard_normal((args.batch, LENGTH, len(run.prep.feature_names))) * 2 + 1).astype(np.float32)
+        lengths = np.full(args.batch, LENGTH, dtype=np.int64)
+        from longshort.deploy.runtime import scale
+
+        scaled = torch.from_numpy(scale(raw, lengths, run.prep.mean, run.prep.std))
+        t_lengths = torch.from_numpy(lengths)
+
+        def plain(n: int) -> Any:
+            with torch.inference_mode():
+                return torch.softmax(model(scaled[:n], t_lengths[:n]).logits, -1)
+
+        def program_call(n: int) -> Any:
+            assert module is not None
+            with torch.inference_mode():
+                return module(scaled[:n], t_lengths[:n])[0]
+
+        paths: dict[str, Callable[[int], Any]] = {
+            "plain_pytorch": plain,
+            "torch_eager": lambda n: run.predict_proba(raw[:n], lengths[:n]),
+            "onnx_fp32": lambda n: fp32.predict_proba(raw[:n], lengths[:n]),
+            "onnx_int8": lambda n: int8.predict_proba(raw[:n], lengths[:n]),
+        }
+        if module is not None:
+            paths["torch_export"] = program_call
+        ref = plain(args.batch).numpy()
+        agree = {name: float(np.abs(np.asarray(fn(args.batch)) - ref).max()) for name, fn in paths.items()}
+        for fn in paths.values():  # warm-up
+            for _ in range(5):
+                fn(1)
+
+        per_round = max(1, args.calls // args.rounds)
+        latency: dict[str, list[float]] = {name: [] for name in paths}
+        throughput: dict[str, list[float]] = {name: [] for name in paths}
+        for r in range(args.rounds):
+            names = list(paths) if r % 2 == 0 else list(reversed(paths))
+            for name in names:
+                fn = paths[name]
+                for _ in range(per_round):
+                    t = time.perf_counter()
+                    fn(1)
+                    latency[name].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                fn(args.batch)
+                throughput[name].append(args.batch / (time.perf_counter() - t))
+            print(f"round {r + 1}: " + "  ".join(f"{n} {1e3 * statistics.median(latency[n]):.2f}" for n in paths)
+                  + " ms (p50 so far)")
+
+        rows: dict[str, Any] = {}
+        ref_p50 = statistics.median(latency["plain_pytorch"])
+        ref_tp = statistics.median(throughput["plain_pytorch"])
+        for name in paths:
+            p50 = statistics.median(latency[name])
+            tp = statistics.median(throughput[name])
+            rows[name] = {
+                "p50_ms": 1e3 * p50, "p99_ms": 1e3 * percentile(latency[name], 99),
+                "throughput_seq_per_s": tp, "ratio_p50_plain_over_path": ref_p50 / p50,
+                "ratio_throughput_path_over_plain": tp / ref_tp, "max_abs_diff_proba_vs_plain": agree[name],
+            }
+        rows["streaming_step"] = streaming_row(run_dir, raw, per_round * args.rounds)
+        result = {
+            "benchmark": "inference",
+            "model": f"SequenceClassifier {'(' + str(run_dir) + ')' if args.run else 'default'} "
+                     f"(hidden {run.config.model.hidden_dim}, {run.config.model.num_lstm_layers} LSTM blocks, "
+                     f"{run.config.model.num_heads} heads, bidirectional {run.config.model.bidirectional})",
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "length": LENGTH, "features": len(run.prep.feature_names), "latency_batch": 1,
+            "throughput_batch": args.batch, "calls_per_path": per_round * args.rounds, "rounds": args.rounds,
+            "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": 1},
+            "torch": torch.__version__, "onnxruntime": onnx["versions"].get("onnxruntime"),
+            "machine": platform.machine(), "processor": platform.processor(),
+            "file_bytes": {"onnx_fp32": onnx["size_bytes"], "onnx_int8": q["size_bytes"],
+                           **({"torch_export": program["size_bytes"]} if program else {})},
+            "rows": rows,
+        }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"{'path':15} {'p50 ms':>8} {'p99 ms':>8} {'seq/s':>9} {'p50 x':>6} {'seq/s x':>8}")
+    for name, row in rows.items():
+        if "p50_ms" in row:
+            print(f"{name:15} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {row['throughput_seq_per_s']:9.1f} "
+                  f"{row['ratio_p50_plain_over_path']:6.2f} {row['ratio_throughput_path_over_plain']:8.2f}")
+        else:
+            print(f"{name:15} not measured: {row['why']}")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
