@@ -1,4 +1,4 @@
-"""``longshort`` command line: train, evaluate, predict, datasets.
+"""``longshort`` command line: train, evaluate, predict, ensemble, cv, tune, plan, export, prune, report, datasets.
 
 Input and usage errors print one line ``error: ...`` on stderr and exit with status 2; an interrupted run
 says how to resume it.
@@ -158,7 +158,14 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             raise LongshortError("--beam applies to seq2seq runs only")
         # Labels are optional here; when the file has them they must be classes the model knows.
         data = load_for_model(args.data, run.config.data, run.prep, run.config.seed, labels="optional")
-        proba = run.predict_proba(data, prepared=True)
+        from longshort.deploy.predictor import fastest_predictor
+
+        # an up-to-date export of this run (longshort export) is faster than torch eager at small batches
+        path, fn = fastest_predictor(args.run_dir[0], allow_quantized=args.allow_quantized,
+                                     threads=args.threads or 1)
+        print(f"predict: {path} path" + ("" if path == "torch" else f" ({args.run_dir[0]}/export)"),
+              file=sys.stderr)
+        proba = fn(data.X, data.lengths, prepared=True)
         names = run.prep.class_names
     ids = data.ids if data.ids is not None else data.order if data.order is not None else np.arange(len(data))
     out = Path(args.output)
@@ -313,7 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", type=float, nargs="+", metavar="W", help="ensemble weights, one per run")
     r.add_argument("--output", metavar="FILE", required=True, help="CSV (classify) or TSV (seq2seq) to write")
     r.add_argument("--beam", type=int, metavar="K", help="seq2seq: beam size (default seq2seq.decode.beam_size)")
+    r.add_argument("--allow-quantized", action="store_true", help="classify: use RUN_DIR/export/quantized when it "
+                   "is there (fastest; probabilities differ slightly from float32)")
+    r.add_argument("--threads", type=int, metavar="N", help="classify, exported runs: onnxruntime threads "
+                   "(default 1)")
     r.set_defaults(func=_cmd_predict)
+
+    ex = sub.add_parser("export", help="export a classifier run: ONNX, a torch.export program, or dynamic int8 "
+                        "ONNX; each verified against torch at export time")
+    ex.add_argument("run_dir", metavar="RUN_DIR", help="a finished classifier run")
+    ex.add_argument("--format", choices=["onnx", "torch-export", "quantized"], default="onnx",
+                    help="onnx: float32 ONNX for onnxruntime; torch-export: a torch.export program (.pt2); "
+                    "quantized: dynamic int8 ONNX with its size and test accuracy against float32 (default: onnx)")
+    ex.add_argument("--out", metavar="DIR", default=None, help="directory for the model file, model.json and "
+                    "preprocess.json (default: RUN_DIR/export/onnx, .../torch-export or .../quantized)")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset of the onnx and quantized formats "
+                    "(default: 17)")
+    ex.set_defaults(func=_lazy("longshort.deploy.export", "export_command"))
 
     en = sub.add_parser("ensemble", help="evaluate the ensemble of several classifier runs (mean of probabilities)")
     en.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")

@@ -3,7 +3,6 @@ equals the eager model; quantization shrinks the file and mostly keeps predictio
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import io
@@ -15,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from longshort.cli import main
 from longshort.deploy import export as export_mod
 from longshort.deploy.export import (
     PARITY_TOL,
     ExportError,
-    add_export_arguments,
     check_parity,
     eager_outputs,
     export_torch,
@@ -44,13 +43,10 @@ def _scaled_batch(batch: int, steps: int, lengths: list[int], channels: int, see
 
 
 def _cli(*argv: str) -> tuple[dict[str, Any], str]:
-    """``longshort export ARGV`` through add_export_arguments/export_command: (model.json, stdout)."""
-    p = argparse.ArgumentParser()
-    add_export_arguments(p)
-    args = p.parse_args(list(argv))
+    """``longshort export ARGV`` through the real CLI: (model.json, stdout)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        args.func(args)
+        assert main(["export", *argv]) == 0
     manifest_line = [line for line in out.getvalue().splitlines() if line.startswith("manifest: ")][-1]
     return json.loads(Path(manifest_line.removeprefix("manifest: ")).read_text()), out.getvalue()
 
@@ -216,3 +212,30 @@ def test_export_errors_name_the_problem(deploy_run: Path, tmp_path: Path, monkey
                                           r"pip install 'longshort\[deploy\]'"):
         export_mod.export_onnx(deploy_run, tmp_path / "o")
     assert issubclass(ExportError, LongshortError)
+
+
+def test_predict_takes_the_exported_path_when_there_is_one(deploy_run: Path, tmp_path: Path, raw: Any,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(deploy_run, run, ignore=shutil.ignore_patterns("export"))
+    X, lengths, y = raw(12, seed=5, min_len=3)
+    np.savez(tmp_path / "new.npz", X=X, lengths=lengths, y=y)
+
+    def predict(out: str) -> list[list[str]]:
+        assert main(["predict", str(run), "--data", str(tmp_path / "new.npz"), "--output", str(tmp_path / out)]) == 0
+        with (tmp_path / out).open() as f:
+            return list(csv.reader(f))
+
+    eager = predict("eager.csv")
+    assert "predict: torch path" in capsys.readouterr().err
+    assert main(["export", str(run)]) == 0
+    capsys.readouterr()
+    onnx = predict("onnx.csv")
+    assert "predict: onnx path" in capsys.readouterr().err
+    assert [r[:2] for r in onnx] == [r[:2] for r in eager]  # same ids and classes
+    diff = max(abs(float(a) - float(b)) for ra, rb in zip(onnx[1:], eager[1:], strict=True)
+               for a, b in zip(ra[2:4], rb[2:4], strict=True))
+    assert diff <= 2e-6  # the CSV's 6 decimals

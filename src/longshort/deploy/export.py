@@ -51,7 +51,6 @@ __all__ = [
     "DEFAULT_OPSET",
     "PARITY_TOL",
     "ExportError",
-    "add_export_arguments",
     "export_command",
     "export_onnx",
     "export_torch",
@@ -319,21 +318,6 @@ def export_torch(run_dir: str | Path, out_path: str | Path | None = None) -> dic
 
 
 # -- the CLI ----------------------------------------------------------------------------------------------------
-
-
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of ``longshort export`` (and ``func=export_command``)."""
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished classifier run")
-    p.add_argument("--format", choices=list(FORMATS), default="onnx",
-                   help="onnx: float32 ONNX for onnxruntime; torch-export: a torch.export program (.pt2); "
-                        "quantized: dynamic int8 ONNX with its size and test accuracy against float32 "
-                        "(default: onnx)")
-    p.add_argument("--out", metavar="DIR", default=None,
-                   help="directory for the model file, model.json and preprocess.json "
-                        "(default: RUN_DIR/export/onnx, RUN_DIR/export/torch-export or RUN_DIR/export/quantized)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help=f"ONNX opset of the onnx and quantized formats (default: {DEFAULT_OPSET})")
-    p.set_defaults(func=export_command)
 
 
 def _parity_line(parity: dict[str, Any]) -> str:
