@@ -10,8 +10,8 @@ on length-50 sequences, with ``torch.set_num_threads(1)`` and onnxruntime's ``in
   numpy), what ``fastest_predictor`` picks;
 - ``onnx_int8``: the same predictor on the dynamic 8-bit export (``longshort export --format quantized``);
 - ``torch_export``: the ``torch.export`` program (``.pt2``, LSTM as a ``scan``) on a scaled tensor;
-- ``streaming_step``: the slot for per-step streaming latency, see :func:`streaming_row` (needs a causal model:
-  ``--causal`` builds one).
+- ``streaming_step``: one new step fed to a stream already ``LENGTH - 1`` steps in (:func:`streaming_row`; a
+  causal model: the run's own with ``--causal``, else the default architecture with ``bidirectional=false``).
 
 Latency: single sequences, calls of all paths interleaved round by round (so drift in machine load hits all
 alike), each call timed on its own; p50/p99 over all calls. Throughput: batches of ``--batch`` sequences, the
@@ -50,7 +50,7 @@ def make_run(root: Path, causal: bool) -> Path:
                     "model": {"bidirectional": not causal}})
     splits = prepare(cfg.data, cfg.seed)
     run = root / "run"
-    run.mkdir()
+    run.mkdir(parents=True)
     save_config(cfg, run / "config.yaml")
     splits.prep.save(run / "preprocess.json")
     torch.manual_seed(0)
@@ -59,14 +59,31 @@ def make_run(root: Path, causal: bool) -> Path:
     return run
 
 
-def streaming_row(run_dir: Path, x: np.ndarray, calls: int) -> dict[str, Any]:
-    """Slot for the streaming row: p50/p99 milliseconds of feeding one new step to a stream that has already
-    seen ``LENGTH - 1`` steps (``longshort.deploy.streaming``), measured like the other latency rows.
+def streaming_row(run_dir: Path, x: np.ndarray, calls: int, root: Path) -> dict[str, Any]:
+    """p50/p99 milliseconds of feeding one new raw step to a stream that has already seen ``LENGTH - 1`` steps
+    (:class:`longshort.deploy.streaming.RunStreamer`: scaling, conv buffers, LSTM state, attention cache, running
+    pooling), each call timed on its own after restoring the saved state. Streaming needs a causal model: for a
+    bidirectional ``run_dir`` the default architecture with ``bidirectional=false`` (seeded) is measured."""
+    from longshort.deploy.streaming import RunStreamer
+    from longshort.run import Run
 
-    To fill: build the streamer of ``run_dir`` (a causal run: ``--causal``), feed ``x[0, :-1]``, then time
-    ``calls`` single steps (resetting to the saved state before each), and return
-    ``{"p50_ms": ..., "p99_ms": ..., "what": "..."}``. Until then it reports why it is empty."""
-    return {"measured": False, "why": "left to longshort.deploy.streaming's benchmark (needs a causal model)"}
+    run = Run.load(run_dir)
+    what = str(run_dir)
+    if not run.model.causal:
+        run = Run.load(make_run(root / "causal", causal=True))
+        what = "default model with bidirectional=false (seeded weights)"
+    streamer = RunStreamer(run)
+    with torch.inference_mode():
+        streamer.step(x[:1, :-1])  # a stream 49 steps in
+        saved = streamer.stream.get_state()
+        times = []
+        for _ in range(max(calls, 1)):
+            streamer.stream.set_state(saved)
+            t = time.perf_counter()
+            streamer.step(x[:1, -1])
+            times.append(time.perf_counter() - t)
+    return {"p50_ms": 1e3 * statistics.median(times), "p99_ms": 1e3 * percentile(times, 99), "calls": len(times),
+            "what": f"one new step of a stream {LENGTH - 1} steps in, {what}"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -162,7 +179,7 @@ def main() -> None:
                 "throughput_seq_per_s": tp, "ratio_p50_plain_over_path": ref_p50 / p50,
                 "ratio_throughput_path_over_plain": tp / ref_tp, "max_abs_diff_proba_vs_plain": agree[name],
             }
-        rows["streaming_step"] = streaming_row(run_dir, raw, per_round * args.rounds)
+        rows["streaming_step"] = streaming_row(run_dir, raw, per_round * args.rounds, Path(tmp))
         result = {
             "benchmark": "inference",
             "model": f"SequenceClassifier {'(' + str(run_dir) + ')' if args.run else 'default'} "
@@ -182,7 +199,9 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"{'path':15} {'p50 ms':>8} {'p99 ms':>8} {'seq/s':>9} {'p50 x':>6} {'seq/s x':>8}")
     for name, row in rows.items():
-        if "p50_ms" in row:
+        if "throughput_seq_per_s" not in row and "p50_ms" in row:  # streaming: latency of one step only
+            print(f"{name:15} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f}  ({row['what']})")
+        elif "p50_ms" in row:
             print(f"{name:15} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {row['throughput_seq_per_s']:9.1f} "
                   f"{row['ratio_p50_plain_over_path']:6.2f} {row['ratio_throughput_path_over_plain']:8.2f}")
         else:

@@ -394,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, metavar="DIR", help="the pruned run directory (default RUN_DIR-pruned)")
     pr.set_defaults(func=_lazy("longshort.deploy.prune", "prune_command"))
 
+    from longshort.report.command import add_report_arguments  # argparse only: no matplotlib until it runs
+
+    rp = sub.add_parser("report", help="rebuild RUN_DIR/report.html (plots of training, diagnostics and "
+                        "metrics in one self-contained page), or one page comparing several runs")
+    add_report_arguments(rp)
+    rp.set_defaults(func=_lazy("longshort.report.command", "report_command"))
+
     d = sub.add_parser("datasets", help="list the built-in datasets")
     d.set_defaults(func=_cmd_datasets)
     return p

@@ -18,6 +18,9 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    "(one comparison page)")
     p.add_argument("--out", metavar="PATH", help="where to write the page (default: RUN_DIR/report.html for one "
                    f"run, {DEFAULT_COMPARISON} in the current directory for several)")
+    p.add_argument("--analyse", action="store_true", help="first run the after-training analysis (loss landscape, "
+                   "Hessian, information flow, attention) on each classifier run, e.g. one trained with "
+                   "diagnostics.analysis=false")
 
 
 def report_command(args: argparse.Namespace) -> None:
@@ -27,6 +30,11 @@ def report_command(args: argparse.Namespace) -> None:
     ``error: ...`` with its usage exit status."""
     from longshort.report import html
 
+    if args.analyse:
+        from longshort.diagnostics.analyse import analyse_run
+
+        for d in args.run_dirs:
+            analyse_run(d)
     path: Path
     if len(args.run_dirs) == 1:
         path = html.build_report(args.run_dirs[0], args.out)
