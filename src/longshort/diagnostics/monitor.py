@@ -113,8 +113,9 @@ class TrainingMonitor:
     """Gradient norms, anomaly actions and gate samples for one training run (see the module docstring)."""
 
     def __init__(self, cfg: DiagnosticsConfig, model: nn.Module, run_dir: Path | None, *, writes: bool = True,
-                 probe: TensorData | None = None, fsdp: bool = False) -> None:
+                 probe: TensorData | None = None, fsdp: bool = False, tensorboard: bool = True) -> None:
         self.cfg, self.model = cfg, model
+        self.tensorboard = tensorboard  # train.tensorboard: scalars and histograms under RUN_DIR/tb/diagnostics
         self.dir = None if run_dir is None else run_dir / "diagnostics"
         self.writes = writes and self.dir is not None
         self.fsdp = fsdp
@@ -255,6 +256,8 @@ class TrainingMonitor:
         self.dir.mkdir(parents=True, exist_ok=True)
         for name in ("steps.csv", "gates.csv"):
             _truncate_after(self.dir / name, step)
+        if not self.tensorboard:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.dir.parent / "tb" / "diagnostics"))

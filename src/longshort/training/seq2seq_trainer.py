@@ -202,7 +202,8 @@ class Seq2SeqTrainer:
         self.last_grad_norm = 0.0
         diag = diagnostics or DiagnosticsConfig()
         # gradient norms and spike/NaN actions as in the classifier's loop (gates are sampled there only)
-        self.monitor = TrainingMonitor(diag, self.model, run_dir) if diag.enabled else None
+        self.monitor = TrainingMonitor(diag, self.model, run_dir, tensorboard=cfg.tensorboard) if diag.enabled \
+            else None
         self._has_checkpoint = False
 
     # -- what an epoch looks like -------------------------------------------------------------------------

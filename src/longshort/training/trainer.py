@@ -280,7 +280,8 @@ class Trainer:
         # gradient norms, spike/NaN actions and gate samples (diagnostics/monitor.py); files from rank 0 only
         self.monitor = TrainingMonitor(diag, self.model, run_dir, writes=self.dist.rank == 0,
                                        probe=val if val is not None else train,
-                                       fsdp=self.dist_cfg.strategy == "fsdp") if diag.enabled else None
+                                       fsdp=self.dist_cfg.strategy == "fsdp", tensorboard=cfg.tensorboard
+                                       ) if diag.enabled else None
         self._has_checkpoint = False
 
     # -- phases and curriculum: what an epoch looks like --------------------------------------------------
