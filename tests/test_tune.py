@@ -131,7 +131,9 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_retried(tmp_path: Path, 
             trials = optuna.load_study(study_name="longshort", storage=url).trials
         except Exception:  # the study may not exist yet
             continue
-        running = [t for t in trials if t.state.name == "RUNNING"]
+        # inside a trial that has reported an epoch: its heartbeat is recorded by then (optuna never fails a
+        # trial that died before its first heartbeat)
+        running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
     time.sleep(2.5)  # past the heartbeat's grace period (2 x heartbeat_s)

@@ -202,7 +202,7 @@ def _storage(cls: Any, url: str, **kwargs: Any) -> Any:
         try:
             return cls(url, **kwargs)
         except SQLAlchemyError as exc:
-            if attempt == 5 or url.startswith("sqlite"):
+            if attempt == 5:
                 raise ConfigError(f"cannot open the study storage {url}: {exc}") from exc
             time.sleep(0.2 * 2**attempt * (1 + random.random()))
     raise AssertionError("unreachable")
