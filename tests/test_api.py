@@ -53,6 +53,18 @@ def test_train_returns_a_run_with_metrics(trained: tuple[longshort.Run, str]) ->
     assert run.prep.class_names == ["hi", "lo"]
 
 
+def test_training_ends_with_the_diagnostics_and_the_report(trained: tuple[longshort.Run, str]) -> None:
+    run, out = trained  # the defaults: diagnostics.analysis and diagnostics.report on
+    d = run.dir / "diagnostics"
+    for name in ("steps.csv", "landscape.json", "information.json", "gates_final.json", "attention.npz",
+                 "predictions_test.npz"):
+        assert (d / name).is_file(), name
+    assert (run.dir / "report.html").is_file() and "report:" in out
+    page = (run.dir / "report.html").read_text()
+    assert page.count('class="plot"') >= 8  # learning curves, gradient norms, landscape, attention ...
+    assert 'src="http' not in page and "<script" not in page  # one self-contained file
+
+
 def test_rich_progress_shows_loss_accuracy_throughput(trained: tuple[longshort.Run, str]) -> None:
     _, out = trained
     assert "samples/s" in out and "loss" in out and "acc" in out

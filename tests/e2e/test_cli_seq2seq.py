@@ -11,7 +11,7 @@ import pandas as pd
 from longshort.data.pairs import Vocab
 
 TINY_S2S = ["seq2seq.model.emb_dim=8", "seq2seq.model.hidden_dim=16", "train.epochs=2", "train.batch_size=16",
-            "train.tensorboard=false", "train.progress=off", "train.threads=1"]
+            "train.tensorboard=false", "train.progress=off", "train.threads=1", "diagnostics.report=false"]
 
 
 def _pairs(path: Path, n: int = 80, seed: int = 0) -> Path:

@@ -21,6 +21,7 @@ ARGS = ["distributed.strategy=fsdp", "data.builtin.n=400", "data.builtin.length=
         "model.num_heads=2", "model.num_lstm_layers=2", "model.conv_dilations=[1]", "model.dropout=0.0",
         "train.epochs=5", "train.batch_size=16", "train.checkpoint_every=2", "train.progress=off",
         "train.tensorboard=false", "train.early_stopping.patience=null",
+        "diagnostics.analysis=false", "diagnostics.report=false",
         "train.optim.eps=1e-6"]  # see tests/training/dist_common.py: zero-gradient parameters and Adam's eps
 
 

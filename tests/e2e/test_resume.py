@@ -21,6 +21,7 @@ ARGS = [
     "model.hidden_dim=32", "model.num_heads=2", "model.num_lstm_layers=2", "model.conv_dilations=[1,2]",
     "train.epochs=4", "train.batch_size=16", "train.checkpoint_every=3", "train.threads=1",
     "train.progress=off", "train.tensorboard=false", "train.early_stopping.patience=null",
+    "diagnostics.analysis=false", "diagnostics.report=false",
 ]
 STEPS_PER_EPOCH = 21  # 336 training sequences / 16
 
