@@ -220,7 +220,11 @@ class StreamingClassifier:
         for i, block in enumerate(m.convs):
             z = z * keep  # as the full model: steps past a stream's end are zeros
             full = torch.cat([s.conv[i], z], 1)  # [B, pad + n, H]: the left context, then the chunk
-            y = block.conv(full.transpose(1, 2)).transpose(1, 2)
+            d = block.conv.dilation[0]
+            if n == 1 and d > 1:  # one output: read only its kernel taps (torch's dilated conv is slow at this size)
+                y = F.conv1d(full[:, ::d].transpose(1, 2), block.conv.weight, block.conv.bias).transpose(1, 2)
+            else:
+                y = block.conv(full.transpose(1, 2)).transpose(1, 2)
             if block.left_pad:  # the newest ``pad`` real inputs of each stream
                 idx = lens[:, None] + torch.arange(block.left_pad, device=self.device)
                 s.conv[i] = full.gather(1, idx[..., None].expand(-1, -1, self.hidden))
@@ -234,7 +238,10 @@ class StreamingClassifier:
         for i, block in enumerate(m.lstms):
             h0, c0 = s.lstm[i]
             inp = torch.cat(outputs, -1) if self.dense else z
-            z, (h, c) = block.forward_with_state(inp, lens.clamp_min(1).cpu(), (h0, c0))
+            if n == 1 and _plain_cell(block):
+                z, (h, c) = _lstm_step(block, inp, h0, c0)
+            else:
+                z, (h, c) = block.forward_with_state(inp, lens.clamp_min(1).cpu(), (h0, c0))
             s.lstm[i] = (torch.where(moved, h, h0), torch.where(moved, c, c0))  # an idle stream keeps its state
             if str(i) in m.attns:
                 z = self._attend(str(i), z, slots_before)
@@ -343,3 +350,23 @@ class RunStreamer:
 
     def set_state(self, state: StreamState) -> None:
         self.stream.set_state(state)
+
+
+def _plain_cell(block: Any) -> bool:
+    """Whether the block's LSTM is a plain one-layer cell in this mode (the fused kernel's maths), so one step
+    can be computed directly (the kernel's per-call set-up costs more than the step itself at batch 1)."""
+    lstm = block.lstm
+    return (lstm.uses_fused_path and not lstm._layerwise() and lstm.num_layers == 1 and not lstm.bidirectional
+            and not torch.is_autocast_enabled(block.norm.weight.device.type))
+
+
+def _lstm_step(block: Any, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """One step of ``block`` for input ``x`` [B, 1, I] from state ``(h0, c0)`` [1, B, H]: the LSTM equations on
+    its own weights (gates in nn.LSTM's i, f, g, o order), then the block's dropout/skip/LayerNorm."""
+    lstm = block.lstm
+    gates = F.linear(x[:, 0], lstm.weight_ih_l0, getattr(lstm, "bias_ih_l0", None))
+    gates = gates + F.linear(h0[0], lstm.weight_hh_l0, getattr(lstm, "bias_hh_l0", None))
+    i, f, g, o = gates.chunk(4, -1)
+    c = torch.sigmoid(f) * c0[0] + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return block.join(x, h[:, None].to(x.dtype)), (h[None], c[None])

@@ -157,13 +157,17 @@ class BiLSTMBlock(nn.Module):
                 y, state = self.lstm(x.float(), hx=hx, lengths=lengths)
         else:
             y, state = self.lstm(x, hx=hx, lengths=lengths)
-        y = self.drop(y.to(x.dtype))
+        return self.join(x, y.to(x.dtype)), state
+
+    def join(self, x: Tensor, y: Tensor) -> Tensor:
+        """The block's output from its input ``x`` and the LSTM's output ``y``: dropout, skip, LayerNorm."""
+        y = self.drop(y)
         if self.skip == "residual":
-            return self.norm(x + y), state
+            return self.norm(x + y)
         if self.skip == "highway":
             t = torch.sigmoid(self.gate(x))
-            return self.norm(t * y + (1 - t) * x), state
-        return self.norm(y), state
+            return self.norm(t * y + (1 - t) * x)
+        return self.norm(y)
 
 
 class AttentionBlock(nn.Module):
