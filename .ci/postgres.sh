@@ -32,6 +32,7 @@ start() {
   fi
   if [ -z "$bin" ]; then warn "no PostgreSQL server binaries"; return 0; fi
   if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then warn "no postgres user"; return 0; fi
+  stop  # a server left over from an earlier run of this script
   rm -rf "$PGDATA_DIR" && mkdir -p "$PGDATA_DIR"
   [ "$(id -u)" = 0 ] && chown postgres "$PGDATA_DIR"
   if ! as_owner "$bin/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 >"$PGDATA_DIR.initdb.log" 2>&1; then
