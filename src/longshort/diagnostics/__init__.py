@@ -3,6 +3,8 @@
 Import the submodules themselves; this package imports nothing, so ``import longshort.diagnostics`` costs nothing
 (the analysis modules pull in scipy and build hooks only when used):
 
+- :mod:`longshort.diagnostics.monitor`: what the trainer checks at every step (gradient norms, spikes and their
+  action, NaN/Inf, gate samples) and the ``diagnostics:`` config section;
 - :mod:`longshort.diagnostics.gates`: gate activation statistics of the LSTMs against seed 003's healthy ranges;
 - :mod:`longshort.diagnostics.landscape`: filter-normalised loss slices, the top Hessian eigenvalue, gradient
   predictiveness;
