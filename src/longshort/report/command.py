@@ -31,10 +31,15 @@ def report_command(args: argparse.Namespace) -> None:
     from longshort.report import html
 
     if args.analyse:
+        from longshort.config import load_config
         from longshort.diagnostics.analyse import analyse_run
+        from longshort.errors import RunDirError
 
         for d in args.run_dirs:
-            analyse_run(d)
+            if not (Path(d) / "config.yaml").is_file():
+                raise RunDirError(f"{d} is not a run directory: config.yaml is missing")
+            cfg = load_config(Path(d) / "config.yaml")
+            analyse_run(d, n_batches=cfg.diagnostics.analysis_batches, seed=cfg.seed)
     path: Path
     if len(args.run_dirs) == 1:
         path = html.build_report(args.run_dirs[0], args.out)
