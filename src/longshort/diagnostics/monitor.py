@@ -120,8 +120,9 @@ class TrainingMonitor:
         self.writes = writes and self.dir is not None
         self.fsdp = fsdp
         box = containers_of(model)
-        self.groups = [module_key(n, box) for n, p in model.named_parameters() if p.requires_grad]
-        self.modules = sorted(set(self.groups), key=self.groups.index)
+        groups = [module_key(n, box) for n, p in model.named_parameters() if p.requires_grad]
+        self.modules = sorted(set(groups), key=groups.index)
+        self._module_of = torch.tensor([self.modules.index(k) for k in groups])  # parameter -> module row
         self.probe = probe
         # EMA statistics of the global norm over accepted steps; checkpointed so a resumed run flags the same steps
         self.mean, self.var, self.count = 0.0, 0.0, 0
@@ -137,6 +138,11 @@ class TrainingMonitor:
     @torch.no_grad()
     def norms(self) -> tuple[float, dict[str, float]]:
         """Global and per-module gradient norms (all ranks' shards under FSDP; non-finite values kept)."""
+        total, per, _ = self._norms(None)
+        return total, per
+
+    def _norms(self, loss: Tensor | None) -> tuple[float, dict[str, float], float]:
+        """:meth:`norms` and the value of ``loss``, read from the device together (one host sync per step)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         sq = []
         for p in params:
@@ -147,21 +153,24 @@ class TrainingMonitor:
             local = g.to_local() if hasattr(g, "to_local") else g  # an FSDP2 DTensor: this rank's shard
             sq.append(local.detach().float().pow(2).sum())
         if not sq:
-            return 0.0, {}
+            return 0.0, {}, math.nan if loss is None else float(loss)
         dev = next((s.device for s in sq if s.device.type != "cpu"), torch.device("cpu"))
         per_param = torch.stack([s.to(dev) for s in sq])
         if self.cfg.per_module:
-            index = torch.tensor([self.modules.index(k) for k in self.groups], device=dev)
-            per_mod = torch.zeros(len(self.modules), device=dev).index_add_(0, index, per_param)
+            if self._module_of.device != dev:
+                self._module_of = self._module_of.to(dev)
+            per_mod = torch.zeros(len(self.modules), device=dev).index_add_(0, self._module_of, per_param)
         else:
             per_mod = per_param.sum()[None]
         if self.fsdp and torch.distributed.is_initialized():  # shards are disjoint: squares add up over ranks
             torch.distributed.all_reduce(per_mod)
-        values = per_mod.tolist()  # one host sync per step
+        extra = [] if loss is None else [loss.detach().float().reshape(1).to(dev)]
+        row = torch.cat([per_mod, *extra]).tolist()  # one host sync per step
+        values, loss_v = (row[:-1], row[-1]) if extra else (row, math.nan)
         total = math.sqrt(sum(values)) if all(math.isfinite(v) for v in values) else math.nan
         per = {f"grad_norm/{k}": math.sqrt(v) if math.isfinite(v) else math.nan
                for k, v in zip(self.modules, values, strict=True)} if self.cfg.per_module else {}
-        return total, per
+        return total, per, loss_v
 
     def threshold(self) -> float:
         return self.mean + self.cfg.anomaly.sigma * math.sqrt(max(self.var, 0.0)) if self.count >= \
@@ -177,10 +186,9 @@ class TrainingMonitor:
         (gradients are reduced, FSDP squares all-reduced), so they reach the same verdict. Without a checkpoint to
         go back to (``can_rollback`` false) a rollback becomes a skip."""
         a = self.cfg.anomaly
-        total, per = self.norms()
+        total, per, loss_v = self._norms(loss)
         if grad_scale != 1.0:
             total, per = total / grad_scale, {k: v / grad_scale for k, v in per.items()}
-        loss_v = float(loss.detach())
         # Across ranks only the (reduced) gradient norm is the same everywhere; a rank's own NaN loss makes its
         # gradients, and so everyone's reduced ones, NaN too. In one process the loss is checked as well.
         bad_loss = not math.isfinite(loss_v) and not torch.distributed.is_initialized()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +47,7 @@ from longshort.training.trainer import (
     resolve_precision,
     rollback,
     start_monitor,
+    step_schedule,
 )
 
 
@@ -274,10 +274,7 @@ class Seq2SeqTrainer:
         self.scaler.scale(loss).backward()
         verdict = guarded_update(self, loss, self._generator("noise", epoch, i))
         if self.cfg.schedule.interval == "batch":
-            with warnings.catch_warnings():
-                if verdict == "skip":  # torch warns when no optimizer step came before; here that is intended
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-                self.schedule.step()
+            step_schedule(self.schedule, verdict)
         return {"token_loss": token.detach(), "correct": correct, "tokens": n_tok, "sampling_prob": sampling_prob,
                 "reward": reward}
 

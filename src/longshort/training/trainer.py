@@ -207,6 +207,15 @@ def guarded_update(tr: Any, loss: Tensor, noise_generator: torch.Generator) -> s
     return verdict
 
 
+def step_schedule(schedule: Any, verdict: str) -> None:
+    """``schedule.step()`` after the update of ``verdict``: also after a skipped one (the schedule follows the data
+    position), without torch's warning about a scheduler step with no optimizer step before it."""
+    with warnings.catch_warnings():
+        if verdict == "skip":
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+        schedule.step()
+
+
 def rollback(tr: Any) -> None:
     """Back to the last checkpoint, with the learning rate times ``diagnostics.anomaly.lr_factor``."""
     m = tr.monitor
@@ -431,10 +440,7 @@ class Trainer:
         verdict = guarded_update(self, loss, self._generator("noise", self.epoch, self.batch))
         # the schedule follows the data position, skipped step or not (a resumed run stays aligned)
         if self.cfg.schedule.interval == "batch" and self._scheduled(self.epoch):
-            with warnings.catch_warnings():
-                if verdict == "skip":  # torch warns when no optimizer step came before; here that is intended
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-                self.schedule.step()
+            step_schedule(self.schedule, verdict)
         pred = logits.detach().argmax(1)
         if mixed is None:
             correct = (pred == batch.y).sum().double()
