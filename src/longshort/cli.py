@@ -162,7 +162,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
         # an up-to-date export of this run (longshort export) is faster than torch eager at small batches
         path, fn = fastest_predictor(args.run_dir[0], allow_quantized=args.allow_quantized,
-                                     threads=args.threads or 1)
+                                     threads=args.threads or 1, run=run)
         print(f"predict: {path} path" + ("" if path == "torch" else f" ({args.run_dir[0]}/export)"),
               file=sys.stderr)
         proba = fn(data.X, data.lengths, prepared=True)

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,15 +46,15 @@ def usable_export(run_dir: str | Path, export_dir: str | Path) -> tuple[bool, st
     return True, "up to date"
 
 
-def fastest_predictor(run_dir: str | Path, *, allow_quantized: bool = False, threads: int = 1
-                      ) -> tuple[str, PredictFn]:
+def fastest_predictor(run_dir: str | Path, *, allow_quantized: bool = False, threads: int = 1,
+                      run: Any = None) -> tuple[str, PredictFn]:
     """``(name, predict_proba)`` for ``run_dir``: ``"onnx-quantized"`` (only with ``allow_quantized``) or
     ``"onnx"`` when ``RUN_DIR/export/quantized`` or ``RUN_DIR/export/onnx`` holds an export of the run's current
     weights and onnxruntime is importable, else ``"torch"`` (``Run.predict_proba``).
 
     ``predict_proba(x, lengths=None)`` takes raw (unscaled) sequences [N, T, C] and returns probabilities [N, K];
     ``threads`` is onnxruntime's intra-op thread count. The reasons for skipping an export go to this module's
-    logger (debug level).
+    logger (debug level). ``run``: this run already loaded (a :class:`~longshort.run.Run`), for the torch path.
     """
     d = Path(run_dir)
     if importlib.util.find_spec("onnxruntime") is None:
@@ -69,7 +70,8 @@ def fastest_predictor(run_dir: str | Path, *, allow_quantized: bool = False, thr
                 predictor = OnnxPredictor(d / "export" / sub, threads=threads)
                 return name, predictor.predict_proba
             log.debug("skipping %s: %s", name, why)
-    from longshort.run import Run
+    if run is None:  # the caller's loaded Run, when it has one, is not loaded again
+        from longshort.run import Run
 
-    run = Run.load(d)
+        run = Run.load(d)
     return "torch", run.predict_proba
