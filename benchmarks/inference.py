@@ -39,15 +39,17 @@ import torch
 LENGTH, FEATURES = 50, 9
 
 
-def make_run(root: Path, causal: bool) -> Path:
-    """A run directory of the default model with seeded weights (timing does not need trained ones)."""
-    from longshort.config import save_config, validate
+def make_run(root: Path, causal: bool, overrides: list[str] | None = None) -> Path:
+    """A run directory of the default model with seeded weights (timing does not need trained ones);
+    ``overrides`` (``model.hidden_dim=128``, ...) change the architecture."""
+    from longshort.config import apply_overrides, save_config, validate
     from longshort.data.pipeline import prepare
     from longshort.nn.classifier import SequenceClassifier
     from longshort.training.checkpoint import save_weights
 
-    cfg = validate({"data": {"source": "builtin:regimes", "builtin": {"n": 200, "length": LENGTH}},
-                    "model": {"bidirectional": not causal}})
+    raw = {"data": {"source": "builtin:regimes", "builtin": {"n": 200, "length": LENGTH}},
+           "model": {"bidirectional": not causal}}
+    cfg = validate(apply_overrides(raw, list(overrides or [])))
     splits = prepare(cfg.data, cfg.seed)
     run = root / "run"
     run.mkdir(parents=True)
@@ -59,7 +61,8 @@ def make_run(root: Path, causal: bool) -> Path:
     return run
 
 
-def streaming_row(run_dir: Path, x: np.ndarray, calls: int, root: Path) -> dict[str, Any]:
+def streaming_row(run_dir: Path, x: np.ndarray, calls: int, root: Path, overrides: list[str] | None = None
+                  ) -> dict[str, Any]:
     """p50/p99 milliseconds of feeding one new raw step to a stream that has already seen ``LENGTH - 1`` steps
     (:class:`longshort.deploy.streaming.RunStreamer`: scaling, conv buffers, LSTM state, attention cache, running
     pooling), each call timed on its own after restoring the saved state. Streaming needs a causal model: for a
@@ -70,8 +73,9 @@ def streaming_row(run_dir: Path, x: np.ndarray, calls: int, root: Path) -> dict[
     run = Run.load(run_dir)
     what = str(run_dir)
     if not run.model.causal:
-        run = Run.load(make_run(root / "causal", causal=True))
-        what = "default model with bidirectional=false (seeded weights)"
+        run = Run.load(make_run(root / "causal", causal=True, overrides=overrides))
+        what = ("default model" + "".join(f" {o}" for o in overrides or []) + " with bidirectional=false "
+                "(seeded weights)")
     streamer = RunStreamer(run)
     with torch.inference_mode():
         streamer.step(x[:1, :-1])  # a stream 49 steps in
@@ -86,6 +90,71 @@ def streaming_row(run_dir: Path, x: np.ndarray, calls: int, root: Path) -> dict[
             "what": f"one new step of a stream {LENGTH - 1} steps in, {what}"}
 
 
+def multiply_adds(model: torch.nn.Module, steps: int) -> dict[str, float]:
+    """Multiply-adds of one batch-1 sequence of ``steps`` steps: torch's ``FlopCounterMode`` over the export twin
+    (every matrix product, attention and the convolutions written as products), plus the LSTMs counted from their
+    weight shapes (``FlopCounterMode`` has no formula for ``aten.lstm``): each step multiplies every ``W_ih`` and
+    ``W_hh`` once, per direction."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from longshort.deploy.exportable import ExportClassifier
+    from longshort.nn.lstm import LSTM
+
+    counter = FlopCounterMode(display=False)
+    x = torch.zeros(1, steps, model.input_dim)  # type: ignore[arg-type]
+    with torch.inference_mode(), counter:
+        ExportClassifier(model)(x, torch.tensor([steps]))
+    ops = {str(k): v / 2 for k, v in counter.get_flop_counts()["Global"].items()}
+    assert not any("lstm" in k for k in ops), ops  # counted below
+    lstm = sum(p.numel() for m in model.modules() if isinstance(m, LSTM)
+               for n, p in m.named_parameters() if n.startswith(("weight_ih", "weight_hh"))) * steps
+    return {"total": sum(ops.values()) + lstm, "lstm": float(lstm), **ops}
+
+
+def machine_peaks(size: int = 1024, repeats: int = 8) -> dict[str, float]:
+    """Single-thread throughput of large square products on this machine, the best its libraries do on any shape:
+    float32 ``torch.mm`` (GFLOP/s) and onnxruntime's 8-bit ``MatMulInteger`` (u8 x s8, what its quantized
+    operators run on; GMAC/s). Best of ``repeats``."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    fp32_gflops = 2 * size**3 / best / 1e9
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-127, 128, (size, size), dtype=np.int8), "B")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "peak",
+                              [helper.make_tensor_value_info("A", TensorProto.UINT8, [size, size])],
+                              [helper.make_tensor_value_info("Y", TensorProto.INT32, [size, size])], [weight])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                   .SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"A": rng.integers(0, 256, (size, size), dtype=np.uint8)}
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        session.run(None, feed)
+        best = min(best, time.perf_counter() - t)
+    return {"fp32_gflops": fp32_gflops, "int8_gmacs": size**3 / best / 1e9}
+
+
+def floor_row(model: torch.nn.Module, goal_ms: float = 2.0) -> dict[str, Any]:
+    """The least time one sequence can take on this core: its multiply-adds at the machine's peak product rate
+    (float32 and 8-bit), with no other cost counted. A batch-1 LSTM runs far below peak (a matrix-vector
+    product per step), so the real floor is higher; a goal under this bound cannot be met by any runtime."""
+    macs = multiply_adds(model, LENGTH)
+    peaks = machine_peaks()
+    fp32_ms = 1e3 * macs["total"] / (peaks["fp32_gflops"] * 1e9 / 2)
+    int8_ms = 1e3 * macs["total"] / (peaks["int8_gmacs"] * 1e9)
+    return {"multiply_adds": macs, "peaks": peaks, "bound_fp32_ms": fp32_ms, "bound_int8_ms": int8_ms,
+            "goal_ms": goal_ms, "goal_within_bound": min(fp32_ms, int8_ms) <= goal_ms}
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -98,6 +167,8 @@ def main() -> None:
     ap.add_argument("--run", default=None, help="a trained classifier run (default: the default model, seeded)")
     ap.add_argument("--causal", action="store_true", help="build the default model with bidirectional=false")
     ap.add_argument("--no-torch-export", action="store_true", help="skip the torch.export row (slow to export)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change the seeded model's config, e.g. --set model.hidden_dim=128 (repeatable)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "inference.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -108,7 +179,7 @@ def main() -> None:
     from longshort.run import Run
 
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(args.run) if args.run else make_run(Path(tmp), args.causal)
+        run_dir = Path(args.run) if args.run else make_run(Path(tmp), args.causal, args.set)
         exports = Path(tmp) / "exports"
         t0 = time.perf_counter()
         onnx = export_onnx(run_dir, exports / "onnx")
@@ -179,7 +250,8 @@ def main() -> None:
                 "throughput_seq_per_s": tp, "ratio_p50_plain_over_path": ref_p50 / p50,
                 "ratio_throughput_path_over_plain": tp / ref_tp, "max_abs_diff_proba_vs_plain": agree[name],
             }
-        rows["streaming_step"] = streaming_row(run_dir, raw, per_round * args.rounds, Path(tmp))
+        rows["streaming_step"] = streaming_row(run_dir, raw, per_round * args.rounds, Path(tmp), args.set)
+        floor = floor_row(model)
         result = {
             "benchmark": "inference",
             "model": f"SequenceClassifier {'(' + str(run_dir) + ')' if args.run else 'default'} "
@@ -194,6 +266,7 @@ def main() -> None:
             "file_bytes": {"onnx_fp32": onnx["size_bytes"], "onnx_int8": q["size_bytes"],
                            **({"torch_export": program["size_bytes"]} if program else {})},
             "rows": rows,
+            "floor": floor,
         }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -206,6 +279,12 @@ def main() -> None:
                   f"{row['ratio_p50_plain_over_path']:6.2f} {row['ratio_throughput_path_over_plain']:8.2f}")
         else:
             print(f"{name:15} not measured: {row['why']}")
+    macs, peaks = floor["multiply_adds"]["total"], floor["peaks"]
+    fastest = min(r["p50_ms"] for r in rows.values() if "p50_ms" in r and "throughput_seq_per_s" in r)
+    print(f"floor: {macs / 1e6:.1f} M multiply-adds per sequence; this core's peak {peaks['fp32_gflops']:.1f} "
+          f"GFLOP/s float32, {peaks['int8_gmacs']:.1f} GMAC/s 8-bit -> at least {floor['bound_fp32_ms']:.2f} ms "
+          f"float32, {floor['bound_int8_ms']:.2f} ms 8-bit (fastest measured {fastest:.2f} ms; goal "
+          f"{floor['goal_ms']:g} ms {'within' if floor['goal_within_bound'] else 'below'} the bound)")
     print(f"written: {args.out}")
 
 
