@@ -19,7 +19,18 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is the same one line as every other input error."""
+    """argparse, but a usage error is the same one line as every other input error, and an epilog can be built
+    only when help is shown (``epilog_factory``): the config-key table imports torch, seconds that every other
+    command (``longshort --help``, ``longshort datasets``, ...) would otherwise pay at start-up."""
+
+    def __init__(self, *args: Any, epilog_factory: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epilog_factory = epilog_factory
+
+    def format_help(self) -> str:
+        if self._epilog_factory is not None:
+            self.epilog, self._epilog_factory = self._epilog_factory(), None
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
@@ -287,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser(
-        "train", help="train a model and write a run directory", epilog=_config_epilog(),
+        "train", help="train a model and write a run directory", epilog_factory=_config_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train on --data (or the built-in dataset) and write RUN_DIR with config, weights, metrics, "
                     "plots. Without --test-data a test split is cut from --data.",

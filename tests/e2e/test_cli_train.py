@@ -45,6 +45,23 @@ def test_datasets_lists_builtin_regimes(cli) -> None:
     assert lines.index("task classify:") < lines.index("task seq2seq:")
 
 
+def test_help_starts_without_torch_and_train_help_lists_the_config_keys() -> None:
+    import subprocess
+    import sys
+
+    # the config-key table of 'train --help' needs torch (the config imports the model modules); building the
+    # parser for any other command must not pay for it
+    code = ("import sys; from longshort.cli import build_parser; p = build_parser(); "
+            "print('torch' in sys.modules); p.parse_args(['train', '--help'])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    first, _, helptext = res.stdout.partition("\n")
+    assert first == "False"
+    assert "config keys (set in --config YAML or as KEY=VALUE):" in helptext
+    for key in ("model.hidden_dim", "train.epochs", "diagnostics.anomaly.action"):
+        assert f"  {key} " in helptext, key
+
+
 # -- independent variable-length sequences (npz) ----------------------------------------------------------
 
 
