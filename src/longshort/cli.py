@@ -337,16 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 1)")
     r.set_defaults(func=_cmd_predict)
 
-    ex = sub.add_parser("export", help="export a classifier run: ONNX, a torch.export program, or dynamic int8 "
-                        "ONNX; each verified against torch at export time")
+    ex = sub.add_parser("export", help="export a classifier run: ONNX, a torch.export program, dynamic int8 "
+                        "ONNX, or a causal model's streaming step; each verified against torch at export time")
     ex.add_argument("run_dir", metavar="RUN_DIR", help="a finished classifier run")
-    ex.add_argument("--format", choices=["onnx", "torch-export", "quantized"], default="onnx",
+    ex.add_argument("--format", choices=["onnx", "torch-export", "quantized", "stream", "stream-quantized"],
+                    default="onnx",
                     help="onnx: float32 ONNX for onnxruntime; torch-export: a torch.export program (.pt2); "
-                    "quantized: dynamic int8 ONNX with its size and test accuracy against float32 (default: onnx)")
+                    "quantized: dynamic int8 ONNX with its size and test accuracy against float32; stream, "
+                    "stream-quantized: one streaming step of a causal model (model.bidirectional=false) with its "
+                    "state as inputs and outputs, float32 or int8, for longshort.deploy.runtime.OnnxStreamer "
+                    "(default: onnx)")
     ex.add_argument("--out", metavar="DIR", default=None, help="directory for the model file, model.json and "
-                    "preprocess.json (default: RUN_DIR/export/onnx, .../torch-export or .../quantized)")
-    ex.add_argument("--opset", type=int, default=17, help="ONNX opset of the onnx and quantized formats "
-                    "(default: 17)")
+                    "preprocess.json (default: RUN_DIR/export/FORMAT, torch-export and quantized alike)")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset of the ONNX formats (default: 17)")
     ex.set_defaults(func=_lazy("longshort.deploy.export", "export_command"))
 
     en = sub.add_parser("ensemble", help="evaluate the ensemble of several classifier runs (mean of probabilities)")

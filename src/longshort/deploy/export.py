@@ -63,7 +63,7 @@ INPUT_SCALING = (
     "x is scaled as preprocess.json says: (x - mean) / std per feature at valid steps (t < lengths[b]), zeros at "
     "padded steps; no scaling when mean is empty. lengths are in [1, T]."
 )
-FORMATS = ("onnx", "torch-export", "quantized")
+FORMATS = ("onnx", "torch-export", "quantized", "stream", "stream-quantized")
 
 
 # -- helpers shared by the exports ------------------------------------------------------------------------------
@@ -327,7 +327,8 @@ def _parity_line(parity: dict[str, Any]) -> str:
 
 
 def export_command(args: argparse.Namespace) -> None:
-    """``longshort export RUN_DIR --format onnx|torch-export|quantized [--out DIR] [--opset N]``."""
+    """``longshort export RUN_DIR --format onnx|torch-export|quantized|stream|stream-quantized [--out DIR]
+    [--opset N]``."""
     fmt = args.format
     if fmt == "onnx":
         res = export_onnx(args.run_dir, args.out, opset=args.opset)
@@ -343,6 +344,17 @@ def export_command(args: argparse.Namespace) -> None:
         res = quantize(args.run_dir, args.out, opset=args.opset)
         for line in summary_lines(res):
             print(line)
+    elif fmt in ("stream", "stream-quantized"):
+        from longshort.deploy.stream_export import export_stream
+
+        res = export_stream(args.run_dir, args.out, quantized=fmt == "stream-quantized", opset=args.opset)
+        print(f"exported {res['path']} (streaming step, {res['precision']}, {res['size_bytes']:,} bytes, "
+              f"{len(res['state'])} state tensors)")
+        dev = res["parity" if fmt == "stream" else "deviation"]
+        what = "parity with" if fmt == "stream" else "8-bit deviation from"
+        print(f"{what} torch eager on every prefix ({dev['batch']} streams x {dev['steps']} steps): max |diff| "
+              f"{dev['max_abs_diff_proba']:.2g} in probabilities, {dev['max_abs_diff_logits']:.2g} in logits"
+              + (f" (tolerance {dev['tolerance']:g})" if fmt == "stream" else ""))
     else:  # argparse's choices keep this out of the CLI; the Python API can still get here
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     print(f"manifest: {Path(res['path']).parent / 'model.json'}")

@@ -358,12 +358,17 @@ def conv_as_matmul(block: TemporalConvBlock, x: Tensor, mask: Tensor) -> Tensor:
 
 def graph_positions(steps: Tensor | int, dim: int, like: Tensor) -> Tensor:
     """:func:`longshort.nn.classifier.sinusoidal_positions` for ``steps`` steps, to the bit, written without the
-    strided assignments (``pe[..., 0::2] = ...``) that trace to ``ScatterND`` and a dozen shape nodes: every column
-    ``j`` gets ``sin`` or ``cos`` of ``position * freq[j // 2]``, picked by ``where``. The column terms depend on
-    ``dim`` only and fold into constants."""
+    strided assignments (``pe[..., 0::2] = ...``) that trace to ``ScatterND`` and a dozen shape nodes."""
+    return position_codes(torch.arange(steps, device=like.device), dim, like)
+
+
+def position_codes(positions: Tensor, dim: int, like: Tensor) -> Tensor:
+    """[..., dim] codes of the step indices ``positions`` [...] (:func:`longshort.nn.classifier.sinusoidal_at`,
+    to the bit, in ``like``'s dtype): every column ``j`` gets ``sin`` or ``cos`` of ``position * freq[j // 2]``,
+    picked by ``where``. The column terms depend on ``dim`` only and fold into constants."""
     col = torch.arange(dim, device=like.device)
     freq = torch.exp((col - col % 2).to(torch.float32) * (-math.log(10000.0) / dim))
-    angle = torch.arange(steps, device=like.device).to(torch.float32)[:, None] * freq
+    angle = positions.to(torch.float32)[..., None] * freq
     return torch.where(col % 2 == 0, torch.sin(angle), torch.cos(angle)).to(like.dtype)
 
 

@@ -1,5 +1,9 @@
 """Run an exported classifier with numpy and onnxruntime only: no torch, pandas or pydantic at import or call.
 
+Two classes: :class:`OnnxPredictor` for whole sequences (``--format onnx`` or ``quantized``), and
+:class:`OnnxStreamer` for a causal model's streaming step (``--format stream`` or ``stream-quantized``), which
+carries each stream's state between calls.
+
 A serving box then needs a ~20 MB wheel (onnxruntime) instead of torch, and starts in a fraction of a second.
 :class:`OnnxPredictor` reads an export directory (see :mod:`longshort.deploy.export`)::
 
@@ -30,9 +34,10 @@ try:  # installed with longshort: its CLI reports these errors in one line
 except ImportError:  # this file on its own
     _BASES = (ValueError,)
 
-__all__ = ["FORMATS", "InputError", "OnnxPredictor", "scale"]
+__all__ = ["FORMATS", "STREAM_FORMATS", "InputError", "OnnxPredictor", "OnnxStreamer", "fresh_state", "scale"]
 
 FORMATS = ("onnx", "onnx-quantized")
+STREAM_FORMATS = ("onnx-stream", "onnx-stream-quantized")
 
 
 class InputError(*_BASES):  # type: ignore[misc]
@@ -138,6 +143,157 @@ class OnnxPredictor:
             raise InputError(f"lengths must be in [1, {t}] (the time steps of x), got min {lens.min()}, "
                              f"max {lens.max()}")
         return x, lens
+
+
+def fresh_state(spec: list[dict[str, Any]], batch: int) -> dict[str, np.ndarray]:
+    """The carried state of ``batch`` new streams from a streaming export's ``state`` list (name, dtype, shape with
+    ``"batch"`` and ``"slots"`` as the dynamic sizes): zeros, no cache slots, the running maximum at the
+    float32 minimum."""
+    out: dict[str, np.ndarray] = {}
+    for item in spec:
+        dims = [batch if d == "batch" else 0 if d == "slots" else int(d) for d in item["shape"]]
+        if item["name"] == "maximum":
+            out[item["name"]] = np.full(dims, np.finfo(np.float32).min, dtype=np.float32)
+        else:
+            out[item["name"]] = np.zeros(dims, dtype=np.dtype(item["dtype"]))
+    return out
+
+
+class OnnxStreamer:
+    """Score ``batch_size`` growing streams one step (or chunk) at a time with a streaming export
+    (``longshort export RUN_DIR --format stream``), torch-free: what :class:`longshort.deploy.streaming.RunStreamer`
+    does, in onnxruntime.
+
+    ``step(x)`` takes raw steps [B, C] or a chunk [B, n, C] with ``lengths`` [B] in 0..n (real steps per stream; 0 =
+    idle) and returns each stream's class probabilities after its last real step, what the full model returns on
+    that prefix. The graph advances every stream; for an idle one this class puts its state back (its new
+    attention cache slot is marked empty) and repeats its last outputs (NaN before its first step).
+    """
+
+    def __init__(self, export_dir: str | Path, batch_size: int = 1, threads: int = 1) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise InputError("OnnxStreamer needs onnxruntime: pip install onnxruntime "
+                             "(or 'longshort[deploy]')") from exc
+        d = Path(export_dir)
+        if d.suffix == ".onnx":
+            d = d.parent
+        self.dir = d
+        self.manifest = _read_json(d / "model.json")
+        if self.manifest.get("format") not in STREAM_FORMATS:
+            raise InputError(f"{d / 'model.json'}: format {self.manifest.get('format')!r} is not a streaming "
+                             f"export ({', '.join(STREAM_FORMATS)}; longshort export RUN_DIR --format stream)")
+        prep = _read_json(d / "preprocess.json")
+        self.class_names: list[str] = list(prep["class_names"])
+        self.feature_names: list[str] = list(prep["feature_names"])
+        self.mean = np.float32(prep["mean"]) if prep.get("mean") else None
+        self.std = np.float32(prep["std"]) if prep.get("std") else None
+        self.aux_mean, self.aux_std = float(prep.get("aux_mean") or 0.0), float(prep.get("aux_std") or 1.0)
+        self.spec: list[dict[str, Any]] = list(self.manifest["state"])
+        self.names = [item["name"] for item in self.spec]
+        model = d / str(self.manifest.get("file", "model.onnx"))
+        if not model.is_file():
+            raise InputError(f"{model} is missing (named by {d / 'model.json'})")
+        if threads < 0:
+            raise InputError(f"threads must be >= 0, got {threads}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self.reset(batch_size=batch_size)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.state["position"].shape[0])
+
+    def reset(self, streams: list[int] | None = None, batch_size: int | None = None) -> None:
+        """Start over: every stream (optionally with a new ``batch_size``), or only the ``streams`` named."""
+        if streams is None:
+            b = self.batch_size if batch_size is None else batch_size
+            if b < 1:
+                raise InputError(f"batch_size must be >= 1, got {b}")
+            self.state = fresh_state(self.spec, b)
+            k = len(self.class_names)
+            self._last = (np.full((b, k), np.nan, dtype=np.float32), np.full(b, np.nan, dtype=np.float32))
+            return
+        if batch_size is not None:
+            raise InputError("pass batch_size only when resetting every stream")
+        rows = np.asarray(streams, dtype=np.int64)
+        fresh = fresh_state(self.spec, len(rows))
+        for item in self.spec:
+            name = item["name"]
+            if name == "slots":
+                self.state[name][rows] = False  # their cache slots are ignored from now on
+            elif "slots" not in item["shape"]:
+                self.state[name][rows] = fresh[name]
+        self._last[0][rows] = np.nan
+        self._last[1][rows] = np.nan
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """A copy of the carried state (to checkpoint a stream, or to branch it)."""
+        return {k: v.copy() for k, v in self.state.items()}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from ``state`` (from :meth:`get_state` of a streamer over the same export); copied in."""
+        if set(state) != set(self.names):
+            raise InputError(f"state must have the arrays {', '.join(self.names)}, got {', '.join(sorted(state))}")
+        b = int(np.asarray(state["position"]).shape[0])
+        like = fresh_state(self.spec, b)
+        slots = int(np.asarray(state["slots"]).shape[1])
+        for item in self.spec:
+            want = tuple(slots if d == "slots" else n for d, n in zip(item["shape"], like[item["name"]].shape,
+                                                                         strict=True))
+            got = np.asarray(state[item["name"]]).shape
+            if got != want:
+                raise InputError(f"state[{item['name']!r}] has shape {got}, this export needs {want}")
+        self.state = {k: np.array(v, dtype=like[k].dtype) for k, v in state.items()}
+        k = len(self.class_names)
+        self._last = (np.full((b, k), np.nan, dtype=np.float32), np.full(b, np.nan, dtype=np.float32))
+
+    def step(self, x: np.ndarray, lengths: np.ndarray | list[int] | None = None) -> np.ndarray:
+        """Class probabilities [B, K] of each stream's prefix after raw step(s) ``x`` [B, C] or [B, n, C]."""
+        return self.step_outputs(x, lengths)[0]
+
+    def step_outputs(self, x: np.ndarray, lengths: np.ndarray | list[int] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """(class probabilities [B, K], aux prediction [B] in the aux target's own units)."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[:, None]
+        b = self.batch_size
+        if x.ndim != 3 or x.shape[0] != b or x.shape[2] != len(self.feature_names):
+            raise InputError(f"x must be [{b}, C] or [{b}, n, C] with C = {len(self.feature_names)} "
+                             f"({', '.join(self.feature_names)}), got shape {x.shape}")
+        n = x.shape[1]
+        lens = np.full(b, n) if lengths is None else np.asarray(lengths)
+        if lens.shape != (b,) or lens.dtype.kind not in "iu" or (lens < 0).any() or (lens > n).any():
+            raise InputError(f"lengths must be [{b}] whole numbers in 0..{n}, got {np.asarray(lengths).tolist()}")
+        if self.mean is not None and self.std is not None:
+            x = ((x - self.mean) / self.std).astype(np.float32)
+        for j in range(n):
+            active = j < lens
+            if not active.any():
+                continue  # no stream takes this step: nothing changes
+            res = self.session.run(None, {"x": np.ascontiguousarray(x[:, j]), **self.state})
+            new = dict(zip(self.names, res[3:], strict=True))
+            if not active.all():
+                idle = ~active
+                for item in self.spec:
+                    name = item["name"]
+                    if name == "slots":
+                        new[name][idle, -1] = False
+                    elif "slots" not in item["shape"]:
+                        new[name][idle] = self.state[name][idle]
+            self.state = new
+            self._last[0][active] = res[0][active]
+            self._last[1][active] = res[2][active] * self.aux_std + self.aux_mean
+        return self._last[0].copy(), self._last[1].copy()
+
+    def predict(self, x: np.ndarray, lengths: np.ndarray | list[int] | None = None) -> np.ndarray:
+        """Predicted class names [B] of each stream's prefix after ``x``."""
+        return np.asarray(self.class_names)[self.step(x, lengths).argmax(1)]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
