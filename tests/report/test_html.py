@@ -208,7 +208,7 @@ def test_seq2seq_run(tmp_path: Path) -> None:
     assert "b &lt;a&gt;" in section(page, "summary")  # test outputs, escaped
     assert "plots/attention.png" in section(page, "attention") and plots(section(page, "attention"))
     assert plots(section(page, "learning-curves"))
-    assert "classifier runs only" in section(page, "gate-statistics")
+    assert "train with diagnostics.gates_every=N" in section(page, "gate-statistics")  # sampled for seq2seq too
     assert "classifier runs only" in section(page, "loss-landscape")
     assert "no class probabilities" in section(page, "reliability")
 

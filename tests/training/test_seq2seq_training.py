@@ -306,3 +306,34 @@ def test_a_nan_loss_never_reaches_the_seq2seq_weights(tmp_path: Path) -> None:
     with (tmp_path / "diagnostics" / "steps.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["action"] for r in rows if r["anomaly"] == "1"] == ["nonfinite"] and rows[3]["step"] == "4"
+
+
+def test_the_encoders_gates_are_sampled_every_n_steps_on_fixed_validation_pairs(tmp_path: Path) -> None:
+    import csv
+
+    from longshort.diagnostics.gates import gate_statistics
+    from longshort.diagnostics.monitor import DiagnosticsConfig
+
+    tr, va, s = _data()
+    section = Seq2SeqSection.model_validate({"model": SMALL})
+    torch.manual_seed(0)
+    model = Seq2Seq(s.src_vocabs, s.tgt_vocab, section.model)
+    cfg = TrainConfig.model_validate({"epochs": 1, "batch_size": 16, "progress": "off", "tensorboard": False,
+                                      "optim": {"lr": 3e-3}, "early_stopping": {"patience": None}})
+    trainer = Seq2SeqTrainer(cfg, section, model, tr, va, seed=0, run_dir=tmp_path,
+                             diagnostics=DiagnosticsConfig(gates_every=4, gate_sequences=8, histograms=False))
+    trainer.fit()
+    with (tmp_path / "diagnostics" / "gates.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert trainer.step == 12 and sorted({int(r["step"]) for r in rows}) == [4, 8, 12]
+    last = [r for r in rows if r["step"] == "12"]
+    # the bidirectional encoder: 2 directions x (input, forget, output, memory); the decoder cells report none
+    assert {r["layer"] for r in last} == {"encoders.0"}
+    assert sorted((r["direction"], r["gate"]) for r in last) == sorted(
+        (d, g) for d in ("forward", "backward") for g in ("input", "forget", "output", "memory"))
+    # the probe is the first 8 validation pairs' source side: the final weights on them give the step-12 rows
+    batch = va.take(torch.arange(8), torch.device("cpu"))
+    again = gate_statistics(trainer.model, call=lambda: trainer.model.encode(batch.src, batch.src_lengths))
+    forget = next(r for r in again if r["direction"] == "forward" and r["gate"] == "forget")
+    row = next(r for r in last if r["direction"] == "forward" and r["gate"] == "forget")
+    assert float(row["mean"]) == pytest.approx(forget["mean"], rel=1e-5)

@@ -26,6 +26,7 @@ have ``mean``/``var``/``healthy_*`` None and ``flagged`` False (seed 003 gives n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -56,12 +57,14 @@ def _lstms(model: nn.Module) -> list[tuple[str, LSTM]]:
 
 
 def gate_statistics(
-    model: nn.Module, x: Tensor, lengths: Tensor | None = None, *, train: bool = False, seed: int | None = 0
+    model: nn.Module, x: Tensor | None = None, lengths: Tensor | None = None, *,
+    call: Callable[[], object] | None = None, train: bool = False, seed: int | None = 0
 ) -> list[dict[str, Any]]:
     """Gate and memory statistics of every longshort ``LSTM`` in ``model`` on one batch (rows: module docstring).
 
-    ``model(x, lengths=lengths)`` is run once under ``no_grad`` (a :class:`SequenceClassifier` or an ``LSTM``
-    itself with ``batch_first``), in eval mode, or in train mode with ``train=True`` (dropout, zoneout and
+    ``model(x, lengths=lengths)`` (a :class:`SequenceClassifier` or an ``LSTM`` itself with ``batch_first``), or
+    ``call()`` when given (any forward that reaches the LSTMs, e.g. a seq2seq model's ``encode``), is run once
+    under ``no_grad``, in eval mode, or in train mode with ``train=True`` (dropout, zoneout and
     recurrent-dropout masks then act, drawn from a forked RNG seeded with ``seed`` so training's own random
     stream is untouched). Afterwards every module's mode, each LSTM's ``gate_stats`` flag and its
     ``last_gate_stats`` are what they were. Turning ``gate_stats`` on sends the LSTMs through the reference
@@ -78,7 +81,10 @@ def gate_statistics(
             m.gate_stats = True
             m.last_gate_stats = {}
         with torch.no_grad(), model_mode(model, train), rng_untouched(seed):
-            model(x, lengths=lengths)
+            if call is not None:
+                call()
+            else:
+                model(x, lengths=lengths)
         collected = [(name, dict(m.last_gate_stats), m) for name, m in lstms]
     finally:
         for m, flag, last in saved:

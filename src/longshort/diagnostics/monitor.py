@@ -6,7 +6,9 @@ variance of the global norm, and flags a step whose norm exceeds ``mean + sigma 
 configured action follows: ``log`` (record and carry on), ``skip`` (no optimizer step), or ``rollback`` (reload
 the last checkpoint and lower the learning rate). A non-finite loss or gradient is never applied, whatever the
 action. Every ``gates_every`` steps it also runs a fixed probe batch through the model with the LSTMs' gate
-statistics on (the fused fast path stays in use for every other forward pass).
+statistics on (the fused fast path stays in use for every other forward pass): the first ``gate_sequences``
+validation sequences of a classifier, or the source side of the first validation pairs of a seq2seq model
+(its encoder LSTMs; the decoder's ``nn.LSTMCell`` steps report no gates).
 
 Files, written by rank 0 under ``RUN_DIR/diagnostics/`` (the report reads them):
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -113,7 +116,8 @@ class TrainingMonitor:
     """Gradient norms, anomaly actions and gate samples for one training run (see the module docstring)."""
 
     def __init__(self, cfg: DiagnosticsConfig, model: nn.Module, run_dir: Path | None, *, writes: bool = True,
-                 probe: TensorData | None = None, fsdp: bool = False, tensorboard: bool = True) -> None:
+                 probe: TensorData | Callable[[], object] | None = None, fsdp: bool = False,
+                 tensorboard: bool = True) -> None:
         self.cfg, self.model = cfg, model
         self.tensorboard = tensorboard  # train.tensorboard: scalars and histograms under RUN_DIR/tb/diagnostics
         self.dir = None if run_dir is None else run_dir / "diagnostics"
@@ -240,10 +244,13 @@ class TrainingMonitor:
             return
         from longshort.diagnostics.gates import gate_statistics
 
-        n = min(self.cfg.gate_sequences, len(self.probe.lengths))
-        x = self.probe.X[:n].to(next(self.model.parameters()).device)
-        lengths = self.probe.lengths[:n].to(x.device)
-        for r in gate_statistics(self.model, x, lengths):
+        if callable(self.probe):  # a forward over the fixed probe batch that reaches the LSTMs (seq2seq: encode)
+            rows = gate_statistics(self.model, call=self.probe)
+        else:
+            n = min(self.cfg.gate_sequences, len(self.probe.lengths))
+            x = self.probe.X[:n].to(next(self.model.parameters()).device)
+            rows = gate_statistics(self.model, x, self.probe.lengths[:n].to(x.device))
+        for r in rows:
             memory = r["gate"] == "memory"
             layer = r["layer"].removesuffix(".lstm") + (f".l{r['sublayer']}" if r["sublayer"] else "")
             row = {"step": step, "layer": layer, "direction": r["direction"], "gate": r["gate"],

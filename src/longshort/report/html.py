@@ -88,8 +88,6 @@ HINTS: dict[str, str] = {
                    "default), or run longshort.diagnostics.analyse.analyse_run(RUN_DIR)",
 }
 SEQ2SEQ_NOTES: dict[str, str] = {  # what a seq2seq run never records, said as such rather than as a hint
-    "gates": "not recorded: gate statistics are sampled in classifier runs only",
-    "memory": "not recorded: gate statistics are sampled in classifier runs only",
     "landscape": "not recorded: the after-training analysis runs for classifier runs only",
     "information": "not recorded: the after-training analysis runs for classifier runs only",
     "predictions": "not recorded: a seq2seq run has no class probabilities to calibrate",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -201,10 +201,18 @@ class Seq2SeqTrainer:
         self.epoch_sums: list[float] = [0.0] * 7
         self.last_grad_norm = 0.0
         diag = diagnostics or DiagnosticsConfig()
-        # gradient norms and spike/NaN actions as in the classifier's loop (gates are sampled there only)
-        self.monitor = TrainingMonitor(diag, self.model, run_dir, tensorboard=cfg.tensorboard) if diag.enabled \
-            else None
+        # gradient norms, spike/NaN actions and gate samples as in the classifier's loop; the gates are the
+        # encoders' (the decoder steps nn.LSTMCell, which reports none), on the source side of fixed pairs
+        self.monitor = TrainingMonitor(diag, self.model, run_dir, tensorboard=cfg.tensorboard,
+                                       probe=self._gate_probe(diag.gate_sequences)) if diag.enabled else None
         self._has_checkpoint = False
+
+    def _gate_probe(self, n: int) -> Callable[[], object]:
+        """A forward of the encoders over the first ``n`` validation pairs (training pairs without a validation
+        split): what :meth:`TrainingMonitor.maybe_sample_gates` runs with the gate statistics on."""
+        data = self.val_data if self.val_data is not None and len(self.val_data) else self.train_data
+        batch = data.take(torch.arange(min(n, len(data))), self.device)
+        return lambda: self.model.encode(batch.src, batch.src_lengths)
 
     # -- what an epoch looks like -------------------------------------------------------------------------
 
@@ -325,6 +333,8 @@ class Seq2SeqTrainer:
                 sums[6] += len(batch)
             new, new_tok = new + len(batch), new_tok + r["tokens"]
             self.batch, self.step = i + 1, self.step + 1
+            if self.monitor is not None:
+                self.monitor.maybe_sample_gates(self.step)
             if self.batch % cfg.log_every == 0 or self.batch == self.steps_per_epoch:
                 stats = {"batch": self.batch, "loss": loss_sum.item() / max(sums[2], 1),
                          "accuracy": correct.item() / max(sums[2], 1),
