@@ -63,37 +63,16 @@ class OnnxPredictor:
     """
 
     def __init__(self, export_dir: str | Path, threads: int = 1, batch_size: int = 256) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise InputError("OnnxPredictor needs onnxruntime: pip install onnxruntime "
-                             "(or 'longshort[deploy]')") from exc
-        d = Path(export_dir)
-        if d.suffix == ".onnx":
-            d = d.parent
-        self.dir = d
-        self.manifest = _read_json(d / "model.json")
-        fmt = self.manifest.get("format")
-        if fmt not in FORMATS:
-            raise InputError(f"{d / 'model.json'}: format {fmt!r} is not an ONNX export ({', '.join(FORMATS)})")
-        prep = _read_json(d / "preprocess.json")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.dir, self.manifest, prep, self.session = _open_export(
+            export_dir, FORMATS, "OnnxPredictor", "an ONNX export", threads)
         self.class_names: list[str] = list(prep["class_names"])
         self.feature_names: list[str] = list(prep["feature_names"])
         self.mean: list[float] = list(prep.get("mean") or [])
         self.std: list[float] = list(prep.get("std") or [])
-        if threads < 0 or batch_size < 1:
-            raise InputError(f"threads must be >= 0 and batch_size >= 1, got {threads} and {batch_size}")
         self.batch_size = batch_size
-        model = d / str(self.manifest.get("file", "model.onnx"))
-        if not model.is_file():
-            raise InputError(f"{model} is missing (named by {d / 'model.json'})")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        self.path = model
+        self.path = self.dir / str(self.manifest.get("file", "model.onnx"))
 
     @property
     def format(self) -> str:
@@ -171,20 +150,9 @@ class OnnxStreamer:
     """
 
     def __init__(self, export_dir: str | Path, batch_size: int = 1, threads: int = 1) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise InputError("OnnxStreamer needs onnxruntime: pip install onnxruntime "
-                             "(or 'longshort[deploy]')") from exc
-        d = Path(export_dir)
-        if d.suffix == ".onnx":
-            d = d.parent
-        self.dir = d
-        self.manifest = _read_json(d / "model.json")
-        if self.manifest.get("format") not in STREAM_FORMATS:
-            raise InputError(f"{d / 'model.json'}: format {self.manifest.get('format')!r} is not a streaming "
-                             f"export ({', '.join(STREAM_FORMATS)}; longshort export RUN_DIR --format stream)")
-        prep = _read_json(d / "preprocess.json")
+        self.dir, self.manifest, prep, self.session = _open_export(
+            export_dir, STREAM_FORMATS, "OnnxStreamer",
+            "a streaming export (longshort export RUN_DIR --format stream)", threads)
         self.class_names: list[str] = list(prep["class_names"])
         self.feature_names: list[str] = list(prep["feature_names"])
         self.mean = np.float32(prep["mean"]) if prep.get("mean") else None
@@ -192,16 +160,6 @@ class OnnxStreamer:
         self.aux_mean, self.aux_std = float(prep.get("aux_mean") or 0.0), float(prep.get("aux_std") or 1.0)
         self.spec: list[dict[str, Any]] = list(self.manifest["state"])
         self.names = [item["name"] for item in self.spec]
-        model = d / str(self.manifest.get("file", "model.onnx"))
-        if not model.is_file():
-            raise InputError(f"{model} is missing (named by {d / 'model.json'})")
-        if threads < 0:
-            raise InputError(f"threads must be >= 0, got {threads}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         self.reset(batch_size=batch_size)
 
     @property
@@ -294,6 +252,35 @@ class OnnxStreamer:
     def predict(self, x: np.ndarray, lengths: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Predicted class names [B] of each stream's prefix after ``x``."""
         return np.asarray(self.class_names)[self.step(x, lengths).argmax(1)]
+
+
+def _open_export(export_dir: str | Path, formats: tuple[str, ...], who: str, what: str, threads: int
+                 ) -> tuple[Path, dict[str, Any], dict[str, Any], Any]:
+    """``(directory, model.json, preprocess.json, onnxruntime session)`` of an export directory (or its
+    ``model.onnx``) whose format is one of ``formats``; ``threads`` is the intra-op thread count."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise InputError(f"{who} needs onnxruntime: pip install onnxruntime (or 'longshort[deploy]')") from exc
+    d = Path(export_dir)
+    if d.suffix == ".onnx":
+        d = d.parent
+    manifest = _read_json(d / "model.json")
+    fmt = manifest.get("format")
+    if fmt not in formats:
+        raise InputError(f"{d / 'model.json'}: format {fmt!r} is not {what} ({', '.join(formats)})")
+    prep = _read_json(d / "preprocess.json")
+    if threads < 0:
+        raise InputError(f"threads must be >= 0, got {threads}")
+    model = d / str(manifest.get("file", "model.onnx"))
+    if not model.is_file():
+        raise InputError(f"{model} is missing (named by {d / 'model.json'})")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return d, manifest, prep, ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 def _read_json(path: Path) -> dict[str, Any]:
