@@ -7,7 +7,8 @@ Why onnxruntime's ``quantize_dynamic`` on the exported graph, and not torch:
 - torchao's dynamic int8 quantization swaps ``nn.Linear`` weights; the recurrence, most of this model's
   arithmetic, would stay float32, and the result still needs torch to run.
 - onnxruntime quantizes the operators that matter here: ONNX ``LSTM`` becomes ``DynamicQuantizeLSTM`` (8-bit
-  input and recurrent weights), the projections ``MatMulInteger``, the temporal convolutions ``ConvInteger``;
+  input and recurrent weights), the projections and the temporal convolutions (exported as matrix products)
+  ``MatMulInteger``;
   weights are stored in 8 bits, activations are quantized per tensor at run time (no calibration data). The
   result runs on :class:`longshort.deploy.runtime.OnnxPredictor`, without torch.
 
