@@ -147,3 +147,25 @@ print("loaded:", sorted(m for m in sys.modules if m.split(".")[0] in heavy and s
     assert proc.stdout.strip() == "loaded: []"
     run = Run.load(causal_run)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy")[-1], run.predict_proba(raw), rtol=0, atol=1e-5)
+
+
+def test_fastest_streamer_takes_an_up_to_date_stream_export(causal_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from longshort.deploy.predictor import fastest_streamer
+    from longshort.deploy.streaming import RunStreamer
+
+    name, streamer = fastest_streamer(causal_run, batch_size=2)
+    assert name == "onnx-stream" and isinstance(streamer, OnnxStreamer) and streamer.batch_size == 2
+    export_stream(causal_run, quantized=True)
+    assert fastest_streamer(causal_run)[0] == "onnx-stream"  # 8 bits only when allowed
+    assert fastest_streamer(causal_run, allow_quantized=True)[0] == "onnx-stream-quantized"
+    raw = _raw(2, 4, seed=6)
+    np.testing.assert_allclose(streamer.step(raw), Run.load(causal_run).predict_proba(raw), atol=1e-5)
+    # a run whose weights changed since its exports streams in torch
+    stale = tmp_path / "stale"
+    shutil.copytree(causal_run, stale)
+    torch.manual_seed(9)
+    save_weights(SequenceClassifier(4, 3, CAUSAL).eval(), stale / "model.safetensors")
+    name, streamer = fastest_streamer(stale, allow_quantized=True)
+    assert name == "torch" and isinstance(streamer, RunStreamer)
