@@ -60,25 +60,12 @@ def fastest_predictor(run_dir: str | Path, *, allow_quantized: bool = False, thr
     ``threads`` is onnxruntime's intra-op thread count. The reasons for skipping an export go to this module's
     logger (debug level). ``run``: this run already loaded (a :class:`~longshort.run.Run`), for the torch path.
     """
-    d = Path(run_dir)
-    if importlib.util.find_spec("onnxruntime") is None:
-        log.debug("onnxruntime is not installed: torch eager")
-    else:
+    found = _first_usable(Path(run_dir), CANDIDATES, allow_quantized)
+    if found is not None:
         from longshort.deploy.runtime import OnnxPredictor
 
-        for name, sub in CANDIDATES:
-            if name == "onnx-quantized" and not allow_quantized:
-                continue
-            ok, why = usable_export(d, d / "export" / sub)
-            if ok:
-                predictor = OnnxPredictor(d / "export" / sub, threads=threads)
-                return name, predictor.predict_proba
-            log.debug("skipping %s: %s", name, why)
-    if run is None:  # the caller's loaded Run, when it has one, is not loaded again
-        from longshort.run import Run
-
-        run = Run.load(d)
-    return "torch", run.predict_proba
+        return found[0], OnnxPredictor(found[1], threads=threads).predict_proba
+    return "torch", _run(run_dir, run).predict_proba
 
 
 def fastest_streamer(run_dir: str | Path, batch_size: int = 1, *, allow_quantized: bool = False, threads: int = 1,
@@ -89,21 +76,35 @@ def fastest_streamer(run_dir: str | Path, batch_size: int = 1, *, allow_quantize
     installed; else ``"torch"``, the run's :class:`~longshort.deploy.streaming.RunStreamer`. Both take raw steps
     (``step``, ``step_outputs``, ``predict``, ``reset``); their ``get_state`` values differ in type. Reasons for
     skipping an export go to this module's logger (debug level)."""
-    d = Path(run_dir)
-    if importlib.util.find_spec("onnxruntime") is None:
-        log.debug("onnxruntime is not installed: torch eager streaming")
-    else:
+    found = _first_usable(Path(run_dir), STREAM_CANDIDATES, allow_quantized)
+    if found is not None:
         from longshort.deploy.runtime import OnnxStreamer
 
-        for name, sub in STREAM_CANDIDATES:
-            if name == "onnx-stream-quantized" and not allow_quantized:
-                continue
-            ok, why = usable_export(d, d / "export" / sub)
-            if ok:
-                return name, OnnxStreamer(d / "export" / sub, batch_size=batch_size, threads=threads)
-            log.debug("skipping %s: %s", name, why)
-    if run is None:
-        from longshort.run import Run
+        return found[0], OnnxStreamer(found[1], batch_size=batch_size, threads=threads)
+    return "torch", _run(run_dir, run).streamer(batch_size=batch_size)
 
-        run = Run.load(d)
-    return "torch", run.streamer(batch_size=batch_size)
+
+def _first_usable(d: Path, candidates: tuple[tuple[str, str], ...], allow_quantized: bool
+                  ) -> tuple[str, Path] | None:
+    """``(name, export directory)`` of the first of ``candidates`` that holds an up-to-date export (8-bit ones
+    only with ``allow_quantized``), or None (also without onnxruntime); why each was skipped goes to the log."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        log.debug("onnxruntime is not installed: torch eager")
+        return None
+    for name, sub in candidates:
+        if name.endswith("quantized") and not allow_quantized:
+            continue
+        ok, why = usable_export(d, d / "export" / sub)
+        if ok:
+            return name, d / "export" / sub
+        log.debug("skipping %s: %s", name, why)
+    return None
+
+
+def _run(run_dir: str | Path, run: Any) -> Any:
+    """The caller's loaded :class:`~longshort.run.Run` when it has one (not loaded again), else the run loaded."""
+    if run is not None:
+        return run
+    from longshort.run import Run
+
+    return Run.load(run_dir)
