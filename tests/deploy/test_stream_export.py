@@ -27,6 +27,8 @@ pytest.importorskip("onnxruntime")
 CAUSAL = ClassifierConfig(hidden_dim=12, num_heads=3, num_lstm_layers=3, conv_dilations=[1, 2], attention_every=2,
                           bidirectional=False)
 DENSE = CAUSAL.model_copy(update={"stack": StackConfig(skip="dense"), "attention_every": 1, "conv_kernel": 2})
+HIGHWAY = CAUSAL.model_copy(update={"stack": StackConfig(skip="highway"), "spectral_norm": True,
+                                    "conv_dilations": []})
 MEAN, STD = [10.0, -2.0, 0.5, 100.0], [2.0, 0.5, 1.0, 30.0]
 
 
@@ -53,12 +55,14 @@ def causal_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("cfg", [CAUSAL, DENSE], ids=["residual", "dense-kernel2"])
+@pytest.mark.parametrize("cfg", [CAUSAL, DENSE, HIGHWAY], ids=["residual", "dense-kernel2", "highway-spectral-noconv"])
 def test_every_onnx_step_equals_the_full_model_on_that_prefix(cfg: ClassifierConfig, tmp_path: Path) -> None:
     run_dir = _run_dir(tmp_path, cfg, seed=1)
     manifest = export_stream(run_dir)
     assert manifest["format"] == "onnx-stream" and manifest["parity"]["max_abs_diff_logits"] < 1e-5
-    assert [s["name"] for s in manifest["state"]][:3] == ["position", "slots", "conv0"]
+    names = [s["name"] for s in manifest["state"]]
+    assert names[:2] == ["position", "slots"] and names[-3:] == ["total", "count", "maximum"]
+    assert sum(n.startswith("conv") for n in names) == len(cfg.conv_dilations)
     run = Run.load(run_dir)
     raw = _raw(3, 11)
     streamer = OnnxStreamer(run_dir / "export" / "stream", batch_size=3)

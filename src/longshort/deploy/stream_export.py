@@ -15,7 +15,7 @@ taking one real step (the eager streamer handles idle streams and chunks):
   per LSTM block ``h`` and ``c`` [B, H]; per attention block the cached keys and values [B, heads, S, d]; the
   running sum [B, H], count [B] (float32) and maximum [B, H] of the pooled features.
 
-The arithmetic is the model's own, on its own parameters (the step is checked against every prefix of the full
+The arithmetic is the model's own, on a copy of its parameters (the step is checked against every prefix of the full
 model at export): input projection plus the position code; each causal convolution as one product over its
 kernel taps; the LSTM cell equations; attention of the new step over its cache; pooling and the heads.
 
@@ -27,6 +27,7 @@ only, idle streams and chunks included.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import tempfile
@@ -50,7 +51,7 @@ from longshort.deploy.export import (
     require,
     write_sidecars,
 )
-from longshort.deploy.exportable import check_exportable, position_codes
+from longshort.deploy.exportable import _bake_parametrizations, check_exportable, position_codes
 from longshort.deploy.streaming import RunStreamer, StreamingError, check_streamable
 from longshort.nn.classifier import BiLSTMBlock, SequenceClassifier
 
@@ -89,8 +90,8 @@ def initial_state(model: SequenceClassifier, batch: int) -> dict[str, np.ndarray
 
 class StepGraph(nn.Module):
     """One step of every stream of a causal ``model`` as pure tensor operations (see the module docstring).
-    Built on the model's own parameters in evaluation mode; raises :class:`ExportError` or
-    :class:`StreamingError` for a model that cannot be streamed or exported."""
+    Built on a copy of the model in evaluation mode (``model`` itself is left as it is); raises
+    :class:`ExportError` or :class:`StreamingError` for a model that cannot be streamed or exported."""
 
     def __init__(self, model: SequenceClassifier) -> None:
         super().__init__()
@@ -100,7 +101,10 @@ class StepGraph(nn.Module):
             lstm = block.lstm
             if lstm.num_layers != 1 or lstm.bidirectional:
                 raise StreamingError("the streaming step graph needs one-layer forward LSTM blocks")
-        self.model = model.eval()
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        _bake_parametrizations(self.model)  # spectral norm: its current weights as plain tensors, as for --format onnx
         self.names = [n for n, _ in state_spec(model)]
         self.train(False)
 
