@@ -12,7 +12,6 @@ the per-step times give the overhead ``on / off - 1`` (goal: at most 5%) and the
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import platform
@@ -27,7 +26,16 @@ from longshort.data.batching import TensorData
 from longshort.diagnostics.monitor import DiagnosticsConfig
 from longshort.nn.classifier import SequenceClassifier
 from longshort.training.trainer import TrainConfig, Trainer
-from train_step import BATCH, CLASSES, FEATURES, LENGTH, _sync, make_data, plain_loop  # this script's folder
+from train_step import (  # this script's folder
+    BATCH,
+    CLASSES,
+    FEATURES,
+    LENGTH,
+    _sync,
+    make_data,
+    plain_loop,
+    timing_args,
+)
 
 
 def trainer_loop(model: torch.nn.Module, data: TensorData, probe: TensorData, device: str, steps: int,
@@ -52,12 +60,7 @@ def trainer_loop(model: torch.nn.Module, data: TensorData, probe: TensorData, de
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "diagnostics.json"))
-    args = ap.parse_args()
+    args = timing_args(__doc__, steps=100, rounds=3, out_name="diagnostics.json")
     device = torch.device(args.device)
 
     torch.manual_seed(0)

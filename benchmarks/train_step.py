@@ -90,13 +90,19 @@ def _sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=5)
+def timing_args(doc: str | None, steps: int, rounds: int, out_name: str) -> argparse.Namespace:
+    """The command line of a training-step timing benchmark (this one and diagnostics.py): --steps, --rounds,
+    --device (cuda when there is one) and --out (default ``results/<out_name>`` beside this script)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.json"))
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / out_name))
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = timing_args(__doc__, steps=20, rounds=5, out_name="train_step.json")
     device = torch.device(args.device)
 
     torch.manual_seed(0)
