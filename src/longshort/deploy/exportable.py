@@ -304,10 +304,7 @@ class ExportClassifier(nn.Module):
     def __init__(self, model: SequenceClassifier, recurrence: Recurrence = "op") -> None:
         super().__init__()
         check_exportable(model)
-        m = copy.deepcopy(model).eval()
-        for p in m.parameters():
-            p.requires_grad_(False)
-        _bake_parametrizations(m)
+        m = frozen_copy(model)
         for block in m.lstms:
             assert isinstance(block, BiLSTMBlock) and isinstance(block.lstm, LSTM)
             block.lstm = MaskedLSTM(block.lstm, recurrence)  # type: ignore[assignment]
@@ -349,11 +346,29 @@ def conv_as_matmul(block: TemporalConvBlock, x: Tensor, mask: Tensor) -> Tensor:
     x = x * mask[..., None]
     xp = F.pad(x, (0, 0, left, span - left))  # [B, T + span, C]
     taps = torch.cat([xp[:, j * d: (j * d - span) or None] for j in range(k)], -1)  # [B, T, k * C]
-    w = conv.weight.permute(2, 1, 0).reshape(k * conv.in_channels, conv.out_channels)
+    return conv_taps_output(block, x, taps)
+
+
+def conv_taps_output(block: TemporalConvBlock, x: Tensor, taps: Tensor) -> Tensor:
+    """The rest of ``block`` in evaluation mode once its kernel's inputs are gathered: ``taps`` [..., k * C_in]
+    (oldest tap first) times the [C_out, C_in, k] kernel as a [k * C_in, C_out] matrix, bias, GELU, the residual
+    ``x`` and LayerNorm. Shared by the whole-sequence twin and the streaming step graph."""
+    conv = block.conv
+    w = conv.weight.permute(2, 1, 0).reshape(conv.kernel_size[0] * conv.in_channels, conv.out_channels)
     y = taps @ w
     if conv.bias is not None:
         y = y + conv.bias
     return block.norm(x + block.act(y))
+
+
+def frozen_copy(model: SequenceClassifier) -> SequenceClassifier:
+    """A deep copy of ``model`` in evaluation mode, no parameter requiring gradients, spectral norm baked into
+    plain weights: what the exported graphs are traced from (``model`` itself is left as it is)."""
+    m = copy.deepcopy(model).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    _bake_parametrizations(m)
+    return m
 
 
 def graph_positions(steps: Tensor | int, dim: int, like: Tensor) -> Tensor:

@@ -27,7 +27,6 @@ only, idle streams and chunks included.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import tempfile
@@ -51,8 +50,8 @@ from longshort.deploy.export import (
     require,
     write_sidecars,
 )
-from longshort.deploy.exportable import _bake_parametrizations, check_exportable, position_codes
-from longshort.deploy.streaming import RunStreamer, StreamingError, check_streamable
+from longshort.deploy.exportable import check_exportable, conv_taps_output, frozen_copy, position_codes
+from longshort.deploy.streaming import RunStreamer, StreamingError, check_streamable, lstm_cell
 from longshort.nn.classifier import BiLSTMBlock, SequenceClassifier
 
 __all__ = ["StepGraph", "export_stream", "initial_state", "state_dtype", "state_spec", "stream_parity"]
@@ -101,10 +100,7 @@ class StepGraph(nn.Module):
             lstm = block.lstm
             if lstm.num_layers != 1 or lstm.bidirectional:
                 raise StreamingError("the streaming step graph needs one-layer forward LSTM blocks")
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        _bake_parametrizations(self.model)  # spectral norm: its current weights as plain tensors, as for --format onnx
+        self.model = frozen_copy(model)  # spectral norm baked into plain weights, as for --format onnx
         self.names = [n for n, _ in state_spec(model)]
         self.train(False)
 
@@ -115,21 +111,16 @@ class StepGraph(nn.Module):
         out: dict[str, Tensor] = {}
         z = m.input_proj(x) + position_codes(s["position"], hidden, x)
         for i, block in enumerate(m.convs):
-            conv = block.conv
-            k, d = conv.kernel_size[0], conv.dilation[0]
             full = torch.cat([s[f"conv{i}"], z[:, None]], 1)  # [B, pad + 1, H]: the left context, then this step
-            taps = full[:, ::d].flatten(1)  # [B, k * H]: the kernel's inputs, oldest first
-            w = conv.weight.permute(2, 1, 0).reshape(k * conv.in_channels, conv.out_channels)
-            y = taps @ w + (0 if conv.bias is None else conv.bias)
             out[f"conv{i}"] = full[:, 1:]
-            z = block.norm(z + block.act(y))
+            z = conv_taps_output(block, z, full[:, :: block.conv.dilation[0]].flatten(1))  # taps oldest first
         out["slots"] = torch.cat([s["slots"], torch.ones_like(s["position"], dtype=torch.bool)[:, None]], 1)
         outputs = [z]
         dense = m.cfg.stack.skip == "dense"
         for i, block in enumerate(m.lstms):
             assert isinstance(block, BiLSTMBlock)
             inp = torch.cat(outputs, -1) if dense else z
-            h, c = _cell(block, inp, s[f"h{i}"], s[f"c{i}"])
+            h, c = lstm_cell(block.lstm, inp, s[f"h{i}"], s[f"c{i}"])
             out[f"h{i}"], out[f"c{i}"] = h, c
             z = block.join(inp, h)
             if str(i) in m.attns:
@@ -156,17 +147,6 @@ class StepGraph(nn.Module):
         scores = scores.masked_fill(~out["slots"][:, None], float("-inf"))
         y = (torch.softmax(scores, -1)[:, :, None] @ values)[:, :, 0].flatten(1)  # [B, H]
         return block.norm(z + mha.out_proj(y))
-
-
-def _cell(block: BiLSTMBlock, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """The plain LSTM cell (gates i, f, g, o as nn.LSTM) of ``block``'s one-layer LSTM."""
-    lstm = block.lstm
-    gates = F.linear(x, lstm.weight_ih_l0, getattr(lstm, "bias_ih_l0", None))
-    gates = gates + F.linear(h, lstm.weight_hh_l0, getattr(lstm, "bias_hh_l0", None))
-    i, f, g, o = gates.chunk(4, -1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
-
 
 
 OUTPUTS = ("proba", "logits", "aux")

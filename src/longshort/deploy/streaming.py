@@ -363,10 +363,15 @@ def _plain_cell(block: Any) -> bool:
 def _lstm_step(block: Any, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """One step of ``block`` for input ``x`` [B, 1, I] from state ``(h0, c0)`` [1, B, H]: the LSTM equations on
     its own weights (gates in nn.LSTM's i, f, g, o order), then the block's dropout/skip/LayerNorm."""
-    lstm = block.lstm
-    gates = F.linear(x[:, 0], lstm.weight_ih_l0, getattr(lstm, "bias_ih_l0", None))
-    gates = gates + F.linear(h0[0], lstm.weight_hh_l0, getattr(lstm, "bias_hh_l0", None))
-    i, f, g, o = gates.chunk(4, -1)
-    c = torch.sigmoid(f) * c0[0] + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
+    h, c = lstm_cell(block.lstm, x[:, 0], h0[0], c0[0])
     return block.join(x, h[:, None].to(x.dtype)), (h[None], c[None])
+
+
+def lstm_cell(lstm: Any, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """One step ``(h, c)`` of a one-layer plain LSTM's cell for input ``x`` [B, I] from ``h``, ``c`` [B, H], on its
+    own weights (gates in nn.LSTM's i, f, g, o order). Also what the ONNX streaming step traces."""
+    gates = F.linear(x, lstm.weight_ih_l0, getattr(lstm, "bias_ih_l0", None))
+    gates = gates + F.linear(h, lstm.weight_hh_l0, getattr(lstm, "bias_hh_l0", None))
+    i, f, g, o = gates.chunk(4, -1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
