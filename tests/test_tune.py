@@ -120,9 +120,11 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_retried(tmp_path: Path, 
 
     url = storage
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # the victim asks for more trials than it can run before the poll below sees one of them reporting, so it is
-    # always killed inside a trial, however fast the trials and however slow the poll
-    victim = subprocess.Popen(_worker_args(tmp_path / "study", storage, n_trials=50, epochs=6), env=env,
+    # The victim asks for more trials than it can run before the poll below sees one of them reporting, so it is
+    # always killed inside a trial; and its trials are 10x longer than the survivor's, so the trial the poll saw
+    # report its first epoch is still running when the kill lands (a slow poll once saw a 6-epoch trial finish
+    # between its snapshot and the kill).
+    victim = subprocess.Popen(_worker_args(tmp_path / "study", storage, n_trials=50, epochs=60), env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     running = []
@@ -138,7 +140,9 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_retried(tmp_path: Path, 
         running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
-    done = sum(t.state.name == "COMPLETE" for t in optuna.load_study(study_name="longshort", storage=url).trials)
+    at_kill = optuna.load_study(study_name="longshort", storage=url).trials
+    assert [t.number for t in at_kill if t.state.name == "RUNNING"] == [running[0].number]  # killed inside it
+    done = sum(t.state.name == "COMPLETE" for t in at_kill)
     time.sleep(2.5)  # past the heartbeat's grace period (2 x heartbeat_s)
     target = done + 2  # the retried trial and one more
     survivor = subprocess.run(_worker_args(tmp_path / "study", storage, n_trials=target, epochs=6), env=env,
