@@ -70,12 +70,14 @@ DENSE = ClassifierConfig(hidden_dim=12, num_heads=2, num_lstm_layers=3, attentio
                          stack=StackConfig(skip="dense"), spectral_norm=True)
 CAUSAL = ClassifierConfig(hidden_dim=12, num_heads=3, num_lstm_layers=2, attention_every=1, bidirectional=False,
                           stack=StackConfig(skip="highway"))
+STEM = ClassifierConfig(hidden_dim=12, num_heads=3, num_lstm_layers=2, conv_dilations=[1], stem_stride=4)
 
 
 # "scan" with two directions is what export_torch traces, held to the eager model there; here its one-direction
 # form (the causal model). Each scan configuration costs seconds of torch.compile on first use.
-@pytest.mark.parametrize(("cfg", "recurrence"), [(DEFAULT, "op"), (DENSE, "op"), (CAUSAL, "op"), (CAUSAL, "scan")],
-                         ids=["default-op", "dense-spectral-op", "causal-highway-op", "causal-highway-scan"])
+@pytest.mark.parametrize(("cfg", "recurrence"), [(DEFAULT, "op"), (DENSE, "op"), (CAUSAL, "op"), (CAUSAL, "scan"),
+                                                  (STEM, "op")],
+                         ids=["default-op", "dense-spectral-op", "causal-highway-op", "causal-highway-scan", "stem-op"])
 def test_twin_equals_eager_and_ignores_padding(cfg: ClassifierConfig, recurrence: str) -> None:
     torch.manual_seed(0)
     model = SequenceClassifier(4, 3, cfg).eval()
@@ -92,6 +94,25 @@ def test_twin_equals_eager_and_ignores_padding(cfg: ClassifierConfig, recurrence
         full = torch.from_numpy(x[:, :9])
         torch.testing.assert_close(twin(full, torch.full((5,), 9))[1], model(full).logits, rtol=0, atol=1e-5)
     assert any(p.requires_grad for p in model.parameters())  # the twin works on a copy
+
+
+def test_a_strided_stem_exports_to_onnx_within_tolerance(deploy_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from longshort.config import load_config, save_config
+    from longshort.training.checkpoint import save_weights
+
+    run = tmp_path / "run"
+    shutil.copytree(deploy_run, run)
+    cfg = load_config(run / "config.yaml")
+    cfg.model.stem_stride = 4
+    save_config(cfg, run / "config.yaml")
+    prep = json.loads((run / "preprocess.json").read_text())
+    torch.manual_seed(1)
+    model = SequenceClassifier(len(prep["feature_names"]), len(prep["class_names"]), cfg.model).eval()
+    save_weights(model, run / "model.safetensors", metadata={"format": "longshort.SequenceClassifier"})
+    manifest = export_mod.export_onnx(run, tmp_path / "onnx")  # raises if the parity check fails
+    assert manifest["parity"]["max_abs_diff_logits"] < 1e-4
 
 
 def test_cell_options_without_an_exported_form_are_refused() -> None:

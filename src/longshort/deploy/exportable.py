@@ -316,9 +316,12 @@ class ExportClassifier(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         # SequenceClassifier._encode along its masked path, then the classification head
         m = self.model
-        steps = x.shape[1]
+        z = m.input_proj(x)
+        if m.stem is not None:  # strided convolutions: ONNX Conv with stride 2, lengths halved (rounded up)
+            z, lengths = m.stem(z, lengths)
+        steps = z.shape[1]
         mask = length_mask(lengths, steps)
-        z = m.input_proj(x) + graph_positions(steps, m.cfg.hidden_dim, x)
+        z = z + graph_positions(steps, m.cfg.hidden_dim, z)
         for conv in m.convs:
             z = conv_as_matmul(conv, z, mask)
         outputs = [z]

@@ -85,6 +85,10 @@ def check_streamable(model: SequenceClassifier) -> None:
         raise StreamingError(
             "this model is bidirectional: its feature at step t reads steps after t, so a prefix cannot be "
             "scored before the sequence ends; train a causal model with model.bidirectional=false to stream")
+    if model.stem is not None:
+        raise StreamingError(
+            f"model.stem_stride={model.cfg.stem_stride} cannot stream: the strided stem emits one step per "
+            f"{model.cfg.stem_stride} input steps; train with model.stem_stride=1 to stream")
     if model.cfg.cell.self_attention:
         raise StreamingError(
             "model.cell.self_attention=true cannot stream: the self-attention cell's memory of past hidden "

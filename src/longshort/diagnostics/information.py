@@ -100,7 +100,8 @@ def hidden_states(model: nn.Module, x: Tensor, lengths: Tensor | None = None, bl
     if part == "forward":
         h = h[..., : blk.lstm.hidden_size]
     if lengths is not None:
-        valid = torch.arange(h.shape[1])[None, :] < lengths.cpu()[:, None]
+        out_lengths = model.output_lengths(lengths) if hasattr(model, "output_lengths") else lengths
+        valid = torch.arange(h.shape[1])[None, :] < out_lengths.cpu()[:, None]
         h = h * valid[..., None]
     return h.contiguous()
 
