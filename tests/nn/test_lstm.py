@@ -193,6 +193,35 @@ def test_reverse_direction_starts_at_each_sequence_true_end() -> None:
         close(out[0, b, H:], h[0])
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_padded_cpu_path_equals_the_packed_one_in_outputs_and_gradients(bidirectional: bool,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """need_state=False on a variable-length CPU batch runs oneDNN over the padded tensor (reverse direction
+    over each sequence reversed in place) instead of the packed loop: same outputs and gradients."""
+    torch.manual_seed(0)
+    m = LSTM(5, 7, batch_first=True, bidirectional=bidirectional)
+    lengths = torch.tensor([9, 1, 4, 9, 6])
+    x = torch.randn(5, 9, 5)
+    x = x.masked_fill(torch.arange(9)[None, :, None] >= lengths[:, None, None], 3.0)  # junk in the padding
+    h0 = (torch.randn(m.num_directions, 5, 7), torch.randn(m.num_directions, 5, 7))
+    calls = []
+    padded = LSTM._forward_padded
+    monkeypatch.setattr(LSTM, "_forward_padded", lambda self, *a: calls.append(1) or padded(self, *a))
+    outs, grads = [], []
+    for need_state in (True, False):
+        xi = x.clone().requires_grad_(True)
+        m.zero_grad()
+        y, _ = m(xi, hx=h0, lengths=lengths, need_state=need_state)
+        (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+        outs.append(y.detach())
+        grads.append([xi.grad] + [p.grad.clone() for p in m.parameters()])
+    assert calls == [1]  # the second call, and only it, took the padded path
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=1e-5)
+    assert bool((outs[1][1, 1:] == 0).all())  # padded steps are zero, as the packed path leaves them
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_fused_path_equals_nn_lstm_exactly() -> None:
     torch.manual_seed(4)
     ref = nn.LSTM(IN, H, 2, batch_first=True, bidirectional=True, dropout=0.4)

@@ -393,7 +393,8 @@ class LSTM(nn.Module):
     # ------------------------------------------------------------------------------------------------ forward
 
     def forward(
-        self, input: Tensor | PackedSequence, hx: Hidden | None = None, lengths: Tensor | None = None
+        self, input: Tensor | PackedSequence, hx: Hidden | None = None, lengths: Tensor | None = None,
+        need_state: bool = True,
     ) -> tuple[Tensor | PackedSequence, Hidden]:
         """Run the stack; returns ``(output, (h_n, c_n))`` like ``nn.LSTM``.
 
@@ -402,6 +403,9 @@ class LSTM(nn.Module):
         With ``gate_stats`` on, ``last_gate_stats["l{k}{_reverse}"]`` gets the mean and variance over valid steps,
         sequences and units of the input, forget and output gates (``i_mean``, ``i_var``, ``f_mean`` ...) and the
         cell-state utilisation ``||std(c)|| / ||mean(c)||`` (per-unit statistics over valid steps and sequences).
+
+        ``need_state=False`` says the caller discards ``(h_n, c_n)``: variable-length CPU batches then take
+        :meth:`_forward_padded` (returning ``hx`` unchanged in their place).
         """
         if self.record_masks:
             self.last_masks = {}
@@ -436,7 +440,10 @@ class LSTM(nn.Module):
             lengths = self._check_lengths(lengths, batch, x.shape[1 if self.batch_first else 0])
 
         fused = self.uses_fused_path
-        if fused and not self._layerwise():
+        if (fused and not need_state and packed is None and lengths is not None and x.device.type == "cpu"
+                and self.num_layers == 1 and not self._layerwise()):
+            out, h_n = self._forward_padded(x, lengths, hx)
+        elif fused and not self._layerwise():
             out, h_n = self._forward_fused(x, packed, lengths, hx)
         else:
             if packed is not None:
@@ -497,6 +504,33 @@ class LSTM(nn.Module):
             return out_pk, (h, c)
         total = x.shape[1 if self.batch_first else 0]
         return pad_packed_sequence(out_pk, self.batch_first, total_length=total)[0], (h, c)
+
+    def _forward_padded(self, x: Tensor, lengths: Tensor, hx: Hidden) -> tuple[Tensor, Hidden]:
+        """One layer over a padded batch with PyTorch's oneDNN kernel, no packing: on a CPU a packed input makes
+        ``_VF.lstm`` fall back to a step-by-step loop of small ops, 3x slower for one BiLSTM block. The forward
+        direction runs over the padded tensor (padding comes after the valid steps, so cannot reach them); the
+        reverse direction runs forward over each sequence reversed within its own length (padding again last)
+        and is reversed back. Padded steps of the output are zeroed, as the packed path leaves them. The same
+        outputs as :meth:`_forward_fused` to rounding; the final states are not computed (``hx`` returned)."""
+        xt = x.transpose(0, 1) if self.batch_first else x  # [T, B, F]
+        steps = xt.shape[0]
+        lens = lengths.to(x.device)
+        t = torch.arange(steps, device=x.device)[:, None]
+        valid = (t < lens)[..., None].to(xt.dtype)  # [T, B, 1]
+        rev = torch.where(t < lens, lens - 1 - t, t)[..., None].expand(-1, -1, xt.shape[-1])  # [T, B, F]
+        outs = []
+        for d, sfx in enumerate(self._suffixes):
+            names = [f"weight_ih_l0{sfx}", f"weight_hh_l0{sfx}"] + (
+                [f"bias_ih_l0{sfx}", f"bias_hh_l0{sfx}"] if self.bias else [])
+            weights = [getattr(self, n) for n in names]
+            inp = xt if d == 0 else xt.gather(0, rev)
+            h0 = (hx[0][d : d + 1], hx[1][d : d + 1])
+            y, _, _ = _VF.lstm(inp, h0, weights, self.bias, 1, 0.0, self.training, False, False)
+            if d == 1:
+                y = y.gather(0, rev[..., :1].expand(-1, -1, y.shape[-1]))
+            outs.append(y)
+        out = (outs[0] if len(outs) == 1 else torch.cat(outs, -1)) * valid
+        return (out.transpose(0, 1) if self.batch_first else out), hx
 
     def _record(self, name: str, mask: Tensor) -> None:
         if self.record_masks:
