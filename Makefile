@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH_WHEEL_DIR ?= /opt/wheels
 TORCH_LOCAL := $(firstword $(wildcard $(TORCH_WHEEL_DIR)/torch-2.13.0*.whl))
 
-.PHONY: install install-test train test lint bench clean
+.PHONY: install install-test train test lint bench accuracy clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: install-test
 
 bench: install
 	$(PY) benchmarks/train_step.py
+
+## The default recipe against a plain BiLSTM and MiniRocket on public UCR/UEA sets (about 40 min on 2 cores).
+accuracy: install
+	$(PIP) install -q -e ".[bench]"
+	$(PY) benchmarks/accuracy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

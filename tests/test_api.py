@@ -14,7 +14,7 @@ import longshort
 
 TINY = {
     "model": {"hidden_dim": 8, "num_heads": 2, "num_lstm_layers": 2, "conv_dilations": [1]},
-    "train": {"epochs": 2, "batch_size": 16, "threads": 1, "schedule": {"max_lr": 0.03}},
+    "train": {"epochs": 2, "batch_size": 16, "threads": 1, "schedule": {"max_lr": 0.03}, "selection": "val"},
 }
 
 

@@ -60,8 +60,9 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from longshort.config import Config
-from longshort.data.pipeline import prepare
+from longshort.data.pipeline import data_shape, prepare, read_source
 from longshort.nn.classifier import SequenceClassifier
+from longshort.sizing import DataShape, resolve
 from longshort.training.losses import aux_loss
 from longshort.training.optim import GradClipper, Lookahead, build_optimizer
 from longshort.training.trainer import resolve_device
@@ -409,7 +410,9 @@ def plan(cfg: Config, nprocs: list[int] | None = None, measure_steps: int = 3, r
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    splits = prepare(cfg.data, cfg.seed)
+    raw = read_source(cfg.data.source, cfg.data, cfg.seed)
+    cfg, _ = resolve(cfg, DataShape(*data_shape(raw, cfg.data)))  # the model and budget a run would choose
+    splits = prepare(cfg.data, cfg.seed, raw)
     input_dim, num_classes = splits.train.n_features, len(splits.prep.class_names)
     length = int(splits.train.X.shape[1])
     device = resolve_device(cfg.train.device)

@@ -28,13 +28,14 @@ from rich.table import Table
 from longshort.config import Config, load_config, save_config, validate
 from longshort.data.batching import TensorData, to_tensors
 from longshort.data.builtin import BUILTINS
-from longshort.data.pipeline import Preprocessor, Splits, load_for_model, prepare
+from longshort.data.pipeline import Preprocessor, Splits, data_shape, load_for_model, prepare, read_source
 from longshort.data.types import SequenceData
 from longshort.errors import LongshortError, RunDirError
 from longshort.evaluate.metrics import classification_metrics
 from longshort.evaluate.predict import batched_proba
 from longshort.nn.classifier import SequenceClassifier
 from longshort.report.plots import confusion_matrix_png, learning_curve_png
+from longshort.sizing import DataShape, resolve
 from longshort.training.callbacks import Callback, HistoryCSV, PlainProgress, ProgressBar, TensorBoard
 from longshort.training.checkpoint import checkpoint_path, load_weights, save_weights
 from longshort.training.distributed import DistContext, barrier, setup, shutdown
@@ -234,7 +235,9 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    splits = prepare(cfg.data, cfg.seed)
+    raw = read_source(cfg.data.source, cfg.data, cfg.seed)
+    cfg, choices = resolve(cfg, DataShape(*data_shape(raw, cfg.data)))  # a resumed config is resolved already
+    splits = prepare(cfg.data, cfg.seed, raw)
     if not resume and ctx.is_main:  # only once the data is read: a bad file leaves no half-made run behind
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -242,6 +245,8 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
         splits.prep.save(run_dir / "preprocess.json")
     barrier(ctx)
     model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
+    for note in choices:
+        console.print(f"auto: {note}")
     _describe(splits, model, cfg.train.batch_size, console)
     if ctx.enabled:
         console.print(f"distributed: {cfg.distributed.strategy} over {ctx.world} processes, global batch "

@@ -163,8 +163,13 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
             raise optuna.TrialPruned(str(exc)) from None
         import torch
 
+        from longshort.data.pipeline import data_shape, read_source
+        from longshort.sizing import DataShape, resolve
+
         torch.manual_seed(c.seed)
-        splits = prepare(c.data, c.seed)
+        raw = read_source(c.data.source, c.data, c.seed)
+        c, _ = resolve(c, DataShape(*data_shape(raw, c.data)), need_validation=True)  # trials compare on val
+        splits = prepare(c.data, c.seed, raw)
         if splits.val is None:
             raise ConfigError("tune needs a validation split (data.split.val > 0)")
         model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), c.model)

@@ -132,7 +132,7 @@ def test_npz_aux_through_prepare_and_prediction(tmp_path: Path) -> None:
 TINY = {
     "model": {"hidden_dim": 8, "num_heads": 2, "num_lstm_layers": 2, "conv_dilations": [1]},
     "train": {"epochs": 2, "batch_size": 16, "threads": 1, "progress": "off", "schedule": {"max_lr": 0.03},
-              "loss": {"aux_weight": 0.5}},
+              "loss": {"aux_weight": 0.5}, "selection": "val"},
     "diagnostics": {"analysis": False, "report": False},
 }
 

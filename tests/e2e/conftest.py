@@ -34,6 +34,7 @@ TINY = [
     "train.progress=off",
     "train.schedule.max_lr=0.03",  # 12 steps of OneCycle: learn fast (robust over 16 seeds)
     "train.threads=1",  # many threads on a small or busy machine make these tiny steps 10x slower
+    "train.selection=val",  # these tests exercise the validation split (small data would train on all)
     # the after-training analysis and report (a few seconds a run) are covered by tests/test_api.py and
     # tests/report; the monitor itself stays on
     "diagnostics.analysis=false",

@@ -188,9 +188,23 @@ def _stratified_indices(y: np.ndarray, fractions: list[float], seed: int) -> lis
     return [np.sort(rest), *out]
 
 
-def prepare(cfg: DataConfig, seed: int) -> Splits:
-    """Read, split, window and scale the data named by ``cfg`` (and ``cfg.test_source`` when set)."""
-    raw = read_source(cfg.source, cfg, seed)
+def data_shape(raw: SequenceData | SeriesData, cfg: DataConfig) -> tuple[int, int, int, int]:
+    """(sequences or windows, longest length, channels, classes) of data as read, before any split: what the
+    size-aware defaults (``longshort.sizing``) look at. For a series the windows and classes are estimated
+    from its rows (every stride-th window; down/flat/up)."""
+    if isinstance(raw, SeriesData):
+        s = cfg.series
+        windows = max(0, (len(raw) - s.window - s.horizon) // s.stride + 1)
+        return windows, s.window, len(raw.feature_names), 3
+    classes = len(raw.class_names) if raw.class_names else (0 if raw.y is None else len(np.unique(raw.y)))
+    return len(raw), int(raw.lengths.max()) if len(raw) else 0, raw.n_features, classes
+
+
+def prepare(cfg: DataConfig, seed: int, raw: SequenceData | SeriesData | None = None) -> Splits:
+    """Read, split, window and scale the data named by ``cfg`` (and ``cfg.test_source`` when set); ``raw``: the
+    data already read from ``cfg.source`` (it is not read again)."""
+    if raw is None:
+        raw = read_source(cfg.source, cfg, seed)
     layout = layout_of(raw)
     fractions = [1 - cfg.split.val - (0 if cfg.test_source else cfg.split.test), cfg.split.val]
     if not cfg.test_source:

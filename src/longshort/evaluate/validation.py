@@ -140,6 +140,12 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
     if cfg.task != "classify":
         raise ConfigError("longshort cv covers task classify")
     raw = read_source(cfg.data.source, cfg.data, cfg.seed)
+    from longshort.data.pipeline import data_shape
+    from longshort.sizing import DataShape, resolve
+
+    cfg, choices = resolve(cfg, DataShape(*data_shape(raw, cfg.data)), need_validation=True)  # folds keep a val
+    for note in choices:
+        console.print(f"auto: {note}")
     layout = layout_of(raw)
     if isinstance(raw, SeriesData):
         s = cfg.data.series

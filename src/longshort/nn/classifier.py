@@ -20,7 +20,7 @@ mask. The pooled prefix is then all a stream needs, which is what ``longshort.de
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -206,18 +206,22 @@ class BiLSTMBlock(nn.Module):
         self.fp32 = fp32
 
     def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        return self.forward_with_state(x, lengths)[0]
+        return self.forward_with_state(x, lengths, need_state=False)[0]
 
-    def forward_with_state(self, x: Tensor, lengths: Tensor | None, hx: tuple[Tensor, Tensor] | None = None
-                           ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward_with_state(self, x: Tensor, lengths: Tensor | None, hx: tuple[Tensor, Tensor] | None = None,
+                           need_state: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """The block's output and the LSTM's final ``(h, c)``, starting from ``hx``: a stream carries the state
-        from one chunk to the next (only meaningful for a unidirectional block)."""
+        from one chunk to the next (only meaningful for a unidirectional block). ``need_state=False``: the
+        state is not wanted (the LSTM may skip computing it)."""
+        lstm_kw: dict[str, Any] = {"hx": hx, "lengths": lengths}
+        if not need_state and isinstance(self.lstm, LSTM):
+            lstm_kw["need_state"] = False
         if self.fp32 and torch.is_autocast_enabled(x.device.type):
             # cuDNN's reduced-precision LSTM drifts over long sequences; keep the recurrence in fp32.
             with torch.autocast(x.device.type, enabled=False):
-                y, state = self.lstm(x.float(), hx=hx, lengths=lengths)
+                y, state = self.lstm(x.float(), **lstm_kw)
         else:
-            y, state = self.lstm(x, hx=hx, lengths=lengths)
+            y, state = self.lstm(x, **lstm_kw)
         return self.join(x, y.to(x.dtype)), state
 
     def join(self, x: Tensor, y: Tensor) -> Tensor:

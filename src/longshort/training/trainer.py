@@ -74,8 +74,23 @@ class TrainConfig(BaseModel):
         "the OneCycle schedule and no clipping, auxiliary loss, augmentation or Lookahead; seed = seed "
         "000's full loop (see docs/training.md)",
     )
-    epochs: int = Field(12, ge=1, description="epochs in all (with train.phases: their sum)")
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(
+        12, ge=1, description="epochs in all (with train.phases: their sum); unset: a run chooses them from "
+        "train.steps or its automatic budget in optimizer steps for the data's size (config.yaml records them)"
+    )
+    steps: int | None = Field(
+        None, ge=1, description="training budget in optimizer steps, turned into whole epochs when the data is "
+        "read; null: train.epochs if set, else an automatic budget (see docs/training.md)"
+    )
+    batch_size: int = Field(
+        64, ge=1, description="unset: about a tenth of the training sequences, between 8 and 64, chosen by a run"
+    )
+    selection: Literal["auto", "val", "last"] = Field(
+        "auto", description="how the kept weights are chosen: val = the best epoch by "
+        "train.early_stopping.metric on the validation split (and early stopping); last = no validation split, "
+        "all sequences train, the final weights are kept; auto = val when the validation split holds at "
+        "least 200 sequences, else last"
+    )
     eval_batch_size: int = Field(256, ge=1)
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
