@@ -76,6 +76,9 @@ def test_small_sets_are_augmented_unless_the_user_chose() -> None:
     small, notes = resolve(Config(), _shape(300))
     assert small.train.augment.enabled and small.train.augment.noise.prob == 0.3
     assert any(n.startswith("augmentation:") for n in notes)
+    assert small.train.augment.time_shift.max_shift == 1  # 2% of 50 steps
+    assert resolve(Config(), _shape(300, length=24))[0].train.augment.time_shift.prob == 0  # position matters
+    assert resolve(Config(), _shape(300, length=1000))[0].train.augment.time_shift.max_shift == 5
     assert not resolve(Config(), _shape(40_000))[0].train.augment.enabled
     assert not resolve(validate({"train": {"recipe": "plain"}}), _shape(300))[0].train.augment.enabled
     mine, _ = resolve(validate({"train": {"augment": {"time_warp": {"prob": 0.5}}}}), _shape(300))
