@@ -85,6 +85,37 @@ def test_small_sets_are_augmented_unless_the_user_chose() -> None:
     assert mine.train.augment.time_warp.prob == 0.5 and mine.train.augment.noise.prob == 0
 
 
+def test_sequences_of_very_different_scales_are_normalised_one_by_one() -> None:
+    wild, notes = resolve(Config(), DataShape(n=500, length=100, channels=1, classes=3, scale_spread=1e5))
+    assert wild.data.scale == "series" and any(n.startswith("scaling: series") for n in notes)
+    assert resolve(Config(), DataShape(500, 100, 1, 3, scale_spread=2.0))[0].data.scale == "standard"
+    assert resolve(validate({"data": {"scale": "none"}}), DataShape(500, 100, 1, 3, 1e5))[0].data.scale == "none"
+
+
+def test_scale_spread_and_per_series_preprocessing() -> None:
+    from longshort.data.pipeline import Preprocessor, scale_spread
+    from longshort.data.types import SequenceData
+    from longshort.deploy.runtime import scale
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 30, 2)).astype(np.float32)
+    lengths = rng.integers(5, 31, 40)
+    x *= np.arange(30)[None, :, None] < lengths[:, None, None]
+    assert scale_spread(x, lengths) < 2
+    wild = x * np.float32(10.0) ** rng.integers(-3, 3, (40, 1, 1)).astype(np.float32)  # scales 1e-3 .. 1e2
+    assert scale_spread(wild, lengths) > 100
+    data = SequenceData(X=wild, lengths=lengths, y=np.arange(40) % 2, feature_names=["a", "b"])
+    prep = Preprocessor.fit(data, "sequences", "series")
+    out = prep.transform(data).X
+    again = prep.transform(SequenceData(X=x, lengths=lengths, y=np.arange(40) % 2, feature_names=["a", "b"])).X
+    np.testing.assert_allclose(out, again, atol=2e-4)  # each sequence's own scale is gone
+    plain = Preprocessor.fit(data, "sequences", "standard").transform(data).X
+    small = np.flatnonzero(np.abs(wild).max((1, 2)) < 0.1)
+    assert len(small) and all(plain[i, : lengths[i]].std(0).max() < 0.01 for i in small)  # squashed flat
+    # the torch-free runtime applies the same preprocessing to the bit
+    assert np.array_equal(scale(wild, lengths, prep.mean, prep.std, per_series=True), out)
+
+
 def test_model_size_follows_the_training_set() -> None:
     sizes = [resolve(Config(), _shape(n))[0].model for n in (50, 5_000, 50_000)]
     assert [(m.hidden_dim, m.num_lstm_layers) for m in sizes] == [(64, 2), (128, 2), (256, 4)]

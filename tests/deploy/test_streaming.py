@@ -123,4 +123,7 @@ def test_run_streamer_refuses_preprocessing_it_cannot_apply_per_step(tmp_path: P
     run.prep = PerSequence(**dataclasses.asdict(run.prep))
     with pytest.raises(StreamingError, match="per_sequence_norm"):
         RunStreamer(run)
+    run.prep = dataclasses.replace(_run(tmp_path / "b").prep, per_series=True)  # data.scale=series
+    with pytest.raises(StreamingError, match=r"data\.scale=series"):
+        RunStreamer(run)
 

@@ -127,5 +127,11 @@ class DataConfig(_Strict):
     series: SeriesFormat = SeriesFormat()
     split: SplitConfig = SplitConfig()
     builtin: BuiltinConfig = BuiltinConfig()
-    scale: Literal["standard", "none"] = Field("standard", description="fitted on the training split only")
+    scale: Literal["auto", "standard", "series", "none"] = Field(
+        "auto", description="standard: per-feature mean/std fitted on the training split; series: first each "
+        "sequence per feature to zero mean and unit std over its own valid steps (for sets whose sequences "
+        "differ in scale by orders of magnitude), then standard; auto: series when the training sequences' "
+        "standard deviations spread more than 10x (10th to 90th percentile, any feature), else standard "
+        "(continuous series: standard); none: raw values"
+    )
     pairs: PairFormat = Field(PairFormat(), description="seq2seq (task: seq2seq): columns and tokenisation")

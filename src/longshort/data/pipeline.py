@@ -37,15 +37,19 @@ class Preprocessor:
     std: list[float] = field(default_factory=list)
     aux_mean: float = 0.0
     aux_std: float = 1.0
+    per_series: bool = False  # each sequence normalised over its own valid steps before mean/std (scale=series)
 
     # -- fitting --------------------------------------------------------------------------------------
 
     @classmethod
     def fit(cls, train: SequenceData, layout: str, scale: str) -> Preprocessor:
         names = train.class_names or _sorted_labels(train.y)
-        prep = cls(layout=layout, class_names=list(names), feature_names=list(train.feature_names))
-        if scale == "standard":
-            valid = _valid_steps(train)
+        prep = cls(layout=layout, class_names=list(names), feature_names=list(train.feature_names),
+                   per_series=scale == "series")
+        if scale in ("standard", "series", "auto"):  # auto unresolved (no longshort.sizing): standard
+            valid = _valid_steps(train if not prep.per_series else
+                                 SequenceData(X=series_normalise(train.X, train.lengths), lengths=train.lengths,
+                                              y=None, feature_names=train.feature_names))
             std = valid.std(0)
             prep.mean = valid.mean(0).astype(float).tolist()
             prep.std = np.where(std > 1e-12, std, 1.0).astype(float).tolist()
@@ -84,6 +88,8 @@ class Preprocessor:
                 f"({', '.join(self.feature_names)})",
             )
         x = data.X
+        if self.per_series:
+            x = series_normalise(x, data.lengths)
         if self.mean:
             mask = np.arange(x.shape[1])[None, :] < data.lengths[:, None]
             x = ((x - np.float32(self.mean)) / np.float32(self.std)) * mask[..., None]
@@ -101,6 +107,31 @@ class Preprocessor:
     @classmethod
     def load(cls, path: Path) -> Preprocessor:
         return cls(**json.loads(path.read_text()))
+
+
+def series_normalise(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """float32 [N, T, C]: each sequence per feature to zero mean, unit std over its valid steps (a constant
+    feature to zero); padded steps stay zero."""
+    mask = (np.arange(x.shape[1])[None, :] < np.asarray(lengths)[:, None])[..., None]
+    n = np.maximum(mask.sum(1, keepdims=True), 1)
+    x64 = x.astype(np.float64) * mask
+    mean = x64.sum(1, keepdims=True) / n
+    std = np.sqrt((((x64 - mean) * mask) ** 2).sum(1, keepdims=True) / n)
+    return (((x64 - mean) / np.where(std > 1e-12, std, 1.0)) * mask).astype(np.float32)
+
+
+def scale_spread(x: np.ndarray, lengths: np.ndarray) -> float:
+    """How far the sequences' scales spread: the largest, over features, 90th / 10th percentile of the
+    per-sequence standard deviations (inf when a tenth of the sequences are constant)."""
+    if len(x) < 2:
+        return 1.0
+    mask = (np.arange(x.shape[1])[None, :] < np.asarray(lengths)[:, None])[..., None]
+    n = np.maximum(mask.sum(1), 1)
+    mean = (x * mask).sum(1) / n
+    std = np.sqrt((((x - mean[:, None, :]) * mask) ** 2).sum(1) / n)  # [N, C]
+    p10, p90 = np.percentile(std, 10, axis=0), np.percentile(std, 90, axis=0)
+    ratio = np.where(p10 > 1e-12, p90 / np.maximum(p10, 1e-12), np.where(p90 > 1e-12, np.inf, 1.0))
+    return float(ratio.max())
 
 
 @dataclass
@@ -188,16 +219,17 @@ def _stratified_indices(y: np.ndarray, fractions: list[float], seed: int) -> lis
     return [np.sort(rest), *out]
 
 
-def data_shape(raw: SequenceData | SeriesData, cfg: DataConfig) -> tuple[int, int, int, int]:
-    """(sequences or windows, longest length, channels, classes) of data as read, before any split: what the
-    size-aware defaults (``longshort.sizing``) look at. For a series the windows and classes are estimated
-    from its rows (every stride-th window; down/flat/up)."""
+def data_shape(raw: SequenceData | SeriesData, cfg: DataConfig) -> tuple[int, int, int, int, float]:
+    """(sequences or windows, longest length, channels, classes, scale spread) of data as read, before any
+    split: what the size-aware defaults (``longshort.sizing``) look at. For a series the windows and classes
+    are estimated from its rows (every stride-th window; down/flat/up) and the spread is 1."""
     if isinstance(raw, SeriesData):
         s = cfg.series
         windows = max(0, (len(raw) - s.window - s.horizon) // s.stride + 1)
-        return windows, s.window, len(raw.feature_names), 3
+        return windows, s.window, len(raw.feature_names), 3, 1.0
     classes = len(raw.class_names) if raw.class_names else (0 if raw.y is None else len(np.unique(raw.y)))
-    return len(raw), int(raw.lengths.max()) if len(raw) else 0, raw.n_features, classes
+    spread = scale_spread(raw.X, raw.lengths) if cfg.scale == "auto" else 1.0
+    return len(raw), int(raw.lengths.max()) if len(raw) else 0, raw.n_features, classes, spread
 
 
 def prepare(cfg: DataConfig, seed: int, raw: SequenceData | SeriesData | None = None) -> Splits:

@@ -44,11 +44,20 @@ class InputError(*_BASES):  # type: ignore[misc]
     """An export directory or an input array that cannot be used (the message names the file or the array)."""
 
 
-def scale(x: np.ndarray, lengths: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+def scale(x: np.ndarray, lengths: np.ndarray, mean: list[float], std: list[float],
+          per_series: bool = False) -> np.ndarray:
     """float32 ``(x - mean) / std`` at valid steps and zeros at padded steps; ``x`` unchanged (as float32) when
-    ``mean`` is empty (the run had ``data.scale=none``). The same operations, in the same order and precision,
+    ``mean`` is empty (the run had ``data.scale=none``); with ``per_series`` each sequence is first normalised
+    over its own valid steps (``data.scale=series``). The same operations, in the same order and precision,
     as ``Preprocessor.transform``, so the two agree to the bit."""
     x = np.asarray(x, dtype=np.float32)
+    if per_series:
+        m = (np.arange(x.shape[1])[None, :] < lengths[:, None])[..., None]
+        n = np.maximum(m.sum(1, keepdims=True), 1)
+        x64 = x.astype(np.float64) * m
+        mu = x64.sum(1, keepdims=True) / n
+        sd = np.sqrt((((x64 - mu) * m) ** 2).sum(1, keepdims=True) / n)
+        x = (((x64 - mu) / np.where(sd > 1e-12, sd, 1.0)) * m).astype(np.float32)
     if mean:
         mask = np.arange(x.shape[1])[None, :] < lengths[:, None]
         x = ((x - np.float32(mean)) / np.float32(std)) * mask[..., None]
@@ -71,6 +80,7 @@ class OnnxPredictor:
         self.feature_names: list[str] = list(prep["feature_names"])
         self.mean: list[float] = list(prep.get("mean") or [])
         self.std: list[float] = list(prep.get("std") or [])
+        self.per_series = bool(prep.get("per_series", False))
         self.batch_size = batch_size
         self.path = self.dir / str(self.manifest.get("file", "model.onnx"))
 
@@ -84,7 +94,7 @@ class OnnxPredictor:
         all full when ``lengths`` is None). ``prepared=True``: ``x`` is already scaled (padding zero)."""
         x, lens = self._check(x, lengths)
         if not prepared:
-            x = scale(x, lens, self.mean, self.std)
+            x = scale(x, lens, self.mean, self.std, self.per_series)
         out = np.zeros((x.shape[0], len(self.class_names)), dtype=np.float32)
         for start in range(0, x.shape[0], self.batch_size):
             stop = start + self.batch_size

@@ -296,7 +296,7 @@ class RunStreamer:
     """
 
     _PER_FEATURE: ClassVar[frozenset[str]] = frozenset(
-        {"layout", "class_names", "feature_names", "mean", "std", "aux_mean", "aux_std"})
+        {"layout", "class_names", "feature_names", "mean", "std", "aux_mean", "aux_std", "per_series"})
 
     def __init__(self, run: Any, batch_size: int = 1) -> None:
         if getattr(run, "task", None) != "classify":
@@ -306,6 +306,9 @@ class RunStreamer:
         if unknown:
             raise StreamingError(f"this run's preprocessing has {', '.join(sorted(unknown))}, which streaming "
                                  "cannot apply one step at a time")
+        if getattr(prep, "per_series", False):
+            raise StreamingError("this run normalises each sequence over its whole length (data.scale=series), "
+                                 "which a prefix cannot be; train with data.scale=standard to stream")
         self.run, self.prep = run, prep
         self.mean = np.float32(prep.mean) if prep.mean else None
         self.std = np.float32(prep.std) if prep.std else None
