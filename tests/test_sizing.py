@@ -93,7 +93,8 @@ def test_sequences_of_very_different_scales_are_normalised_one_by_one() -> None:
 
 
 def test_scale_spread_and_per_series_preprocessing() -> None:
-    from longshort.data.pipeline import Preprocessor, scale_spread
+    from longshort.data.pipeline import Preprocessor
+    from longshort.data.scaling import scale_spread
     from longshort.data.types import SequenceData
     from longshort.deploy.runtime import scale
 

@@ -130,8 +130,8 @@ class DataConfig(_Strict):
     scale: Literal["auto", "standard", "series", "none"] = Field(
         "auto", description="standard: per-feature mean/std fitted on the training split; series: first each "
         "sequence per feature to zero mean and unit std over its own valid steps (for sets whose sequences "
-        "differ in scale by orders of magnitude), then standard; auto: series when the training sequences' "
-        "standard deviations spread more than 10x (10th to 90th percentile, any feature), else standard "
-        "(continuous series: standard); none: raw values"
+        "differ in scale by orders of magnitude), then standard; auto: series when the standard deviations of "
+        "the sequences read from data.source spread more than 10x (10th to 90th percentile, any feature), "
+        "else standard (continuous series: standard); none: raw values"
     )
     pairs: PairFormat = Field(PairFormat(), description="seq2seq (task: seq2seq): columns and tokenisation")

@@ -12,7 +12,7 @@ Leakage rules enforced here:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from longshort.data.builtin import BUILTINS
 from longshort.data.config import DataConfig, SeriesFormat
+from longshort.data.scaling import scale_spread, series_normalise
 from longshort.data.sources import read_any
 from longshort.data.types import SequenceData, SeriesData
 from longshort.data.windows import make_windows
@@ -47,9 +48,8 @@ class Preprocessor:
         prep = cls(layout=layout, class_names=list(names), feature_names=list(train.feature_names),
                    per_series=scale == "series")
         if scale in ("standard", "series", "auto"):  # auto unresolved (no longshort.sizing): standard
-            valid = _valid_steps(train if not prep.per_series else
-                                 SequenceData(X=series_normalise(train.X, train.lengths), lengths=train.lengths,
-                                              y=None, feature_names=train.feature_names))
+            valid = _valid_steps(replace(train, X=series_normalise(train.X, train.lengths)) if prep.per_series
+                                 else train)
             std = valid.std(0)
             prep.mean = valid.mean(0).astype(float).tolist()
             prep.std = np.where(std > 1e-12, std, 1.0).astype(float).tolist()
@@ -107,31 +107,6 @@ class Preprocessor:
     @classmethod
     def load(cls, path: Path) -> Preprocessor:
         return cls(**json.loads(path.read_text()))
-
-
-def series_normalise(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """float32 [N, T, C]: each sequence per feature to zero mean, unit std over its valid steps (a constant
-    feature to zero); padded steps stay zero."""
-    mask = (np.arange(x.shape[1])[None, :] < np.asarray(lengths)[:, None])[..., None]
-    n = np.maximum(mask.sum(1, keepdims=True), 1)
-    x64 = x.astype(np.float64) * mask
-    mean = x64.sum(1, keepdims=True) / n
-    std = np.sqrt((((x64 - mean) * mask) ** 2).sum(1, keepdims=True) / n)
-    return (((x64 - mean) / np.where(std > 1e-12, std, 1.0)) * mask).astype(np.float32)
-
-
-def scale_spread(x: np.ndarray, lengths: np.ndarray) -> float:
-    """How far the sequences' scales spread: the largest, over features, 90th / 10th percentile of the
-    per-sequence standard deviations (inf when a tenth of the sequences are constant)."""
-    if len(x) < 2:
-        return 1.0
-    mask = (np.arange(x.shape[1])[None, :] < np.asarray(lengths)[:, None])[..., None]
-    n = np.maximum(mask.sum(1), 1)
-    mean = (x * mask).sum(1) / n
-    std = np.sqrt((((x - mean[:, None, :]) * mask) ** 2).sum(1) / n)  # [N, C]
-    p10, p90 = np.percentile(std, 10, axis=0), np.percentile(std, 90, axis=0)
-    ratio = np.where(p10 > 1e-12, p90 / np.maximum(p10, 1e-12), np.where(p90 > 1e-12, np.inf, 1.0))
-    return float(ratio.max())
 
 
 @dataclass

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from longshort.data.scaling import series_normalise  # numpy only
+
 try:  # installed with longshort: its CLI reports these errors in one line
     from longshort.errors import LongshortError
 
@@ -52,12 +54,7 @@ def scale(x: np.ndarray, lengths: np.ndarray, mean: list[float], std: list[float
     as ``Preprocessor.transform``, so the two agree to the bit."""
     x = np.asarray(x, dtype=np.float32)
     if per_series:
-        m = (np.arange(x.shape[1])[None, :] < lengths[:, None])[..., None]
-        n = np.maximum(m.sum(1, keepdims=True), 1)
-        x64 = x.astype(np.float64) * m
-        mu = x64.sum(1, keepdims=True) / n
-        sd = np.sqrt((((x64 - mu) * m) ** 2).sum(1, keepdims=True) / n)
-        x = (((x64 - mu) / np.where(sd > 1e-12, sd, 1.0)) * m).astype(np.float32)
+        x = series_normalise(x, lengths)
     if mean:
         mask = np.arange(x.shape[1])[None, :] < lengths[:, None]
         x = ((x - np.float32(mean)) / np.float32(std)) * mask[..., None]

@@ -166,9 +166,13 @@ class DownsampleStem(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(stages))
         self.act = nn.GELU()
 
+    @staticmethod
+    def _halve(lengths: Tensor) -> Tensor:
+        return torch.div(lengths + 1, 2, rounding_mode="floor")  # ceil(L / 2): what one stage keeps
+
     def output_lengths(self, lengths: Tensor) -> Tensor:
         for _ in self.convs:
-            lengths = torch.div(lengths + 1, 2, rounding_mode="floor")
+            lengths = self._halve(lengths)
         return lengths
 
     def forward(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -178,7 +182,7 @@ class DownsampleStem(nn.Module):
             xt = F.pad(x.transpose(1, 2), (self.left_pad, self.right_pad))
             x = norm(self.act(conv(xt)).transpose(1, 2))
             if lengths is not None:
-                lengths = torch.div(lengths + 1, 2, rounding_mode="floor")
+                lengths = self._halve(lengths)
         return x, lengths
 
 
