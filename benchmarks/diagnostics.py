@@ -25,7 +25,8 @@ import torch
 from longshort.data.batching import TensorData
 from longshort.diagnostics.monitor import DiagnosticsConfig
 from longshort.nn.classifier import SequenceClassifier
-from longshort.training.trainer import TrainConfig, Trainer
+from longshort.training.classify import classifier_trainer
+from longshort.training.trainer import TrainConfig
 from train_step import (  # this script's folder
     BATCH,
     CLASSES,
@@ -45,7 +46,8 @@ def trainer_loop(model: torch.nn.Module, data: TensorData, probe: TensorData, de
     cfg.loss.class_weights = False
     diag = DiagnosticsConfig(enabled=diagnostics)
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, model, data, None, num_classes=CLASSES, seed=1, run_dir=Path(tmp), diagnostics=diag)
+        tr = classifier_trainer(cfg, model, data, None, num_classes=CLASSES, seed=1, run_dir=Path(tmp),
+                                diagnostics=diag)
         if tr.monitor is not None:
             tr.monitor.probe = probe  # the fixed gate-sampling sequences, as a validation split would give
         tr.save = lambda tags: None  # type: ignore[method-assign]  # checkpoint writes are not what is measured

@@ -33,8 +33,8 @@ from longshort.config import validate
 from longshort.data.batching import TensorData
 from longshort.nn.classifier import SequenceClassifier
 from longshort.plan import RSSPeak, activation_profile, measured_peak, memory_rows, rss_profile
+from longshort.training.classify import classifier_trainer
 from longshort.training.distributed import DistributedConfig, setup, sharded_bytes, shutdown
-from longshort.training.trainer import Trainer
 
 BATCH, LENGTH, FEATURES, CLASSES = 64, 50, 9, 3
 MODEL = {"hidden_dim": 64, "num_heads": 4, "num_lstm_layers": 2, "conv_dilations": [1, 2]}
@@ -58,8 +58,8 @@ def run_trainer(steps: int, strategy: str, tmp: Path) -> dict[str, Any]:
     ctx = setup(dcfg, torch.device("cpu"))
     torch.manual_seed(0)
     model = SequenceClassifier(FEATURES, CLASSES, cfg.model)
-    tr = Trainer(cfg.train, model, data(steps), None, num_classes=CLASSES, seed=0, run_dir=tmp, distributed=dcfg,
-                 ctx=ctx)
+    tr = classifier_trainer(cfg.train, model, data(steps), None, num_classes=CLASSES, seed=0, run_dir=tmp,
+                            distributed=dcfg, ctx=ctx)
     tr.save = lambda tags: None  # type: ignore[method-assign]  # timing the steps, not checkpoint I/O
     # the process's resident memory during the steps after the first (which allocates the optimizer state and
     # the libraries' caches, as plan's probes do in their warm-up), above where it stood before them

@@ -1,6 +1,6 @@
 """Seq2seq speed: training tokens/s and decoding sequences/s (greedy, beam 5), against plain PyTorch, same run.
 
-longshort's side is the real ``Seq2SeqTrainer`` step (teacher forcing, token cross-entropy, clipping, AdamW,
+longshort's side is the real one-``Trainer`` seq2seq step (teacher forcing, token cross-entropy, clipping, AdamW,
 OneCycle) on ``Seq2Seq`` with its defaults (emb 64, hidden 128, Bahdanau attention with input feeding), and its
 batched greedy decoder and beam search. The reference is what a user would write by hand in plain PyTorch: the
 same architecture (``nn.LSTM`` bidirectional encoder over packed sequences, an ``nn.LSTMCell`` decoder with additive
@@ -34,7 +34,7 @@ from longshort.data.pair_pipeline import EncodedPairs, PairBatch, encode_pairs, 
 from longshort.data.pairs import BOS_ID, EOS_ID, PAD_ID
 from longshort.nn.decoding import beam_search
 from longshort.nn.seq2seq import Seq2Seq, Seq2SeqConfig
-from longshort.training.seq2seq_trainer import Seq2SeqSection, Seq2SeqTrainer
+from longshort.training.seq2seq_task import Seq2SeqSection, seq2seq_trainer
 from longshort.training.trainer import TrainConfig
 
 BATCH = 64
@@ -129,14 +129,14 @@ def plain_train(model: PlainSeq2Seq, bs: list[PairBatch]) -> tuple[float, int]:
 def ours_train(model: Seq2Seq, data: EncodedPairs, bs: list[PairBatch], tmp: Path) -> tuple[float, int]:
     cfg = TrainConfig(epochs=1, batch_size=BATCH, progress="off", tensorboard=False,
                       optim={"grad_clip": 1.0})  # type: ignore[arg-type]
-    tr = Seq2SeqTrainer(cfg, Seq2SeqSection(), model, data, None, seed=0, run_dir=tmp)
+    tr = seq2seq_trainer(cfg, Seq2SeqSection(), model, data, None, seed=0, run_dir=tmp)
     tr.model.train()
     tokens = 0
     t0 = time.perf_counter()
     for i, b in enumerate(bs):
         tr.batch = i
         r = tr.train_step(b)
-        r["token_loss"].item()
+        r["batch_loss"].item()
         tokens += r["tokens"]
     return time.perf_counter() - t0, tokens
 

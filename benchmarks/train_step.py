@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from longshort.data.batching import TensorData
 from longshort.nn.classifier import SequenceClassifier
 from longshort.training.callbacks import Callback, PlainProgress
+from longshort.training.classify import classifier_trainer
 from longshort.training.trainer import TrainConfig, Trainer
 
 BATCH, LENGTH, FEATURES, CLASSES = 64, 50, 9, 3
@@ -79,7 +80,7 @@ def longshort_loop(model: torch.nn.Module, data: TensorData, device: str, steps:
     cfg = TrainConfig(epochs=1, batch_size=BATCH, device=device, progress="plain", tensorboard=False)
     cfg.loss.class_weights = False
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, model, data, None, num_classes=CLASSES, seed=1, run_dir=Path(tmp),
+        tr = classifier_trainer(cfg, model, data, None, num_classes=CLASSES, seed=1, run_dir=Path(tmp),
                      callbacks=[timer, PlainProgress()])
         tr.fit()
     return timer.seconds / steps

@@ -16,7 +16,7 @@ from longshort.config import Config, load_config, save_config, validate
 from longshort.data.batching import TensorData
 from longshort.nn.classifier import ClassifierConfig, DownsampleStem, SequenceClassifier
 from longshort.sizing import DataShape, resolve
-from longshort.training.trainer import Trainer
+from longshort.training.classify import classifier_trainer
 
 
 def _shape(n: int, length: int = 50) -> DataShape:
@@ -137,7 +137,7 @@ def test_the_schedule_is_laid_over_the_real_number_of_steps() -> None:
     n = round(30 * 0.85)
     data = TensorData(X=torch.randn(n, 12, 3), lengths=torch.full((n,), 12), y=torch.arange(n) % 4, aux=None)
     model = SequenceClassifier(3, 4, ClassifierConfig(hidden_dim=8, num_heads=2, num_lstm_layers=1))
-    tr = Trainer(cfg.train, model, data, None, num_classes=4, seed=0, run_dir=Path("unused"))
+    tr = classifier_trainer(cfg.train, model, data, None, num_classes=4, seed=0, run_dir=Path("unused"))
     steps = cfg.train.epochs * -(-n // cfg.train.batch_size)
     assert tr._schedule_length() == steps >= 1000  # not 12 epochs of 3 steps
     assert tr.schedule.total_steps == steps + 1  # OneCycle: warm-up and annealing over exactly these steps

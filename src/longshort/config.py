@@ -21,7 +21,7 @@ from longshort.errors import ConfigError
 from longshort.evaluate.validation import CVConfig
 from longshort.nn.classifier import ClassifierConfig
 from longshort.training.distributed import DistributedConfig
-from longshort.training.seq2seq_trainer import Seq2SeqSection
+from longshort.training.seq2seq_task import Seq2SeqSection
 from longshort.training.trainer import TrainConfig
 from longshort.tune import TuneConfig
 

@@ -38,6 +38,7 @@ from longshort.report.plots import confusion_matrix_png, learning_curve_png
 from longshort.sizing import DataShape, resolve
 from longshort.training.callbacks import Callback, HistoryCSV, PlainProgress, ProgressBar, TensorBoard
 from longshort.training.checkpoint import checkpoint_path, load_weights, save_weights
+from longshort.training.classify import classifier_trainer
 from longshort.training.distributed import DistContext, barrier, setup, shutdown
 from longshort.training.trainer import Trainer, resolve_device
 
@@ -252,7 +253,7 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
         console.print(f"distributed: {cfg.distributed.strategy} over {ctx.world} processes, global batch "
                       f"{cfg.train.batch_size}")
 
-    trainer = Trainer(
+    trainer = classifier_trainer(
         cfg.train, model, to_tensors(splits.train), None if splits.val is None else to_tensors(splits.val),
         num_classes=len(splits.prep.class_names), seed=cfg.seed, run_dir=run_dir,
         callbacks=_callbacks(cfg, run_dir, console) if ctx.is_main else [],

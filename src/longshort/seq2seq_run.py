@@ -42,7 +42,8 @@ from longshort.evaluate.seq_metrics import sequence_metrics
 from longshort.nn.seq2seq import Seq2Seq
 from longshort.report.plots import attention_png, learning_curve_png
 from longshort.training.checkpoint import checkpoint_path, load_weights, save_weights
-from longshort.training.seq2seq_trainer import Seq2SeqTrainer, decode_all, reference_ids
+from longshort.training.seq2seq_task import decode_all, reference_ids, seq2seq_trainer
+from longshort.training.trainer import Trainer
 
 
 def _vocab_names(n_fields: int) -> list[str]:
@@ -156,8 +157,8 @@ def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, ca
     enc = {k: encode_pairs(v, splits.src_vocabs, splits.tgt_vocab) if v is not None else None
            for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
     assert enc["train"] is not None
-    trainer = Seq2SeqTrainer(cfg.train, cfg.seq2seq, model, enc["train"], enc["val"], seed=cfg.seed,
-                             run_dir=run_dir, callbacks=callbacks, diagnostics=cfg.diagnostics)
+    trainer = seq2seq_trainer(cfg.train, cfg.seq2seq, model, enc["train"], enc["val"], seed=cfg.seed,
+                              run_dir=run_dir, callbacks=callbacks, diagnostics=cfg.diagnostics)
     if resume and trainer.restore("last"):
         console.print(f"resumed {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch}, step {trainer.step}")
     trainer.fit()
@@ -170,10 +171,10 @@ def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, ca
     for name in ("val", "test"):
         data = enc[name]
         if data is not None and len(data):
-            outputs[name] = trainer.decode(data, beam=False)
+            outputs[name] = trainer.task.decode(data, beam=False)
             metrics[name] = trainer.evaluate(data, hyps=outputs[name])
             if cfg.seq2seq.decode.beam_size > 1:
-                outputs[name] = trainer.decode(data, beam=True)
+                outputs[name] = trainer.task.decode(data, beam=True)
                 metrics[name]["beam"] = sequence_metrics(outputs[name], reference_ids(data))
     metrics["best_epoch"] = trainer.early.best_epoch
     metrics["epochs_run"] = trainer.epoch
@@ -192,7 +193,7 @@ def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, ca
     return run
 
 
-def _test_outputs(run: Seq2SeqRun, test: PairData, enc: EncodedPairs, ids: list[list[int]], trainer: Seq2SeqTrainer,
+def _test_outputs(run: Seq2SeqRun, test: PairData, enc: EncodedPairs, ids: list[list[int]], trainer: Trainer,
                   run_dir: Path) -> None:
     pred = [run.tgt_vocab.decode(i) for i in ids]  # the decoded test outputs the metrics were computed on
     write_predictions(run_dir / "test_predictions.tsv", test, pred, token_separators(run.config.data, test))

@@ -112,7 +112,7 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
     from longshort.data.pipeline import prepare
     from longshort.nn.classifier import SequenceClassifier
     from longshort.training.callbacks import Callback
-    from longshort.training.trainer import Trainer
+    from longshort.training.classify import classifier_trainer
 
     t = cfg.tune
     if n_trials is None and timeout is None:
@@ -173,9 +173,9 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
         if splits.val is None:
             raise ConfigError("tune needs a validation split (data.split.val > 0)")
         model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), c.model)
-        trainer = Trainer(c.train, model, to_tensors(splits.train), to_tensors(splits.val),
-                          num_classes=len(splits.prep.class_names), seed=c.seed,
-                          run_dir=study_dir / f"trial-{trial.number}", callbacks=[Report(trial)])
+        trainer = classifier_trainer(c.train, model, to_tensors(splits.train), to_tensors(splits.val),
+                                     num_classes=len(splits.prep.class_names), seed=c.seed,
+                                     run_dir=study_dir / f"trial-{trial.number}", callbacks=[Report(trial)])
         trainer.save = lambda tags: None  # type: ignore[method-assign]  # trials keep no checkpoints
         trainer.fit()
         best = max if direction == "maximize" else min

@@ -19,7 +19,7 @@ from longshort.errors import RunDirError
 from longshort.nn.classifier import SequenceClassifier
 from longshort.run import Run
 from longshort.training.checkpoint import save_weights
-from longshort.training.trainer import Trainer
+from longshort.training.classify import classifier_trainer
 
 MODEL = {"hidden_dim": 8, "num_heads": 2, "num_lstm_layers": 2, "conv_dilations": [1]}
 
@@ -116,13 +116,13 @@ def test_the_loss_is_the_trainers(runs: dict[str, Path], tmp_path: Path) -> None
     cfg = run.config
     splits = prepare(cfg.data, cfg.seed)
     train, val = to_tensors(splits.train), to_tensors(splits.val)  # type: ignore[arg-type]
-    trainer = Trainer(cfg.train.model_copy(update={"device": "cpu"}), run.model, train, None,
+    trainer = classifier_trainer(cfg.train.model_copy(update={"device": "cpu"}), run.model, train, None,
                       num_classes=3, seed=cfg.seed, run_dir=tmp_path)
     batch = next(sequential_batches(val, 16, torch.device("cpu")))
     run.model.eval()
     with torch.no_grad():
         ours = training_loss(cfg, train.y, 3)(run.model, batch)  # type: ignore[arg-type]
-        theirs = trainer.compute_loss(batch)[0]
+        theirs = trainer.task.compute_loss(batch)[0]
     assert batch.aux is not None and cfg.train.loss.aux_weight > 0  # the aux term is in both
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
 

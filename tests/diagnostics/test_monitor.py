@@ -15,6 +15,7 @@ import torch
 from longshort.data.batching import TensorData
 from longshort.diagnostics.monitor import AnomalyConfig, DiagnosticsConfig, TrainingDiverged, module_key
 from longshort.nn.classifier import ClassifierConfig, SequenceClassifier
+from longshort.training.classify import classifier_trainer
 from longshort.training.optim import SCHEDULES, OptimConfig, ScheduleConfig, build_schedule, scale_learning_rate
 from longshort.training.trainer import TrainConfig, Trainer
 
@@ -35,13 +36,13 @@ def _trainer(tmp_path: Path, action: str = "log", epochs: int = 3, **diag: Any) 
     cfg = TrainConfig(progress="off", tensorboard=False, batch_size=16, epochs=epochs, schedule={"name": "constant"},
                       optim={"lr": 1e-3})
     d = DiagnosticsConfig(anomaly=AnomalyConfig(action=action, warmup=8), histograms=False, **diag)
-    return Trainer(cfg, model, _data(96), _data(16), num_classes=2, seed=0, run_dir=tmp_path, diagnostics=d)
+    return classifier_trainer(cfg, model, _data(96), _data(16), num_classes=2, seed=0, run_dir=tmp_path, diagnostics=d)
 
 
 def _inject(tr: Trainer, at: int, factor: float) -> dict[str, Any]:
     """Multiply the loss (so every gradient) by ``factor`` at step ``at``, once; record the weights around it."""
     seen: dict[str, Any] = {}
-    compute, step = tr.compute_loss, tr.train_step
+    compute, step = tr.task.compute_loss, tr.train_step
 
     def compute_loss(*a: Any, **k: Any) -> Any:
         loss, logits, aux = compute(*a, **k)
@@ -60,7 +61,7 @@ def _inject(tr: Trainer, at: int, factor: float) -> dict[str, Any]:
             return out
         return step(batch)
 
-    tr.compute_loss = compute_loss  # type: ignore[method-assign]
+    tr.task.compute_loss = compute_loss  # type: ignore[method-assign]
     tr.train_step = train_step  # type: ignore[method-assign]
     return seen
 
@@ -146,8 +147,8 @@ def test_endless_nan_losses_stop_training_with_a_clear_error(tmp_path: Path) -> 
     tr = _trainer(tmp_path, "log")
     tr.cfg.optim.lr = 1e-2
     tr.monitor.cfg.anomaly.max_nonfinite = 4  # type: ignore[union-attr]
-    compute = tr.compute_loss
-    tr.compute_loss = lambda *a, **k: (lambda r: (r[0] * math.nan, *r[1:]))(compute(*a, **k))  # type: ignore
+    compute = tr.task.compute_loss
+    tr.task.compute_loss = lambda *a, **k: (lambda r: (r[0] * math.nan, *r[1:]))(compute(*a, **k))  # type: ignore
     with pytest.raises(TrainingDiverged, match="4 consecutive steps"):
         tr.fit()
 
@@ -155,7 +156,7 @@ def test_endless_nan_losses_stop_training_with_a_clear_error(tmp_path: Path) -> 
 def test_per_module_norms_add_up_to_the_global_norm(tmp_path: Path) -> None:
     tr = _trainer(tmp_path)
     batch = next(tr._batches(0, 0))[1]
-    loss, _, _ = tr.compute_loss(batch)
+    loss, _, _ = tr.task.compute_loss(batch)
     loss.backward()
     assert tr.monitor is not None
     total, per = tr.monitor.norms()

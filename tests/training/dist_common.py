@@ -9,6 +9,7 @@ import torch
 
 from longshort.data.batching import TensorData
 from longshort.nn.classifier import ClassifierConfig, SequenceClassifier
+from longshort.training.classify import classifier_trainer
 from longshort.training.distributed import DistContext, DistributedConfig
 from longshort.training.trainer import TrainConfig, Trainer
 
@@ -34,4 +35,5 @@ def make_trainer(run_dir: Path, dcfg: DistributedConfig | None = None, ctx: Dist
     cfg = TrainConfig.model_validate({"recipe": "plain", "epochs": 1, "batch_size": BATCH, "progress": "off",
                                       "tensorboard": False, "optim": {"lr": 3e-3, "grad_clip": 1.0, "eps": 1e-6},
                                       "early_stopping": {"patience": None}, **train})
-    return Trainer(cfg, model, data(), None, num_classes=3, seed=0, run_dir=run_dir, distributed=dcfg, ctx=ctx)
+    return classifier_trainer(cfg, model, data(), None, num_classes=3, seed=0, run_dir=run_dir, distributed=dcfg,
+                              ctx=ctx)

@@ -28,11 +28,11 @@ def main() -> None:
     inner = tr.train_step
 
     def step(batch):  # the global batch's mean loss: sum of local losses * n over all ranks / global n
-        loss, ok, se = inner(batch)
-        t = torch.tensor([float(loss) * tr._local_n, float(tr._local_n)], dtype=torch.float64)
+        out = inner(batch)
+        t = torch.tensor([float(out["batch_loss"]) * tr._local_n, float(tr._local_n)], dtype=torch.float64)
         dist.all_reduce(t)
         losses.append(float(t[0] / t[1]))
-        return loss, ok, se
+        return out
 
     tr.train_step = step
     tr.fit()

@@ -34,7 +34,7 @@ def _single(tmp: Path, **train: Any) -> tuple[list[float], dict[str, torch.Tenso
 
     def step(batch: Any) -> Any:
         out = inner(batch)
-        losses.append(float(out[0]))
+        losses.append(float(out["batch_loss"]))
         return out
 
     tr.train_step = step  # type: ignore[method-assign]

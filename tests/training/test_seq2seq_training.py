@@ -16,7 +16,7 @@ from longshort.data.pair_pipeline import EncodedPairs, encode_pairs, prepare_pai
 from longshort.errors import ConfigError
 from longshort.nn.seq2seq import Seq2Seq
 from longshort.training.losses import sequence_focal_loss
-from longshort.training.seq2seq_trainer import SamplingConfig, Seq2SeqSection, Seq2SeqTrainer, reference_ids
+from longshort.training.seq2seq_task import SamplingConfig, Seq2SeqSection, reference_ids, seq2seq_trainer
 from longshort.training.sequence_level import (
     ObjectiveConfig,
     SequenceObjective,
@@ -26,7 +26,7 @@ from longshort.training.sequence_level import (
     mrt_loss,
     reinforce_loss,
 )
-from longshort.training.trainer import TrainConfig
+from longshort.training.trainer import TrainConfig, Trainer
 
 SMALL = {"emb_dim": 16, "hidden_dim": 32, "dropout": 0.0}
 
@@ -40,14 +40,14 @@ def _data(n: int = 240, min_len: int = 3, max_len: int = 6, seed: int = 0) -> tu
 
 
 def _trainer(tmp: Path, data: tuple[EncodedPairs, EncodedPairs, Any] | None = None, s2s: dict | None = None,
-             seed: int = 0, **train: Any) -> Seq2SeqTrainer:
+             seed: int = 0, **train: Any) -> Trainer:
     tr, va, s = data or _data()
     section = Seq2SeqSection.model_validate({"model": SMALL, **(s2s or {})})
     torch.manual_seed(seed)
     model = Seq2Seq(s.src_vocabs, s.tgt_vocab, section.model)
     cfg = TrainConfig.model_validate({"epochs": 2, "batch_size": 16, "progress": "off", "tensorboard": False,
                                       "optim": {"lr": 3e-3}, "early_stopping": {"patience": None}, **train})
-    return Seq2SeqTrainer(cfg, section, model, tr, va, seed=seed, run_dir=tmp)
+    return seq2seq_trainer(cfg, section, model, tr, va, seed=seed, run_dir=tmp)
 
 
 # -- scheduled sampling ------------------------------------------------------------------------------------
@@ -110,8 +110,8 @@ def test_exposure_gap_is_free_running_minus_teacher_forced_loss(tmp_path: Path) 
     tr.fit()
     row = tr.history[-1]
     assert row["val_exposure_gap"] == pytest.approx(row["val_free_loss"] - row["val_loss"])
-    tf_loss, _ = tr.teacher_forced(tr.val_data)  # type: ignore[arg-type]
-    free, _ = tr.teacher_forced(tr.val_data, sampling_prob=1.0)  # type: ignore[arg-type]
+    tf_loss, _ = tr.task.teacher_forced(tr.val_data)  # type: ignore[arg-type]
+    free, _ = tr.task.teacher_forced(tr.val_data, sampling_prob=1.0)  # type: ignore[arg-type]
     assert row["val_loss"] == pytest.approx(tf_loss) and row["val_free_loss"] == pytest.approx(free)
     assert free != tf_loss
 
@@ -149,7 +149,7 @@ def test_reinforce_moving_average_baseline() -> None:
     assert obj.baseline == pytest.approx(0.5 * first.reward + 0.5 * second.reward)
 
 
-def _pretrained(tmp: Path, data: Any, epochs: int = 4) -> Seq2SeqTrainer:
+def _pretrained(tmp: Path, data: Any, epochs: int = 4) -> Trainer:
     tr = _trainer(tmp, data, epochs=epochs, batch_size=16, seed=1, optim={"lr": 1e-2}, schedule={"name": "constant"})
     tr.fit()
     return tr
@@ -215,7 +215,7 @@ def test_sequence_focal_loss_is_the_token_loss_when_gamma_is_set(tmp_path: Path)
     tr = _trainer(tmp_path, s2s={"loss": {"focal_gamma": 2.0, "time_weighting": "linear"}})
     b = tr.train_data.take(torch.arange(8))
     logits = torch.randn(8, b.tgt.shape[1], tr.model.tgt_vocab_size)  # type: ignore[union-attr]
-    got = tr.token_loss(logits, b.tgt, b.tgt_lengths)  # type: ignore[arg-type]
+    got = tr.task.token_loss(logits, b.tgt, b.tgt_lengths)  # type: ignore[arg-type]
     want = sequence_focal_loss(logits, b.tgt, b.tgt_lengths, gamma=2.0, weighting="linear", ignore_index=0)  # type: ignore[arg-type]
     assert torch.allclose(got, want)
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b.tgt.flatten(), ignore_index=0)  # type: ignore[union-attr]
@@ -238,7 +238,7 @@ def test_length_curriculum_filters_pairs_by_target_length(tmp_path: Path) -> Non
     tr.train_step = step  # type: ignore[method-assign]
     tr.fit()
     assert seen[0] <= 5 and seen[1] <= 8 and seen[2] == 11  # <eos> counts; the last epoch has every pair
-    assert len(tr.plan(0)) < len(tr.plan(1)) < len(tr.plan(2)) == len(data[0])
+    assert len(tr.task.plan(0).order) < len(tr.task.plan(1).order) < len(tr.task.plan(2).order) == len(data[0])
 
 
 class _Stop(Exception):
@@ -267,7 +267,7 @@ def test_resume_mid_epoch_with_sampling_and_objective_is_exact(tmp_path: Path) -
     again.fit()
     for (name, a), b in zip(full.model.state_dict().items(), again.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    assert full.objective.baseline == again.objective.baseline
+    assert full.task.objective.baseline == again.task.objective.baseline
     drop = ("samples_per_s", "tokens_per_s")
     assert [{k: v for k, v in h.items() if k not in drop} for h in full.history] == \
         [{k: v for k, v in h.items() if k not in drop} for h in again.history]
@@ -287,7 +287,7 @@ def test_config_refuses_options_of_the_other_task() -> None:
 
 def test_a_nan_loss_never_reaches_the_seq2seq_weights(tmp_path: Path) -> None:
     tr = _trainer(tmp_path, epochs=1)
-    compute, seen = tr.compute_loss, {}
+    compute, seen = tr.task.compute_loss, {}
 
     def compute_loss(*a: Any, **k: Any) -> Any:
         token, correct, n_tok = compute(*a, **k)
@@ -298,7 +298,7 @@ def test_a_nan_loss_never_reaches_the_seq2seq_weights(tmp_path: Path) -> None:
             seen["after"] = {n: v.clone() for n, v in tr.model.state_dict().items()}  # before step 5 moves them
         return token, correct, n_tok
 
-    tr.compute_loss = compute_loss  # type: ignore[method-assign]
+    tr.task.compute_loss = compute_loss  # type: ignore[method-assign]
     tr.fit()
     assert all(torch.equal(seen["before"][n], seen["after"][n]) for n in seen["before"])
     import csv
@@ -320,7 +320,7 @@ def test_the_encoders_gates_are_sampled_every_n_steps_on_fixed_validation_pairs(
     model = Seq2Seq(s.src_vocabs, s.tgt_vocab, section.model)
     cfg = TrainConfig.model_validate({"epochs": 1, "batch_size": 16, "progress": "off", "tensorboard": False,
                                       "optim": {"lr": 3e-3}, "early_stopping": {"patience": None}})
-    trainer = Seq2SeqTrainer(cfg, section, model, tr, va, seed=0, run_dir=tmp_path,
+    trainer = seq2seq_trainer(cfg, section, model, tr, va, seed=0, run_dir=tmp_path,
                              diagnostics=DiagnosticsConfig(gates_every=4, gate_sequences=8, histograms=False))
     trainer.fit()
     with (tmp_path / "diagnostics" / "gates.csv").open() as f:
@@ -337,3 +337,44 @@ def test_the_encoders_gates_are_sampled_every_n_steps_on_fixed_validation_pairs(
     forget = next(r for r in again if r["direction"] == "forward" and r["gate"] == "forget")
     row = next(r for r in last if r["direction"] == "forward" and r["gate"] == "forget")
     assert float(row["mean"]) == pytest.approx(forget["mean"], rel=1e-5)
+
+
+# -- what the one Trainer gives every task -----------------------------------------------------------------
+
+
+def test_the_encoders_dropout_decays_per_epoch_under_the_seq2seq_task(tmp_path: Path) -> None:
+    """seq2seq.model.cell.dropout_decay drives the encoder's dropout scale, as model.cell.dropout_decay does the
+    classifier's (before the one loop the seq2seq loop never called on_epoch: the scale stayed 1.0)."""
+    scales: list[float] = []
+    tr = _trainer(tmp_path, s2s={"model": {**SMALL, "cell": {"zoneout": 0.2, "dropout_decay": 1.0}}}, epochs=3)
+    lstms = [m for m in tr.model.modules() if hasattr(m, "dropout_scale")]
+    assert lstms
+    inner = tr.train_step
+
+    def step(batch: Any) -> Any:
+        scales.append(lstms[0].dropout_scale)
+        return inner(batch)
+
+    tr.train_step = step  # type: ignore[method-assign]
+    tr.fit()
+    per_epoch = sorted(set(scales), reverse=True)
+    assert per_epoch == pytest.approx([1.0, math.exp(-1.0), math.exp(-2.0)])
+
+
+def test_seq2seq_runs_write_weight_and_gradient_histograms(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from longshort.diagnostics.monitor import DiagnosticsConfig
+
+    tr, va, s = _data()
+    section = Seq2SeqSection.model_validate({"model": SMALL})
+    model = Seq2Seq(s.src_vocabs, s.tgt_vocab, section.model)
+    cfg = TrainConfig.model_validate({"epochs": 2, "batch_size": 32, "progress": "off", "tensorboard": True})
+    trainer = seq2seq_trainer(cfg, section, model, tr, va, seed=0, run_dir=tmp_path,
+                              diagnostics=DiagnosticsConfig(gates_every=0))
+    trainer.fit()
+    events = EventAccumulator(str(tmp_path / "tb" / "diagnostics"), size_guidance={"histograms": 0}).Reload()
+    tags = events.Tags()["histograms"]
+    assert any(t.startswith("weights/") for t in tags)
+    assert any(t.startswith("grads/") for t in tags)
+    assert len(events.Histograms(next(t for t in tags if t.startswith("weights/")))) == 2  # one per epoch

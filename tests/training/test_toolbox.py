@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-import longshort.training.trainer as trainer_mod
+import longshort.training.classify as classify_mod
 from longshort.config import apply_overrides, validate
 from longshort.data.batching import TensorData
 from longshort.nn.classifier import ClassifierConfig, SequenceClassifier
+from longshort.training.classify import classifier_trainer
 from longshort.training.optim import Lookahead
 from longshort.training.recipes import preset_phases
 from longshort.training.trainer import TrainConfig, Trainer
@@ -41,7 +42,7 @@ def _trainer(tmp_path: Path, data: TensorData | None = None, model: nn.Module | 
              **train: Any) -> Trainer:
     cfg = TrainConfig(**{"progress": "off", "tensorboard": False, "batch_size": 8, **train})
     data = data if data is not None else _data()
-    return Trainer(cfg, model if model is not None else _model(), data, _data(16, aux=data.aux is not None),
+    return classifier_trainer(cfg, model if model is not None else _model(), data, _data(16, aux=data.aux is not None),
                    num_classes=2, seed=0, run_dir=tmp_path)
 
 
@@ -170,13 +171,13 @@ def test_augmentation_mixup_and_noise_start_at_their_epoch(tmp_path: Path, monke
                   mixup={"prob": 1.0, "start_epoch": 2},
                   optim={"grad_noise": {"std": 0.01, "start_epoch": 2}})
     for name in calls:
-        real = getattr(trainer_mod, name)
+        real = getattr(classify_mod, name)
 
         def spy(*a: Any, _real: Any = real, _name: str = name, **k: Any) -> Any:
             calls[_name].append(tr.epoch)
             return _real(*a, **k)
 
-        monkeypatch.setattr(trainer_mod, name, spy)
+        monkeypatch.setattr(classify_mod, name, spy)
     noise_t = []
     rec = _Record(tr)
     for _ in range(3):
@@ -192,27 +193,27 @@ def test_mixup_loss_and_accuracy_use_both_labels_inside_the_trainer(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     tr = _trainer(tmp_path, epochs=1, batch_size=40, mixup={"prob": 1.0, "alpha": 0.4})
     mixed_seen: list[Any] = []
-    real_mixup = trainer_mod.mixup
+    real_mixup = classify_mod.mixup
 
     def spy_mixup(*a: Any, **k: Any) -> Any:
         mixed_seen.append(real_mixup(*a, **k))
         return mixed_seen[-1]
 
-    monkeypatch.setattr(trainer_mod, "mixup", spy_mixup)
+    monkeypatch.setattr(classify_mod, "mixup", spy_mixup)
     outs: list[tuple[Any, Any]] = []
-    inner = tr.compute_loss
+    inner = tr.task.compute_loss
 
     def spy_loss(batch: Any, mixed: Any = None) -> Any:
         loss, logits, se = inner(batch, mixed)
         outs.append((loss.detach(), logits.detach()))
         return loss, logits, se
 
-    tr.compute_loss = spy_loss  # type: ignore[method-assign]
+    tr.task.compute_loss = spy_loss  # type: ignore[method-assign]
     tr.fit()
     (mixed,), ((loss, logits),) = mixed_seen, outs
     assert 0 < mixed.lam < 1 and not torch.equal(mixed.y_a, mixed.y_b)
     ce = torch.nn.functional.cross_entropy
-    w = tr.loss_fn  # class-weighted cross-entropy by default
+    w = tr.task.loss_fn  # class-weighted cross-entropy by default
     expected = mixed.lam * w(logits, mixed.y_a) + (1 - mixed.lam) * w(logits, mixed.y_b)
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
     assert float(loss) != pytest.approx(float(ce(logits, mixed.y_a)), rel=1e-3)
@@ -227,13 +228,13 @@ def test_augmentation_leaves_padding_zero_inside_the_trainer(tmp_path: Path) -> 
                   augment={"noise": {"prob": 1.0, "std": 1.0}, "time_warp": {"prob": 1.0},
                            "magnitude_warp": {"prob": 1.0}})
     seen: list[Any] = []
-    inner = tr.compute_loss
+    inner = tr.task.compute_loss
 
     def spy(batch: Any, mixed: Any = None) -> Any:
         seen.append(batch)
         return inner(batch, mixed)
 
-    tr.compute_loss = spy  # type: ignore[method-assign]
+    tr.task.compute_loss = spy  # type: ignore[method-assign]
     tr.fit()
     b = seen[0]
     pad = torch.arange(b.x.shape[1])[None, :] >= b.lengths[:, None]
@@ -273,7 +274,7 @@ def test_difficulty_curriculum_scores_once_and_trains_easiest_first(tmp_path: Pa
                   curriculum={"kind": "difficulty", "score_after": 1, "stages": 3})
     rec = _Record(tr)
     tr.fit()
-    assert tr.scores is not None and tr.scores.shape == (40,)
+    assert tr.task.scores is not None and tr.task.scores.shape == (40,)
     n = [sum(r["n"] for r in rec.epoch(e)) for e in range(4)]
     assert n[0] == 40 and n[1] < n[2] < n[3] == 40  # cumulative stages after one plain epoch
 
@@ -284,7 +285,7 @@ def test_performance_task_weighting_changes_the_weights_each_epoch(tmp_path: Pat
     weights = []
     for _ in range(3):
         tr._run_epoch()
-        weights.append(dict(tr.task_w))
+        weights.append(dict(tr.task.task_w))
     assert weights[0] == {"main": 1.0, "aux": 0.0}  # the aux task is introduced in epoch 1
     assert weights[1]["aux"] > 0 and weights[1]["main"] + weights[1]["aux"] == pytest.approx(2.0)
     assert "train_aux_mse" in tr.history[0] and "val_aux_mse" in tr.history[0]

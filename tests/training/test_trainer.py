@@ -11,6 +11,7 @@ from longshort.data.batching import TensorData, batch_indices, epoch_order
 from longshort.nn.classifier import ClassifierConfig, SequenceClassifier
 from longshort.training.callbacks import EarlyStopping, EarlyStoppingConfig
 from longshort.training.checkpoint import checkpoint_path, save_checkpoint
+from longshort.training.classify import classifier_trainer
 from longshort.training.losses import balanced_class_weights
 from longshort.training.trainer import TrainConfig, Trainer, resolve_precision
 
@@ -27,7 +28,7 @@ def _trainer(tmp_path: Path, **train: object) -> Trainer:
     model = SequenceClassifier(3, 2, ClassifierConfig(hidden_dim=8, num_heads=2, num_lstm_layers=1,
                                                       conv_dilations=[1]))
     cfg = TrainConfig(progress="off", tensorboard=False, batch_size=8, **train)
-    return Trainer(cfg, model, _data(), _data(16), num_classes=2, seed=0, run_dir=tmp_path)
+    return classifier_trainer(cfg, model, _data(), _data(16), num_classes=2, seed=0, run_dir=tmp_path)
 
 
 def test_onecycle_is_stepped_per_batch_over_the_whole_run(tmp_path: Path) -> None:
@@ -147,6 +148,6 @@ def test_trainer_drives_the_adaptive_dropout_schedule(tmp_path: Path) -> None:
     model = SequenceClassifier(3, 2, ClassifierConfig(hidden_dim=8, num_heads=2, num_lstm_layers=1,
                                                       conv_dilations=[1], cell=cell))
     cfg = TrainConfig(progress="off", tensorboard=False, batch_size=8, epochs=3)
-    tr = Trainer(cfg, model, _data(), None, num_classes=2, seed=0, run_dir=tmp_path)
+    tr = classifier_trainer(cfg, model, _data(), None, num_classes=2, seed=0, run_dir=tmp_path)
     tr.fit()
     assert model.lstms[0].lstm.dropout_scale == pytest.approx(math.exp(-0.5 * 2))  # set at the last epoch's start

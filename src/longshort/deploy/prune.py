@@ -18,7 +18,7 @@ How (``torch.nn.utils.prune``):
   LSTM gate matrices and whole output channels of convolutions. The two output layers (class logits, aux
   value) are left out here: a zeroed output row there would delete a class.
 
-Fine-tuning (``finetune_epochs > 0``) keeps prune's masks on while the project's :class:`Trainer` runs on the
+Fine-tuning (``finetune_epochs > 0``) keeps prune's masks on while the project's one :class:`Trainer` runs on the
 run's training split (its train config, at a tenth of its peak learning rate, constant): the forward sees
 ``weight_orig * mask``, so the pruned entries get no gradient and stay zero. Then ``prune.remove`` makes it
 permanent: plain parameters, plain state dict, a run directory that ``longshort.load`` and ``longshort evaluate``
@@ -49,7 +49,7 @@ from longshort.evaluate.predict import batched_proba
 from longshort.nn.classifier import SequenceClassifier
 from longshort.nn.lstm import LSTM
 from longshort.training.checkpoint import save_weights
-from longshort.training.trainer import Trainer
+from longshort.training.classify import classifier_trainer
 
 __all__ = ["Pruning", "prunable_weights", "prune_command", "prune_model", "prune_run",
            "sparsity"]
@@ -167,9 +167,10 @@ def _finetune(run: Any, splits: Any, epochs: int) -> None:
     })
     torch.manual_seed(run.config.seed)
     with tempfile.TemporaryDirectory(prefix="longshort-prune-") as tmp:
-        trainer = Trainer(cfg, run.model, to_tensors(splits.train),
-                          None if splits.val is None else to_tensors(splits.val),
-                          num_classes=len(splits.prep.class_names), seed=run.config.seed, run_dir=Path(tmp))
+        trainer = classifier_trainer(cfg, run.model, to_tensors(splits.train),
+                                     None if splits.val is None else to_tensors(splits.val),
+                                     num_classes=len(splits.prep.class_names), seed=run.config.seed,
+                                     run_dir=Path(tmp))
         trainer.fit()
     run.model.eval()
 

@@ -134,7 +134,7 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
     from longshort.evaluate.metrics import classification_metrics
     from longshort.evaluate.predict import batched_proba
     from longshort.nn.classifier import SequenceClassifier
-    from longshort.training.trainer import Trainer
+    from longshort.training.classify import classifier_trainer
 
     console = console or Console(stderr=True)
     if cfg.task != "classify":
@@ -166,9 +166,9 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
         test = prep.transform(seqs.subset(fold.test))
         torch.manual_seed(cfg.seed)  # a fresh model (and, in the Trainer, a fresh optimizer) per fold
         model = SequenceClassifier(train.n_features, len(prep.class_names), cfg.model)
-        trainer = Trainer(cfg.train, model, to_tensors(train), None if val is None else to_tensors(val),
-                          num_classes=len(prep.class_names), seed=cfg.seed, run_dir=out / f"fold-{k + 1}",
-                          diagnostics=cfg.diagnostics)
+        trainer = classifier_trainer(cfg.train, model, to_tensors(train), None if val is None else to_tensors(val),
+                                     num_classes=len(prep.class_names), seed=cfg.seed, run_dir=out / f"fold-{k + 1}",
+                                     diagnostics=cfg.diagnostics)
         trainer.fit()
         from longshort.training.checkpoint import checkpoint_path, load_weights
 

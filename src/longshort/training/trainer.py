@@ -1,15 +1,17 @@
-"""The training loop: one straight read from the first batch to the last checkpoint.
+"""The one training loop, for every task: one straight read from the first batch to the last checkpoint.
 
-Per epoch: phase settings (learning rate, dropout, clipping, batch size) -> curriculum (which examples, in which
-order, how long) -> batches. Per batch: augmentation and mixup -> forward (under autocast when asked) -> weighted
-main + auxiliary loss -> backward -> clip -> gradient noise -> optimizer (Lookahead when on) -> schedule (per
-batch). After the epoch: schedule (per epoch) -> validate -> history row -> callbacks (progress, history.csv,
-TensorBoard) -> best/last checkpoint -> early stopping.
+Per epoch: phase settings (learning rate, dropout, clipping, batch size) -> the modules' ``on_epoch`` hooks ->
+the task's epoch set-up and plan (which examples, in which order) -> batches. Per batch: the task's
+micro-batches -> its loss (forward under autocast when asked) -> backward -> monitor -> clip -> gradient noise
+-> optimizer (Lookahead when on) -> schedule (per batch). After the epoch: schedule (per epoch) -> the task's
+validation -> history row -> callbacks (progress, history.csv, TensorBoard) -> monitor -> best/last checkpoint
+-> early stopping. A task (:class:`Task`: ``training/classify.py``, ``training/seq2seq_task.py``) supplies only
+what differs; a new task is a new file, never a new loop.
 
 Everything needed to continue exactly (weights, optimizer incl. Lookahead's slow weights, schedule, clipping and
 noise state, curriculum scores, RNG, the position in the epoch, history, early stopping) is in each checkpoint;
-the data order and every random draw of augmentation, mixup and gradient noise are functions of (seed, epoch,
-batch), so a resumed run replays the same batches.
+the data order and every random draw (augmentation, mixup, scheduled sampling, gradient noise) are functions of
+(seed, purpose, epoch, batch), so a resumed run replays the same batches.
 """
 
 from __future__ import annotations
@@ -20,19 +22,17 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from longshort.data.batching import Batch, TensorData, batch_indices, take
+from longshort.data.batching import batch_indices
 from longshort.diagnostics.monitor import DiagnosticsConfig, Rollback, TrainingMonitor
-from longshort.evaluate.predict import batched_outputs, batched_proba
 from longshort.training import curriculum as cur
-from longshort.training.augment import AugmentConfig, MixedBatch, MixupConfig, augment, mixup, mixup_loss
+from longshort.training.augment import AugmentConfig, MixupConfig
 from longshort.training.callbacks import Callback, EarlyStopping, EarlyStoppingConfig
 from longshort.training.checkpoint import (
     checkpoint_path,
@@ -51,7 +51,7 @@ from longshort.training.distributed import (
     local_part,
     parallelize,
 )
-from longshort.training.losses import LossConfig, aux_loss, build_loss
+from longshort.training.losses import LossConfig
 from longshort.training.optim import (
     GradClipper,
     GradNoise,
@@ -185,74 +185,89 @@ def _seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-_PURPOSE = {"augment": 1, "mixup": 2, "noise": 3}
+#: Purposes of the trainer's own random streams (a task numbers its own from 10 on).
+_PURPOSE = {"noise": 3}
 
 
-def start_monitor(tr: Any) -> None:
-    """Open the monitor's files; with ``anomaly.action=rollback``, make sure there is a checkpoint to go back to."""
-    if tr.monitor is None:
-        return
-    tr.monitor.on_fit_start(tr.step)
-    if tr.monitor.cfg.anomaly.action == "rollback" and not tr._has_checkpoint:
-        tr.save(["last"])  # something to roll back to before the first epoch's checkpoint
+class Task(Protocol):
+    """What one kind of model (classify, seq2seq, ...) supplies to the one :class:`Trainer`.
 
+    The trainer owns the loop and everything every task shares: device, precision, DDP/FSDP2, optimizer,
+    schedules, phases, clipping, gradient noise, accumulation, the monitor, callbacks, checkpoints, exact resume,
+    early stopping and the modules' ``on_epoch`` hooks. A task owns its data and what differs: which examples an
+    epoch visits, how a batch is drawn and turned into a loss, what validation measures, and any state of its
+    own that a checkpoint must carry. ``bind`` is called once by the trainer, which the task keeps as
+    ``self.tr`` (its model, device, autocast, epoch and step are what the task's methods read).
+    """
 
-def guarded_update(tr: Any, loss: Tensor, noise_generator: torch.Generator) -> str:
-    """After ``backward``: ask the monitor, then clip, add gradient noise and step (both training loops use this).
+    #: the early-stopping metric when ``train.early_stopping.metric`` is auto
+    default_metric: str
+    #: the names of the running sums ``loss`` returns, in a fixed order (``n``, the examples, is one of them)
+    sums: tuple[str, ...]
+    train_data: Any  # has __len__
+    val_data: Any | None
 
-    Returns the verdict: ``apply`` / ``scaler`` (stepped), ``skip`` (gradients dropped, no optimizer step: the update
-    never reaches the weights nor the optimizer's moments); raises :class:`Rollback` for a rollback."""
-    verdict = "apply"
-    if tr.monitor is not None:
-        enabled = tr.scaler.is_enabled()
-        verdict = tr.monitor.check(loss, step=tr.step + 1, epoch=tr.epoch + 1, lr=tr.optimizer.param_groups[0]["lr"],
-                                   grad_scale=tr.scaler.get_scale() if enabled else 1.0, scaler_enabled=enabled,
-                                   can_rollback=tr._has_checkpoint)
-    if verdict in ("rollback", "skip"):
-        tr.optimizer.zero_grad(set_to_none=True)
-        if verdict == "rollback":
-            raise Rollback
-        tr.last_grad_norm = tr.monitor.last["grad_norm"]
-        return verdict
-    tr.scaler.unscale_(tr.optimizer)
-    tr.last_grad_norm = tr.clipper.clip(tr.model)
-    tr.noise.apply(tr.model, tr.epoch, noise_generator)
-    tr.scaler.step(tr.optimizer)
-    tr.scaler.update()
-    return verdict
+    def bind(self, trainer: Trainer) -> None: ...
 
+    def epoch_size(self, epoch: int) -> int:
+        """Training examples in ``epoch`` (from the data's shape only: the step count of every epoch is known at
+        the start, for the schedule)."""
+        ...
 
-def step_schedule(schedule: Any, verdict: str) -> None:
-    """``schedule.step()`` after the update of ``verdict``: also after a skipped one (the schedule follows the data
-    position), without torch's warning about a scheduler step with no optimizer step before it."""
-    with warnings.catch_warnings():
-        if verdict == "skip":
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-        schedule.step()
+    def begin_epoch(self, epoch: int) -> None:
+        """Per-epoch set-up before the first batch (curriculum scores, task weights, ...)."""
+        ...
 
+    def plan(self, epoch: int) -> cur.EpochPlan:
+        """The example indices of ``epoch`` in order (and a length limit): a function of the seed and the epoch."""
+        ...
 
-def rollback(tr: Any) -> None:
-    """Back to the last checkpoint, with the learning rate times ``diagnostics.anomaly.lr_factor``."""
-    m = tr.monitor
-    assert m is not None
-    rollbacks, target = m.rollbacks + 1, m.lr_scale * m.cfg.anomaly.lr_factor
-    at = tr.step + 1
-    tr.restore("last")  # weights, optimizer, schedule, RNG, data position, the monitor's statistics
-    scale_learning_rate(tr.optimizer, tr.schedule, target / m.lr_scale)  # relative to the checkpoint's scale
-    m.rollbacks, m.lr_scale = rollbacks, target
-    print(f"diagnostics: gradient spike at step {at}: rolled back to step {tr.step}, learning rate x{target:.3g} "
-          f"(rollback {rollbacks} of {m.cfg.anomaly.max_rollbacks})", file=sys.stderr)
+    def take(self, idx: Tensor, plan: cur.EpochPlan) -> Any:
+        """The batch of examples ``idx`` on the trainer's device."""
+        ...
+
+    def micro_batches(self, batch: Any, k: int) -> list[tuple[Any, float]]:
+        """The batch as it trains (after augmentation and the like), in ``k`` parts (or fewer, when it must stay
+        one piece), each with its share of the batch."""
+        ...
+
+    def loss(self, batch: Any, part: int) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """(the loss to minimise, the running sums' increments of this part of the batch)."""
+        ...
+
+    def summary(self, sums: dict[str, float], fresh: dict[str, float], elapsed: float) -> dict[str, float]:
+        """The epoch's train_* history columns from its running sums (``fresh``: those of this process only)."""
+        ...
+
+    def validate(self) -> dict[str, float]:
+        """The val_* history columns (called only with a validation split)."""
+        ...
+
+    def evaluate(self, data: Any) -> dict[str, float]: ...
+
+    def gate_probe(self, n: int) -> Any:
+        """What the monitor runs the model on to sample gate statistics (of ``n`` sequences): data it can feed, or
+        a callable."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class Trainer:
+    """The one training loop. Per epoch: phase settings (learning rate, dropout, clipping, batch size) -> the
+    modules' ``on_epoch`` hooks -> the task's epoch set-up and plan -> batches. Per batch: the task's micro-batches
+    -> forward and loss under autocast (the task's) -> backward (gradients synchronised on the last micro-batch)
+    -> monitor -> clip -> gradient noise -> optimizer -> schedule. After the epoch: schedule (per epoch) ->
+    validation -> history row -> callbacks -> monitor -> checkpoints -> early stopping."""
+
     def __init__(
         self,
         cfg: TrainConfig,
         model: nn.Module,
-        train: TensorData,
-        val: TensorData | None,
+        task: Task,
         *,
-        num_classes: int,
         seed: int,
         run_dir: Path,
         callbacks: list[Callback] | None = None,
@@ -270,18 +285,17 @@ class Trainer:
             torch.manual_seed(_seed_for(seed, 7, self.dist.rank))
         self._loss_scale = 1.0  # world * n_rank / n_global for the batch in hand (1 in one process)
         self._local_n = 0  # this rank's examples in the batch in hand
-        self.train_data, self.val_data = train, val
-        self.num_classes = num_classes
+        self.task = task
+        self.train_data, self.val_data = task.train_data, task.val_data
         self.callbacks = callbacks or []
         self.phases = cfg.resolved_phases()
         self.phase_starts = list(np.cumsum([0] + [p.epochs for p in self.phases]))
-        assert train.y is not None
-        self.loss_fn = build_loss(cfg.loss, train.y.to(self.device), num_classes)
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.history: list[dict[str, float]] = []
+        task.bind(self)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.clipper = GradClipper(cfg.optim)
         self.noise = GradNoise(cfg.optim.grad_noise)
-        # Curriculum: per-example difficulty (scorer loss), computed once when the curriculum asks for it.
-        self.scores: Tensor | None = None
         self._dropout0 = {
             name: (m.p if isinstance(m, nn.Dropout) else m.dropout)
             for name, m in self.model.named_modules()
@@ -290,25 +304,22 @@ class Trainer:
         self.steps_per_epoch = self.steps_in_epoch(0)
         self.schedule = build_schedule(self.optimizer, cfg.schedule, self._schedule_length(), cfg.optim.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.early = EarlyStopping(cfg.early_stopping)
+        self.early = EarlyStopping(cfg.early_stopping, default_metric=task.default_metric)
         self.ckpt_dir = run_dir / "checkpoints"
-        self.epoch, self.batch, self.step = 0, 0, 0
-        self.history: list[dict[str, float]] = []
         self.finished = False
-        # Running sums of the epoch in progress (loss * n, correct, n, aux squared error * n), checkpointed so a
-        # resumed epoch reports the same train loss and accuracy as an uninterrupted one.
-        self.epoch_sums = (0.0, 0.0, 0, 0.0)
-        self.task_w = {"main": 1.0, "aux": cfg.loss.aux_weight}
+        # Named running sums of the epoch in progress, checkpointed so a resumed epoch reports the same training
+        # columns as an uninterrupted one.
+        self.epoch_sums: dict[str, float] = dict.fromkeys(task.sums, 0.0)
         self.last_grad_norm = 0.0
         diag = diagnostics or DiagnosticsConfig()
         # gradient norms, spike/NaN actions and gate samples (diagnostics/monitor.py); files from rank 0 only
         self.monitor = TrainingMonitor(diag, self.model, run_dir, writes=self.dist.rank == 0,
-                                       probe=val if val is not None else train,
+                                       probe=task.gate_probe(diag.gate_sequences),
                                        fsdp=self.dist_cfg.strategy == "fsdp", tensorboard=cfg.tensorboard
                                        ) if diag.enabled else None
         self._has_checkpoint = False
 
-    # -- phases and curriculum: what an epoch looks like --------------------------------------------------
+    # -- phases: what an epoch looks like -----------------------------------------------------------------
 
     def phase_index(self, epoch: int) -> int | None:
         """The 0-based index of the phase ``epoch`` (0-based) falls in, or None without phases."""
@@ -330,20 +341,8 @@ class Trainer:
         p = self.phase(epoch)
         return p is None or p.lr is None
 
-    def epoch_size(self, epoch: int) -> int:
-        """Training examples in ``epoch`` (the curriculum may use a subset; its size never depends on scores)."""
-        n, c = len(self.train_data), self.cfg.curriculum
-        if c.kind == "length" and c.mode == "filter":
-            limit = cur.length_limit(c, epoch, max(1, int(self.train_data.lengths.max())))
-            return len(cur.length_order(self.train_data.lengths, limit, torch.arange(n), c.mode))
-        if c.kind == "difficulty" and cur.needs_scores(c, epoch):
-            stage = cur.difficulty_stage(c, epoch, self.cfg.epochs)
-            if stage is not None:
-                return len(cur.difficulty_subset(torch.zeros(n), stage, c.stages))
-        return n
-
     def steps_in_epoch(self, epoch: int) -> int:
-        return -(-self.epoch_size(epoch) // self.batch_size(epoch))
+        return -(-self.task.epoch_size(epoch) // self.batch_size(epoch))
 
     def _schedule_length(self) -> int:
         """Schedule steps over the run, in its interval (batches or epochs), counting scheduled epochs only."""
@@ -375,35 +374,10 @@ class Trainer:
             threshold = p.grad_clip or None  # 0 turns clipping off for the phase
         self.clipper.threshold = threshold
 
-    def _prepare_curriculum(self, epoch: int) -> None:
-        """Score the training examples when a difficulty or adaptive curriculum first needs them."""
-        c = self.cfg.curriculum
-        if self.scores is not None or not cur.needs_scores(c, epoch):
-            return
-        scorer = self.model if c.scorer == "self" else cur.load_scorer(
-            c.scorer, self.device, int(self.train_data.X.shape[-1]), self.num_classes)
-        self.scores = cur.score_examples(scorer, self.train_data, self.cfg.eval_batch_size, self.device,
-                                         self.autocast)
-
-    def _generator(self, purpose: str, epoch: int, batch: int = 0) -> torch.Generator:
-        return torch.Generator().manual_seed(_seed_for(self.seed, _PURPOSE[purpose], epoch, batch))
-
-    def plan(self, epoch: int) -> cur.EpochPlan:
-        """Which training examples ``epoch`` visits, in which order, cropped to which length: a function of
-        (seed, epoch, curriculum scores, the last epoch's accuracy), so a resumed epoch replays it."""
-        acc = self.history[-1]["train_accuracy"] if self.history else 0.0
-        return cur.plan_epoch(self.cfg.curriculum, epoch, self.cfg.epochs, self.seed, self.train_data.lengths,
-                              self.scores, acc)
-
-    def _update_task_weights(self, epoch: int) -> None:
-        """Main and auxiliary loss weights for ``epoch`` (train.tasks: fixed, performance-based, introduced late)."""
-        has_aux = self.train_data.aux is not None
-        perf = None
-        if self.history:
-            last = self.history[-1]
-            perf = cur.task_performance(last.get("val_accuracy", last["train_accuracy"]),
-                                        last.get("val_aux_mse", last.get("train_aux_mse")) if has_aux else None)
-        self.task_w = cur.task_weights(self.cfg.tasks, self.cfg.loss.aux_weight if has_aux else 0.0, epoch, perf)
+    def generator(self, purpose: int, epoch: int, batch: int = 0, *more: int) -> torch.Generator:
+        """A generator seeded by (seed, purpose, epoch, batch, ...): every random draw of a step is replayed
+        exactly by a resumed run. Tasks number their purposes from 10 on."""
+        return torch.Generator().manual_seed(_seed_for(self.seed, purpose, epoch, batch, *more))
 
     # -- one step -------------------------------------------------------------------------------------
 
@@ -412,74 +386,53 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _transform(self, batch: Batch) -> tuple[Batch, MixedBatch | None]:
-        """Augmentation and mixup for the batch about to run, when their epoch and phase allow them."""
-        cfg, epoch, i = self.cfg, self.epoch, self.batch
-        p = self.phase(epoch)
-        if cfg.augment.enabled and epoch >= cfg.augment.start_epoch and (p is None or p.augment):
-            x = augment(batch.x, batch.lengths, cfg.augment, self._generator("augment", epoch, i))
-            batch = Batch(x, batch.lengths, batch.y, batch.aux)
-        mixed = None
-        if cfg.mixup.prob > 0 and epoch >= cfg.mixup.start_epoch and (p is None or p.mixup):
-            g = self._generator("mixup", epoch, i)
-            if float(torch.rand((), generator=g)) < cfg.mixup.prob:
-                assert batch.y is not None
-                mixed = mixup(batch.x, batch.lengths, batch.y, batch.aux, cfg.mixup.alpha, g)
-                batch = Batch(mixed.x, mixed.lengths, batch.y, mixed.aux)
-        return batch, mixed
-
-    def compute_loss(self, batch: Batch, mixed: MixedBatch | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(loss, logits, auxiliary squared error per example or None): w_main * main + w_aux * auxiliary."""
-        with self.autocast():
-            out = self.model(batch.x, batch.lengths)
-        assert batch.y is not None
-        main = self.loss_fn(out.logits, batch.y) if mixed is None else mixup_loss(self.loss_fn, out.logits, mixed)
-        loss = self.task_w["main"] * main
-        aux_se = None
-        if batch.aux is not None:
-            aux_se = (out.aux.detach().float() - batch.aux) ** 2
-            if self.task_w["aux"] > 0:
-                loss = loss + self.task_w["aux"] * aux_loss(out.aux, batch.aux)
-        return loss, out.logits, aux_se
-
-    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
-        """One update. Returns (loss, correct count, aux squared-error sum) as tensors (no sync)."""
+    def train_step(self, batch: Any) -> dict[str, Tensor | float]:
+        """One update on ``batch``. Returns the batch's running-sum increments (tensors: no sync) and, as
+        ``loss``'s companion ``batch_loss``, the loss the monitor judged."""
         self.optimizer.zero_grad(set_to_none=True)
-        batch, mixed = self._transform(batch)
-        k = min(self.cfg.grad_accum_steps, len(batch))
-        if k == 1 or mixed is not None:  # mixup pairs examples across the whole batch: it stays one piece
-            loss, logits, aux_se = self.compute_loss(batch, mixed)
-            self.scaler.scale(loss * self._loss_scale).backward()
-        else:
-            loss, logits, aux_se = self._accumulate(batch, k)
-        verdict = guarded_update(self, loss, self._generator("noise", self.epoch, self.batch))
+        parts = self.task.micro_batches(batch, min(self.cfg.grad_accum_steps, len(batch)))
+        loss = torch.zeros((), device=self.device)
+        stats: dict[str, Tensor | float] = {}
+        for j, (mb, share) in enumerate(parts):
+            # gradient accumulation: each part's loss weighted by its share of the batch, gradients synchronised
+            # across ranks only on the last part; the same gradient as the whole batch at once
+            with self._grad_sync(j == len(parts) - 1):
+                lj, sj = self.task.loss(mb, j)
+                self.scaler.scale(lj * share * self._loss_scale).backward()
+            loss = loss + lj.detach() * share
+            for k, v in sj.items():
+                stats[k] = stats[k] + v if k in stats else v
+        verdict = self._guarded_update(loss)
         # the schedule follows the data position, skipped step or not (a resumed run stays aligned)
         if self.cfg.schedule.interval == "batch" and self._scheduled(self.epoch):
-            step_schedule(self.schedule, verdict)
-        pred = logits.detach().argmax(1)
-        if mixed is None:
-            correct = (pred == batch.y).sum().double()
-        else:  # expected accuracy against the two mixed labels
-            correct = mixed.lam * (pred == mixed.y_a).sum().double() + (1 - mixed.lam) * (pred == mixed.y_b).sum()
-        return loss.detach(), correct, None if aux_se is None else aux_se.sum().double()
+            _step_schedule(self.schedule, verdict)
+        return stats | {"batch_loss": loss}
 
-    def _accumulate(self, batch: Batch, k: int) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Gradient accumulation: ``k`` micro-batches, each's loss weighted by its share of the batch, gradients
-        synchronised across ranks only on the last one. The same gradient as the whole batch at once."""
-        parts = torch.tensor_split(torch.arange(len(batch), device=batch.x.device), k)
-        loss = torch.zeros((), device=self.device)
-        logits, aux = [], []
-        for j, part in enumerate(parts):
-            mb = Batch(batch.x[part], batch.lengths[part], None if batch.y is None else batch.y[part],
-                       None if batch.aux is None else batch.aux[part])
-            with self._grad_sync(j == k - 1):
-                lj, lg, ae = self.compute_loss(mb)
-                self.scaler.scale(lj * (len(part) / len(batch)) * self._loss_scale).backward()
-            loss = loss + lj.detach() * (len(part) / len(batch))
-            logits.append(lg)
-            if ae is not None:
-                aux.append(ae)
-        return loss, torch.cat(logits), torch.cat(aux) if aux else None
+    def _guarded_update(self, loss: Tensor) -> str:
+        """After ``backward``: ask the monitor, then clip, add gradient noise and step.
+
+        Returns the verdict: ``apply`` / ``scaler`` (stepped), ``skip`` (gradients dropped, no optimizer step: the
+        update never reaches the weights nor the optimizer's moments); raises :class:`Rollback` for a rollback."""
+        verdict = "apply"
+        if self.monitor is not None:
+            enabled = self.scaler.is_enabled()
+            verdict = self.monitor.check(loss, step=self.step + 1, epoch=self.epoch + 1,
+                                         lr=self.optimizer.param_groups[0]["lr"],
+                                         grad_scale=self.scaler.get_scale() if enabled else 1.0,
+                                         scaler_enabled=enabled, can_rollback=self._has_checkpoint)
+        if verdict in ("rollback", "skip"):
+            self.optimizer.zero_grad(set_to_none=True)
+            if verdict == "rollback":
+                raise Rollback
+            assert self.monitor is not None
+            self.last_grad_norm = self.monitor.last["grad_norm"]
+            return verdict
+        self.scaler.unscale_(self.optimizer)
+        self.last_grad_norm = self.clipper.clip(self.model)
+        self.noise.apply(self.model, self.epoch, self.generator(_PURPOSE["noise"], self.epoch, self.batch))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return verdict
 
     def _grad_sync(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
         if sync or not self.dist.enabled:
@@ -490,8 +443,8 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------------
 
-    def _batches(self, epoch: int, start: int) -> Iterator[tuple[int, Batch]]:
-        plan = self.plan(epoch)
+    def _batches(self, epoch: int, start: int) -> Iterator[tuple[int, Any]]:
+        plan = self.task.plan(epoch)
         idx = batch_indices(plan.order, self.batch_size(epoch))
         for i in range(start, len(idx)):
             local = local_part(idx[i], self.dist)
@@ -501,22 +454,21 @@ class Trainer:
             self._local_n = len(local)
             if len(local) == 0:
                 local = idx[i][:1]
-            b = take(self.train_data, local, self.device)
-            if plan.limit is not None:
-                x, lengths = cur.limit_batch(b.x, b.lengths, plan.limit)
-                b = Batch(x, lengths, b.y, b.aux)
-            yield i, b
+            yield i, self.task.take(local, plan)
 
     def fit(self) -> list[dict[str, float]]:
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        start_monitor(self)
+        if self.monitor is not None:
+            self.monitor.on_fit_start(self.step)
+            if self.monitor.cfg.anomaly.action == "rollback" and not self._has_checkpoint:
+                self.save(["last"])  # something to roll back to before the first epoch's checkpoint
         try:
             while self.epoch < self.cfg.epochs and not self.finished:
                 try:
                     self._run_epoch()
                 except Rollback:
-                    rollback(self)
+                    self._rollback()
             self.finished = True
         finally:
             if self.monitor is not None:
@@ -525,12 +477,23 @@ class Trainer:
                 cb.on_fit_end(self)
         return self.history
 
+    def _rollback(self) -> None:
+        """Back to the last checkpoint, with the learning rate times ``diagnostics.anomaly.lr_factor``."""
+        m = self.monitor
+        assert m is not None
+        rollbacks, target = m.rollbacks + 1, m.lr_scale * m.cfg.anomaly.lr_factor
+        at = self.step + 1
+        self.restore("last")  # weights, optimizer, schedule, RNG, data position, the monitor's statistics
+        scale_learning_rate(self.optimizer, self.schedule, target / m.lr_scale)  # relative to the checkpoint's
+        m.rollbacks, m.lr_scale = rollbacks, target
+        print(f"diagnostics: gradient spike at step {at}: rolled back to step {self.step}, learning rate "
+              f"x{target:.3g} (rollback {rollbacks} of {m.cfg.anomaly.max_rollbacks})", file=sys.stderr)
+
     def _run_epoch(self) -> None:
-        cfg, epoch = self.cfg, self.epoch
+        cfg, epoch, names = self.cfg, self.epoch, self.task.sums
         self.model.train()
         self._apply_phase(epoch)
-        self._prepare_curriculum(epoch)
-        self._update_task_weights(epoch)
+        self.task.begin_epoch(epoch)
         self.steps_per_epoch = self.steps_in_epoch(epoch)
         for m in self.model.modules():  # epoch-driven modules, e.g. the LSTM's adaptive dropout schedule
             hook = getattr(m, "on_epoch", None)
@@ -538,63 +501,57 @@ class Trainer:
                 hook(epoch)
         for cb in self.callbacks:
             cb.on_epoch_start(self, epoch, self.steps_per_epoch, self.batch)
-        prev_loss, prev_correct, prev_seen, prev_se = self.epoch_sums if self.batch else (0.0, 0.0, 0, 0.0)
-        loss_sum = torch.full((), prev_loss, dtype=torch.float64, device=self.device)
-        correct = torch.full((), prev_correct, dtype=torch.float64, device=self.device)
-        aux_sum = torch.full((), prev_se, dtype=torch.float64, device=self.device)
-        has_aux = self.train_data.aux is not None
-        seen, new, t0 = prev_seen, 0, time.perf_counter()
+        prev = self.epoch_sums if self.batch else dict.fromkeys(names, 0.0)
+        sums = {k: torch.full((), float(prev.get(k, 0.0)), dtype=torch.float64, device=self.device) for k in names}
+        fresh = {k: torch.zeros((), dtype=torch.float64, device=self.device) for k in names}
+        t0 = time.perf_counter()
+
+        def totals(d: dict[str, Tensor]) -> dict[str, float]:
+            return {k: float(v) for k, v in d.items()}
+
         for i, batch in self._batches(epoch, self.batch):
-            loss, ok, se = self.train_step(batch)
-            n = self._local_n  # this rank's examples (0 when it only ran a stand-in for the collectives)
-            loss_sum += loss.double() * n
-            correct += ok * (n > 0)
-            if se is not None:
-                aux_sum += se * (n > 0)
-            seen, new = seen + n, new + n
+            stats = self.train_step(batch)
+            if self._local_n:  # 0: this rank ran a stand-in example for the collectives only
+                for k in names:
+                    if k in stats:
+                        sums[k] += stats[k]
+                        fresh[k] += stats[k]
             self.batch, self.step = i + 1, self.step + 1
             if self.monitor is not None:
                 self.monitor.maybe_sample_gates(self.step)
             if self.batch % cfg.log_every == 0 or self.batch == self.steps_per_epoch:
-                stats = {"batch": self.batch, "loss": loss_sum.item() / seen, "accuracy": correct.item() / seen,
-                         "samples_per_s": new / (time.perf_counter() - t0)}
+                row = self.task.summary(totals(sums), totals(fresh), time.perf_counter() - t0)
+                progress = {"batch": self.batch, "loss": row["train_loss"], "accuracy": row["train_accuracy"],
+                            "samples_per_s": float(fresh["n"]) / (time.perf_counter() - t0)}
                 for cb in self.callbacks:
-                    cb.on_step(self, stats)
+                    cb.on_step(self, progress)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.batch < self.steps_per_epoch:
-                ls, ok_sum, n_seen, se_sum = all_sum([loss_sum.item(), correct.item(), seen, aux_sum.item()],
-                                                     self.dist, self.device)  # the epoch so far, all ranks
-                self.epoch_sums = (ls, ok_sum, int(n_seen), se_sum)
+                # the epoch so far, all ranks
+                self.epoch_sums = dict(zip(names, all_sum([float(sums[k]) for k in names], self.dist, self.device),
+                                           strict=True))
                 self.save(["last"])
         elapsed = time.perf_counter() - t0
+        done, new = totals(sums), totals(fresh)
         if self.dist.enabled:  # the epoch's totals over all ranks
-            ls, ok_sum, n_seen, se_sum, n_new = all_sum(
-                [loss_sum.item(), correct.item(), seen, aux_sum.item(), new], self.dist, self.device)
-            loss_sum.fill_(ls)
-            correct.fill_(ok_sum)
-            aux_sum.fill_(se_sum)
-            seen, new = int(n_seen), int(n_new)
+            done = dict(zip(names, all_sum([done[k] for k in names], self.dist, self.device), strict=True))
+            new = dict(zip(names, all_sum([new[k] for k in names], self.dist, self.device), strict=True))
         if isinstance(self.optimizer, Lookahead) and cfg.optim.lookahead.sync_each_epoch:
             self.optimizer.sync()
         lr = self.optimizer.param_groups[0]["lr"]
         if cfg.schedule.interval == "epoch" and self._scheduled(epoch):
             self.schedule.step()
-        row: dict[str, float] = {"epoch": epoch + 1, "step": self.step,
-                                 "train_loss": loss_sum.item() / max(seen, 1),
-                                 "train_accuracy": correct.item() / max(seen, 1),
-                                 "samples_per_s": new / elapsed if new else 0.0,
-                                 "lr": lr}
-        if has_aux:
-            row["train_aux_mse"] = aux_sum.item() / max(seen, 1)
+        row: dict[str, float] = {"epoch": epoch + 1, "step": self.step}
+        row |= self.task.summary(done, new, elapsed)
+        row["samples_per_s"] = new["n"] / elapsed if new["n"] else 0.0
+        row["lr"] = lr
         phase = self.phase_index(epoch)
         if phase is not None:
             row["phase"] = phase + 1
         if self.val_data is not None:
-            m = self.evaluate(self.val_data)
-            row |= {"val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_f1_macro": m["f1_macro"]}
-            if "aux_mse" in m:
-                row["val_aux_mse"] = m["aux_mse"]
+            row |= self.task.validate()
         self.history.append(row)
         self.epoch, self.batch = epoch + 1, 0
+        self.epoch_sums = dict.fromkeys(names, 0.0)
         improved = self.val_data is None or self.early.update(row)
         if self.val_data is not None and self.early.should_stop:
             self.finished = True
@@ -604,32 +561,15 @@ class Trainer:
             self.monitor.on_epoch_end(epoch + 1, self.step)
         self.save(["last", "best"] if improved else ["last"])
 
-    def predict_proba(self, data: TensorData) -> Tensor:
-        """Class probabilities [N, K] in data order, in eval mode."""
-        return batched_proba(self.model, data, self.cfg.eval_batch_size, self.autocast)
-
-    def evaluate(self, data: TensorData) -> dict[str, float]:
-        from sklearn.metrics import f1_score
-
-        assert data.y is not None
-        proba, aux = batched_outputs(self.model, data, self.cfg.eval_batch_size, self.autocast)
-        y = data.y
-        loss = F.nll_loss(torch.log(proba.clamp_min(1e-12)), y).item()
-        pred = proba.argmax(1)
-        m = {
-            "loss": loss,
-            "accuracy": (pred == y).float().mean().item(),
-            "f1_macro": float(f1_score(y.numpy(), pred.numpy(), average="macro", zero_division=0)),
-        }
-        if data.aux is not None:  # the auxiliary target's MSE (standardised units), for task weighting and logs
-            m["aux_mse"] = float(((aux - data.aux.cpu()) ** 2).mean()) if len(aux) else 0.0
-        return m
+    def evaluate(self, data: Any, **kwargs: Any) -> dict[str, float]:
+        """The task's metrics on ``data`` (eval mode)."""
+        return self.task.evaluate(data, **kwargs)  # type: ignore[call-arg]
 
     # -- checkpoints -------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         diag = {} if self.monitor is None else {"diagnostics": self.monitor.state_dict()}
-        return loop_state(self) | {"epoch_sums": list(self.epoch_sums), "scores": self.scores} | diag
+        return loop_state(self) | {"epoch_sums": dict(self.epoch_sums), "task": self.task.state_dict()} | diag
 
     def save(self, tags: list[str]) -> None:
         if self.monitor is not None:
@@ -647,12 +587,23 @@ class Trainer:
         if path is None:
             return False
         s = restore_loop_state(self, path)
-        loss_sum, correct, seen, aux_se = s["epoch_sums"]
-        self.epoch_sums = (float(loss_sum), float(correct), int(seen), float(aux_se))
+        saved = s["epoch_sums"]
+        if not isinstance(saved, dict):  # checkpoints before the one loop kept the sums as a list, in order
+            saved = dict(zip(self.task.sums, saved, strict=False))
+        self.epoch_sums = {k: float(saved.get(k, 0.0)) for k in self.task.sums}
         if self.dist.rank != 0:  # the saved sums are all ranks' together: rank 0 carries them on
-            self.epoch_sums = (0.0, 0.0, 0, 0.0)
-        self.scores = s["scores"]
+            self.epoch_sums = dict.fromkeys(self.task.sums, 0.0)
+        self.task.load_state_dict(s.get("task", s))
         if self.monitor is not None and "diagnostics" in s:
             self.monitor.load_state_dict(s["diagnostics"])
         self._has_checkpoint = True
         return True
+
+
+def _step_schedule(schedule: Any, verdict: str) -> None:
+    """``schedule.step()`` after the update of ``verdict``: also after a skipped one (the schedule follows the data
+    position), without torch's warning about a scheduler step with no optimizer step before it."""
+    with warnings.catch_warnings():
+        if verdict == "skip":
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+        schedule.step()

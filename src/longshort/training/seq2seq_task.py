@@ -1,0 +1,342 @@
+"""The seq2seq task of the one :class:`~longshort.training.trainer.Trainer`, and the ``seq2seq:`` config section
+(model, sampling, loss, objective, decoding).
+
+Per epoch: length curriculum (which pairs, by target length) in a (seed, epoch) order. Per batch: teacher-forcing
+probability from the scheduled-sampling schedule -> forward (each step of each sequence fed the gold previous
+token with that probability, else the model's own previous prediction) -> token loss (cross-entropy or sequence
+focal) + coverage loss -> mixed with the sequence-level objective when active. Validation: teacher-forced loss and
+token accuracy; free-running loss on the same gold targets and the exposure-bias gap; greedy decoding's exact
+match, token accuracy, edit-distance error rate and BLEU.
+
+The trainer does the rest as for every task (optimizer, schedules, phases, clipping, gradient noise,
+accumulation, DDP/FSDP2, monitor, callbacks, checkpoints, early stopping, the modules' ``on_epoch`` hooks). Every
+random draw (scheduled sampling, sequence sampling) comes from a generator seeded by (seed, purpose, epoch,
+batch), so a resumed run replays the same batches exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from longshort.data.pair_pipeline import EncodedPairs, PairBatch
+from longshort.data.pairs import PAD_ID
+from longshort.diagnostics.monitor import DiagnosticsConfig
+from longshort.evaluate.seq_metrics import sequence_metrics
+from longshort.nn.seq2seq import SCHEDULES, Seq2Seq, Seq2SeqConfig
+from longshort.training import curriculum as cur
+from longshort.training.callbacks import Callback
+from longshort.training.losses import TimeWeighting, sequence_focal_loss
+from longshort.training.sequence_level import ObjectiveConfig, SequenceObjective, ids_before_eos
+from longshort.training.trainer import TrainConfig, Trainer
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SamplingConfig(_Strict):
+    """``seq2seq.sampling``: scheduled sampling (Bengio et al. 2015). The schedule gives the teacher-forcing
+    probability ``eps_i`` at step (or epoch) ``i``; each position of each sequence is fed the gold token with
+    probability ``eps_i``, else the model's previous prediction."""
+
+    schedule: Literal["none", "inverse_sigmoid", "linear_with_floor", "exponential"] = Field(
+        "none",
+        description="none: always teacher forcing; inverse_sigmoid eps = k / (k + exp((i - c) / k)); "
+        "linear_with_floor eps = max(floor, start - slope * i); exponential eps = gamma ** i",
+    )
+    unit: Literal["step", "epoch"] = Field("step", description="i counts optimizer steps or epochs")
+    k: float = Field(500.0, gt=0, description="inverse_sigmoid: decay scale (larger decays later)")
+    c: float = Field(0.0, description="inverse_sigmoid: centre (eps = k / (k + 1) at i = c)")
+    start: float = Field(1.0, ge=0, le=1, description="linear_with_floor: eps at i = 0")
+    slope: float = Field(1e-3, ge=0, description="linear_with_floor: eps lost per unit of i")
+    floor: float = Field(0.5, ge=0, le=1, description="linear_with_floor: the lowest eps")
+    gamma: float = Field(0.999, gt=0, le=1, description="exponential: eps = gamma ** i")
+
+    def teacher_forcing(self, step: int, epoch: int) -> float:
+        """``eps`` for the batch at global optimizer ``step`` in ``epoch`` (0-based)."""
+        i = float(step if self.unit == "step" else epoch)
+        if self.schedule == "none":
+            return 1.0
+        if self.schedule == "inverse_sigmoid":
+            return SCHEDULES["inverse_sigmoid"](i, self.k, self.c)
+        if self.schedule == "linear_with_floor":
+            return SCHEDULES["linear_with_floor"](i, self.slope, self.floor, self.start)
+        return SCHEDULES["exponential"](i, self.gamma)
+
+
+class TokenLossConfig(_Strict):
+    """``seq2seq.loss``: the per-token loss (padding ignored)."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    focal_gamma: float = Field(
+        0.0, ge=0, description="> 0: sequence focal loss -sum_t alpha_t (1 - p_t)^gamma log p_t instead of CE"
+    )
+    focal_alpha: float = Field(1.0, ge=0, description="sequence focal: alpha_0 of the time weights")
+    time_weighting: TimeWeighting = Field(
+        "constant", description="sequence focal: alpha_t over the target (constant | linear | reverse | exp)"
+    )
+    time_rate: float = Field(1.0, description="sequence focal, exp weighting: the rate")
+    coverage_weight: float = Field(1.0, ge=0, description="weight of the coverage loss (attention.coverage=true)")
+
+    @model_validator(mode="after")
+    def _one(self) -> TokenLossConfig:
+        if self.focal_gamma > 0 and self.label_smoothing > 0:
+            raise ValueError("set seq2seq.loss.focal_gamma or label_smoothing, not both")
+        return self
+
+
+class DecodeConfig(_Strict):
+    """``seq2seq.decode``: how validation, evaluation and ``predict`` decode."""
+
+    beam_size: int = Field(1, ge=1, description="1 = greedy; > 1 = beam search")
+    length_penalty: float = Field(0.6, ge=0, description="beam search: GNMT alpha, score / ((5 + len) / 6)^alpha")
+    max_len_ratio: float = Field(2.0, gt=0, description="max output length = ratio * longest source + extra")
+    max_len_extra: int = Field(10, ge=0, description="see max_len_ratio")
+    validate_beam: bool = Field(False, description="use the beam for the per-epoch validation too (slower)")
+
+    def max_len(self, src_lengths: Tensor) -> int:
+        return max(1, int(self.max_len_ratio * int(src_lengths.max())) + self.max_len_extra)
+
+
+class Seq2SeqSection(_Strict):
+    """``seq2seq:`` everything specific to ``task: seq2seq`` (``train:`` keeps epochs, optimizer, schedule, ...)."""
+
+    model: Seq2SeqConfig = Seq2SeqConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    loss: TokenLossConfig = TokenLossConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    decode: DecodeConfig = DecodeConfig()
+    exposure_gap: bool = Field(
+        True, description="each epoch, also the free-running validation loss (fed own predictions) and its gap"
+    )
+
+
+_PURPOSE = {"sampling": 11, "objective": 12}
+
+
+def decode_batch(model: Seq2Seq, batch: PairBatch, cfg: DecodeConfig, beam: bool = True) -> tuple[Tensor, Tensor]:
+    """Greedy (``beam_size == 1`` or ``beam=False``) or beam-search output tokens and lengths of a batch."""
+    max_len = cfg.max_len(batch.src_lengths[0])
+    if cfg.beam_size > 1 and beam:
+        from longshort.nn.decoding import beam_search
+
+        res = beam_search(model, batch.src, batch.src_lengths, cfg.beam_size, max_len, cfg.length_penalty)
+        return res.tokens, res.lengths
+    return model.greedy_decode(batch.src, batch.src_lengths, max_len)
+
+
+def decode_all(model: Seq2Seq, data: EncodedPairs, cfg: DecodeConfig, batch_size: int, device: torch.device,
+               beam: bool = True) -> list[list[int]]:
+    """Output ids (before ``<eos>``) for every pair of ``data``, in order."""
+    out: list[list[int]] = []
+    for idx in torch.arange(len(data)).split(batch_size):
+        tok, ln = decode_batch(model, data.take(idx, device), cfg, beam)
+        out += ids_before_eos(tok.cpu(), ln.cpu())
+    return out
+
+
+def reference_ids(data: EncodedPairs) -> list[list[int]]:
+    assert data.tgt is not None and data.tgt_lengths is not None
+    return ids_before_eos(data.tgt, data.tgt_lengths)
+
+
+def _rows(batch: PairBatch, rows: Tensor) -> PairBatch:
+    return PairBatch([s[rows] for s in batch.src], [ln[rows] for ln in batch.src_lengths],
+                     None if batch.tgt is None else batch.tgt[rows],
+                     None if batch.tgt_lengths is None else batch.tgt_lengths[rows])
+
+
+class Seq2SeqTask:
+    """Token sequence -> token sequence with attention (see the module's docstring)."""
+
+    default_metric = "val_exact_match"
+    # (loss * tokens, correct tokens, tokens, pairs, sampling prob * pairs, reward * pairs, pairs with a reward):
+    # the order checkpoints before the one loop kept them in
+    sums = ("loss", "correct", "tokens", "n", "sampling", "reward", "reward_n")
+
+    def __init__(self, cfg: TrainConfig, s2s: Seq2SeqSection, train: EncodedPairs, val: EncodedPairs | None) -> None:
+        assert train.tgt is not None and train.tgt_lengths is not None
+        self.cfg, self.s2s, self.train_data, self.val_data = cfg, s2s, train, val
+        self.objective = SequenceObjective(s2s.objective)
+        self.tr: Trainer
+
+    def bind(self, trainer: Trainer) -> None:
+        self.tr = trainer
+
+    @property
+    def model(self) -> Seq2Seq:
+        """The model itself (not its data-parallel wrapper): decoding and the encoders' probe call its methods."""
+        m = self.tr.model
+        return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m  # type: ignore[return-value]
+
+    # -- what an epoch looks like -------------------------------------------------------------------------
+
+    def plan(self, epoch: int) -> cur.EpochPlan:
+        """The training pairs of ``epoch`` in order: all of them shuffled by (seed, epoch), or, with the length
+        curriculum, those whose target (``<eos>`` included) fits the epoch's limit (always filtered, never cropped:
+        a cropped target would teach the model to stop early)."""
+        c = self.cfg.curriculum
+        if c.kind == "length":
+            c = c.model_copy(update={"mode": "filter"})
+        assert self.train_data.tgt_lengths is not None
+        order = cur.plan_epoch(c, epoch, self.cfg.epochs, self.tr.seed, self.train_data.tgt_lengths, None, 0.0).order
+        return cur.EpochPlan(order, None)
+
+    def epoch_size(self, epoch: int) -> int:
+        return len(self.plan(epoch).order)
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass  # the curriculum and the sampling schedule are functions of (epoch, step): nothing to prepare
+
+    # -- one step -------------------------------------------------------------------------------------
+
+    def take(self, idx: Tensor, plan: cur.EpochPlan) -> PairBatch:
+        return self.train_data.take(idx, self.tr.device)
+
+    def micro_batches(self, batch: PairBatch, k: int) -> list[tuple[Any, float]]:
+        if k == 1:
+            return [(batch, 1.0)]
+        parts = torch.tensor_split(torch.arange(len(batch), device=batch.src[0].device), k)
+        return [(_rows(batch, p), len(p) / len(batch)) for p in parts]
+
+    def token_loss(self, logits: Tensor, tgt: Tensor, tgt_lengths: Tensor) -> Tensor:
+        c = self.s2s.loss
+        if c.focal_gamma > 0:
+            return sequence_focal_loss(logits.float(), tgt, tgt_lengths, alpha0=c.focal_alpha, gamma=c.focal_gamma,
+                                       weighting=c.time_weighting, rate=c.time_rate, ignore_index=PAD_ID)
+        return F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=PAD_ID,
+                               label_smoothing=c.label_smoothing)
+
+    def compute_loss(self, batch: PairBatch, sampling_prob: float, generator: torch.Generator | None
+                     ) -> tuple[Tensor, Tensor, int]:
+        """(token loss + coverage, correct tokens, tokens) of the batch, with scheduled sampling."""
+        assert batch.tgt is not None and batch.tgt_lengths is not None
+        with self.tr.autocast():
+            out = self.tr.model(batch.src, batch.src_lengths, batch.decoder_input(), sampling_prob, generator)
+        loss = self.token_loss(out.logits, batch.tgt, batch.tgt_lengths)
+        valid = batch.tgt != PAD_ID
+        n_tok = int(valid.sum())
+        if self.s2s.model.attention.coverage and self.s2s.loss.coverage_weight > 0:
+            # coverage_loss sums over steps (batch mean); per token, like the cross-entropy it is added to
+            loss = loss + self.s2s.loss.coverage_weight * out.coverage_loss * len(batch) / max(n_tok, 1)
+        correct = ((out.logits.detach().argmax(-1) == batch.tgt) & valid).sum().double()
+        return loss, correct, n_tok
+
+    def loss(self, batch: PairBatch, part: int) -> tuple[Tensor, dict[str, Tensor | float]]:
+        tr = self.tr
+        epoch, i = tr.epoch, tr.batch
+        sampling_prob = 1.0 - self.s2s.sampling.teacher_forcing(tr.step, epoch)
+        more = (part,) if part else ()  # part 0 draws what the whole batch drew before accumulation existed
+        gen = tr.generator(_PURPOSE["sampling"], epoch, i, *more) if sampling_prob > 0 else None
+        token, correct, n_tok = self.compute_loss(batch, sampling_prob, gen)
+        loss, n = token, len(batch)
+        stats: dict[str, Tensor | float] = {"loss": token.detach().double() * n_tok, "correct": correct,
+                                            "tokens": n_tok, "n": n, "sampling": sampling_prob * n}
+        if self.objective.active(epoch):
+            assert batch.tgt is not None and batch.tgt_lengths is not None
+            refs = ids_before_eos(batch.tgt.cpu(), batch.tgt_lengths.cpu())
+            w = self.s2s.objective.weight
+            seq = self.objective(self.model, batch.src, batch.src_lengths, refs,
+                                 self.s2s.decode.max_len(batch.src_lengths[0]),
+                                 tr.generator(_PURPOSE["objective"], epoch, i, *more))
+            loss = (1 - w) * token + w * seq.loss
+            if not math.isnan(seq.reward):
+                stats |= {"reward": seq.reward * n, "reward_n": n}
+        return loss, stats
+
+    def summary(self, sums: dict[str, float], fresh: dict[str, float], elapsed: float) -> dict[str, float]:
+        tokens = max(sums["tokens"], 1)
+        row = {"train_loss": sums["loss"] / tokens, "train_accuracy": sums["correct"] / tokens,
+               "tokens_per_s": fresh["tokens"] / elapsed if fresh["n"] and elapsed > 0 else 0.0,
+               "sampling_prob": sums["sampling"] / max(sums["n"], 1)}
+        if self.s2s.objective.kind != "none":
+            row["train_reward"] = sums["reward"] / sums["reward_n"] if sums["reward_n"] else float("nan")
+        return row
+
+    # -- evaluation ------------------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        assert self.val_data is not None
+        m = self.evaluate(self.val_data, beam=self.s2s.decode.validate_beam)
+        return {f"val_{k}": v for k, v in m.items() if k != "n"}
+
+    @torch.no_grad()
+    def teacher_forced(self, data: EncodedPairs, sampling_prob: float = 0.0) -> tuple[float, float]:
+        """(token cross-entropy, token accuracy) on ``data`` in eval mode; ``sampling_prob = 1`` feeds every step
+        the model's own previous prediction (free running) while scoring the gold targets."""
+        model = self.model
+        was = model.training
+        model.eval()
+        loss_sum, correct, tokens = 0.0, 0.0, 0
+        try:
+            for idx in torch.arange(len(data)).split(self.cfg.eval_batch_size):
+                b = data.take(idx, self.tr.device)
+                assert b.tgt is not None
+                with self.tr.autocast():
+                    out = model(b.src, b.src_lengths, b.decoder_input(), sampling_prob,
+                                torch.Generator().manual_seed(0))
+                n = int((b.tgt != PAD_ID).sum())
+                loss_sum += float(F.cross_entropy(out.logits.float().flatten(0, 1), b.tgt.flatten(),
+                                                  ignore_index=PAD_ID, reduction="sum"))
+                correct += float(((out.logits.argmax(-1) == b.tgt) & (b.tgt != PAD_ID)).sum())
+                tokens += n
+        finally:
+            model.train(was)
+        return loss_sum / max(tokens, 1), correct / max(tokens, 1)
+
+    def evaluate(self, data: EncodedPairs, beam: bool = True, hyps: list[list[int]] | None = None
+                 ) -> dict[str, float]:
+        """Teacher-forced loss/accuracy, the exposure-bias gap, and the sequence metrics of the decoded outputs
+        (``hyps``, output ids before ``<eos>``, when the caller already decoded ``data``)."""
+        loss, acc = self.teacher_forced(data)
+        m: dict[str, float] = {"loss": loss, "accuracy": acc}
+        if self.s2s.exposure_gap:
+            free, _ = self.teacher_forced(data, sampling_prob=1.0)
+            m |= {"free_loss": free, "exposure_gap": free - loss}
+        if hyps is None:
+            hyps = self.decode(data, beam)
+        return m | sequence_metrics(hyps, reference_ids(data))
+
+    def decode(self, data: EncodedPairs, beam: bool = True) -> list[list[int]]:
+        """Output ids (before ``<eos>``) of every pair, greedy or (``beam`` and decode.beam_size > 1) beam search."""
+        return decode_all(self.model, data, self.s2s.decode, self.cfg.eval_batch_size, self.tr.device, beam)
+
+    def gate_probe(self, n: int) -> Any:
+        """A forward of the encoders over the first ``diagnostics.gate_sequences`` validation pairs (training pairs
+        without a validation split): what the monitor runs with the gate statistics on. The gates are the
+        encoders' (the decoder steps ``nn.LSTMCell``, which reports none)."""
+        data = self.val_data if self.val_data is not None and len(self.val_data) else self.train_data
+        batch = data.take(torch.arange(min(n, len(data))), self.tr.device)
+        return lambda: self.model.encode(batch.src, batch.src_lengths)
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"objective": self.objective.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.objective.load_state_dict(state["objective"])
+
+
+def seq2seq_trainer(
+    cfg: TrainConfig,
+    s2s: Seq2SeqSection,
+    model: Seq2Seq,
+    train: EncodedPairs,
+    val: EncodedPairs | None,
+    *,
+    seed: int,
+    run_dir: Path,
+    callbacks: list[Callback] | None = None,
+    diagnostics: DiagnosticsConfig | None = None,
+) -> Trainer:
+    """The one trainer with the seq2seq task on ``train`` (and ``val``)."""
+    return Trainer(cfg, model, Seq2SeqTask(cfg, s2s, train, val), seed=seed, run_dir=run_dir, callbacks=callbacks,
+                   diagnostics=diagnostics)
