@@ -75,23 +75,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from longshort.config import apply_overrides, load_config, read_yaml, validate
     from longshort.run import train
 
-    if args.nproc is not None and "WORLD_SIZE" not in os.environ:
-        if args.nproc < 1:
-            raise LongshortError(f"--nproc must be >= 1, got {args.nproc}")
-        cfg = load_config(Path(args.resume) / "config.yaml") if args.resume else None
-        if cfg is None:
-            raw = read_yaml(args.config) if args.config else {}
-            cfg = validate(apply_overrides(raw, [o for o in args.overrides if "=" in o]))
-        if cfg.distributed.strategy == "none" and args.nproc > 1:
-            raise LongshortError(f"--nproc {args.nproc} needs distributed.strategy=ddp or fsdp (now none)")
-        raise SystemExit(_launch_torchrun(args.nproc, _strip_nproc(list(args.argv))))
-
-    if args.resume:
-        if args.overrides or args.config or args.data or args.test_data or args.out or args.task:
-            raise LongshortError("--resume continues a run with its saved config: give no other options")
-        train(resume=args.resume)
-        return
-    raw = read_yaml(args.config) if args.config else {}
+    if args.resume and (args.overrides or args.config or args.data or args.test_data or args.out or args.task):
+        raise LongshortError("--resume continues a run with its saved config: give no other options")
     extra = list(args.overrides)
     if args.task:
         extra.append(f"task={args.task}")
@@ -102,8 +87,21 @@ def _cmd_train(args: argparse.Namespace) -> None:
     for o in extra:
         if "=" not in o:
             raise LongshortError(f"'{o}' is neither an option nor a KEY=VALUE override")
-    cfg = validate(apply_overrides(raw, extra))
-    train(cfg, out=args.out)
+    if args.resume:
+        cfg = load_config(Path(args.resume) / "config.yaml")
+    else:
+        cfg = validate(apply_overrides(read_yaml(args.config) if args.config else {}, extra))
+
+    if args.nproc is not None and "WORLD_SIZE" not in os.environ:  # the config is checked once, before launching
+        if args.nproc < 1:
+            raise LongshortError(f"--nproc must be >= 1, got {args.nproc}")
+        if cfg.distributed.strategy == "none" and args.nproc > 1:
+            raise LongshortError(f"--nproc {args.nproc} needs distributed.strategy=ddp or fsdp (now none)")
+        raise SystemExit(_launch_torchrun(args.nproc, _strip_nproc(list(args.argv))))
+    if args.resume:
+        train(resume=args.resume)
+    else:
+        train(cfg, out=args.out)
 
 
 def _print_metrics(m: dict[str, object]) -> None:

@@ -52,8 +52,9 @@ class Config(BaseModel):
         if d.strategy == "none":
             return self
         bad = []
-        if self.task == "seq2seq":
-            bad.append("task seq2seq (the seq2seq loop runs in one process)")
+        if self.task == "seq2seq" and d.strategy == "fsdp" and self.seq2seq.objective.kind != "none":
+            bad.append("seq2seq.objective with fsdp (its sampled decoding calls the model outside forward, "
+                       "which FSDP2 runs sharded; ddp runs it)")
         if o.lookahead.enabled:
             bad.append("train.optim.lookahead (its slow weights are not sharded)")
         if d.strategy == "fsdp" and o.grad_noise.std > 0:

@@ -198,15 +198,16 @@ def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: st
         cfg = config if isinstance(config, Config) else (
             validate(config) if isinstance(config, dict) else load_config(config))
         run_dir = Path(out) if out else default_run_dir(cfg)
-    if cfg.task == "seq2seq":
-        if resume is None and (run_dir / "config.yaml").exists():
-            raise RunDirError(f"run directory {run_dir} already holds a run: resume it with --resume "
-                              f"{run_dir} or choose another --out")
-        from longshort.seq2seq_run import train_seq2seq
-
-        return train_seq2seq(cfg, run_dir, resume is not None, console, _callbacks(cfg, run_dir, console))
     ctx = setup(cfg.distributed, resolve_device(cfg.train.device))
     try:
+        if cfg.task == "seq2seq":
+            from longshort.seq2seq_run import train_seq2seq
+
+            run_dir = _agree_on_run_dir(run_dir, resume is not None, ctx)
+            if not ctx.is_main:
+                console = Console(quiet=True)
+            callbacks = _callbacks(cfg, run_dir, console) if ctx.is_main else []
+            return train_seq2seq(cfg, run_dir, resume is not None, console, callbacks, ctx)
         return _train_classifier(cfg, run_dir, resume is not None, console, ctx)
     finally:
         shutdown(ctx)

@@ -42,6 +42,7 @@ from longshort.evaluate.seq_metrics import sequence_metrics
 from longshort.nn.seq2seq import Seq2Seq
 from longshort.report.plots import attention_png, learning_curve_png
 from longshort.training.checkpoint import checkpoint_path, load_weights, save_weights
+from longshort.training.distributed import DistContext, barrier
 from longshort.training.seq2seq_task import decode_all, reference_ids, seq2seq_trainer
 from longshort.training.trainer import Trainer
 
@@ -141,27 +142,46 @@ def _describe(splits: PairSplits, model: Seq2Seq, cfg: Config, console: Console)
     console.print(table)
 
 
-def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, callbacks: list[Any]) -> Seq2SeqRun:
+def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, callbacks: list[Any],
+                  ctx: DistContext | None = None) -> Seq2SeqRun | None:
+    """Train a seq2seq model into ``run_dir``. Under torchrun (``ctx`` enabled) every rank trains its part of each
+    batch; rank 0 alone writes files and returns the run (the others return None)."""
+    ctx = ctx or DistContext()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    splits = prepare_pairs(cfg.data, cfg.seed)
-    if not resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    for v, name in zip(splits.src_vocabs, _vocab_names(len(splits.src_vocabs)), strict=True):
-        v.save(run_dir / name)
-    splits.tgt_vocab.save(run_dir / "vocab_target.json")
+    splits = prepare_pairs(cfg.data, cfg.seed)  # the same split and vocabularies on every rank (from the seed)
+    if ctx.is_main:
+        if not resume:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        for v, name in zip(splits.src_vocabs, _vocab_names(len(splits.src_vocabs)), strict=True):
+            v.save(run_dir / name)
+        splits.tgt_vocab.save(run_dir / "vocab_target.json")
+    barrier(ctx)
     model = Seq2Seq(splits.src_vocabs, splits.tgt_vocab, cfg.seq2seq.model)
     _describe(splits, model, cfg, console)
+    if ctx.enabled:
+        console.print(f"distributed: {cfg.distributed.strategy} over {ctx.world} processes, global batch "
+                      f"{cfg.train.batch_size}")
     enc = {k: encode_pairs(v, splits.src_vocabs, splits.tgt_vocab) if v is not None else None
            for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
     assert enc["train"] is not None
     trainer = seq2seq_trainer(cfg.train, cfg.seq2seq, model, enc["train"], enc["val"], seed=cfg.seed,
-                              run_dir=run_dir, callbacks=callbacks, diagnostics=cfg.diagnostics)
+                              run_dir=run_dir, callbacks=callbacks, diagnostics=cfg.diagnostics,
+                              distributed=cfg.distributed, ctx=ctx)
     if resume and trainer.restore("last"):
         console.print(f"resumed {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch}, step {trainer.step}")
     trainer.fit()
+    if ctx.enabled:  # the full weights rank 0 wrote into the checkpoints: final metrics on a plain model there
+        barrier(ctx)
+        if not ctx.is_main:
+            return None
+        model = Seq2Seq(splits.src_vocabs, splits.tgt_vocab, cfg.seq2seq.model).to(trainer.device)
+        last = checkpoint_path(trainer.ckpt_dir, "last")
+        assert last is not None
+        load_weights(model, last / "model.safetensors")
+        trainer.task.plain = model  # type: ignore[attr-defined]  # decode with it, not the (now idle) ranks
     best = checkpoint_path(trainer.ckpt_dir, "best")
     if best is not None:
         load_weights(model, best / "model.safetensors")

@@ -103,3 +103,30 @@ def test_plan_command_prints_and_writes_the_memory_table(tmp_path: Path) -> None
     # the process-memory column, fitted to probe runs at batch 8 and 16: grows with the per-rank batch
     none = next(r for r in plan["memory"] if r["strategy"] == "none")
     assert "process peak (RSS)" in proc.stderr and none["rss"] > ddp4["rss"] > 0
+
+
+S2S = ["--task", "seq2seq", "seq2seq.model.emb_dim=8", "seq2seq.model.hidden_dim=16", "seq2seq.model.dropout=0.0",
+       "data.builtin.n=200", "train.epochs=2", "train.batch_size=16", "train.tensorboard=false",
+       "train.progress=off", "train.early_stopping.patience=null", "train.optim.eps=1e-6",
+       "diagnostics.analysis=false", "diagnostics.report=false"]
+
+
+def test_seq2seq_trains_under_ddp_and_fsdp_on_2_processes_as_on_one(tmp_path: Path) -> None:
+    """The one Trainer runs seq2seq data-parallel as it does the classifier: the same loss curve as one process
+    (the tolerance of tests/training/test_distributed.py), and rank 0 writes the finished run directory."""
+    one = _longshort("--out", tmp_path / "one", *S2S)
+    _, err = one.communicate(timeout=300)
+    assert one.returncode == 0, err[-3000:]
+    ref = pd.read_csv(tmp_path / "one" / "history.csv")
+    for strategy in ("ddp", "fsdp"):
+        run = tmp_path / strategy
+        job = _longshort("--nproc", 2, "--out", run, *S2S, f"distributed.strategy={strategy}")
+        out, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err[-3000:]
+        assert f"run directory: {run}" in out
+        for name in ("model.safetensors", "metrics.json", "vocab_target.json", "test_predictions.tsv"):
+            assert (run / name).is_file(), (strategy, name)
+        got = pd.read_csv(run / "history.csv")
+        for col in ("train_loss", "val_loss", "val_free_loss"):
+            torch.testing.assert_close(torch.tensor(got[col].to_numpy()), torch.tensor(ref[col].to_numpy()),
+                                       atol=1e-4, rtol=0, msg=lambda m, c=col, s=strategy: f"{s} {c}: {m}")

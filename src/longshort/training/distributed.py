@@ -7,7 +7,9 @@ broadcast, so every rank starts from one set of initial weights), then :func:`pa
 
 - ``ddp``: ``DistributedDataParallel``: every rank holds the whole model, gradients are averaged.
 - ``fsdp``: FSDP2 ``fully_shard`` on each temporal-conv block, BiLSTM block and attention block (seq2seq: each
-  encoder and the decoder cells), then on the root (seed 000's wrap policy, as torchtitan applies it): parameters,
+  encoder; the decoder's cells stay in the root's unit: the decoder calls them once per target step, ranks' parts
+  of a batch differ in target length, and a unit of its own would all-gather a different number of times on
+  each rank), then on the root (seed 000's wrap policy, as torchtitan applies it): parameters,
   gradients and optimizer state are sharded across ranks; ``reshard_after_forward`` true frees the gathered
   parameters after each block's forward (the seed's FULL_SHARD), false keeps them for the backward (SHARD_GRAD_OP).
   Mixed precision (bf16/fp16 parameters, fp32 gradient reduction) and pinned CPU offload are CUDA paths; CPU
@@ -123,7 +125,7 @@ def device_for(ctx: DistContext, device: torch.device) -> torch.device:
 def blocks(model: nn.Module) -> list[nn.Module]:
     """The units FSDP shards and activation checkpointing recomputes, in forward order."""
     units: list[nn.Module] = []
-    for name in ("convs", "lstms", "encoders", "cells"):  # classifier blocks; seq2seq encoders and decoder cells
+    for name in ("convs", "lstms", "encoders"):  # classifier blocks; seq2seq encoders (not the per-step cells)
         seq = getattr(model, name, None)
         if isinstance(seq, nn.ModuleList):
             units += list(seq)

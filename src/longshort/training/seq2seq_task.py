@@ -16,6 +16,7 @@ batch), so a resumed run replays the same batches exactly.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from longshort.evaluate.seq_metrics import sequence_metrics
 from longshort.nn.seq2seq import SCHEDULES, Seq2Seq, Seq2SeqConfig
 from longshort.training import curriculum as cur
 from longshort.training.callbacks import Callback
+from longshort.training.distributed import DistContext, DistributedConfig
 from longshort.training.losses import TimeWeighting, sequence_focal_loss
 from longshort.training.sequence_level import ObjectiveConfig, SequenceObjective, ids_before_eos
 from longshort.training.trainer import TrainConfig, Trainer
@@ -166,14 +168,36 @@ class Seq2SeqTask:
         self.cfg, self.s2s, self.train_data, self.val_data = cfg, s2s, train, val
         self.objective = SequenceObjective(s2s.objective)
         self.tr: Trainer
+        #: a plain model that decoding and evaluation use instead of the trainer's (after a distributed run: rank
+        #: 0's final model, once the other ranks are gone)
+        self.plain: Seq2Seq | None = None
+        self._unsharded: Seq2Seq | None = None  # under FSDP2: a copy of the model made before it was sharded ...
+        self._gathered_at = -1  # ... and the optimizer step whose full weights it holds
 
     def bind(self, trainer: Trainer) -> None:
         self.tr = trainer
 
+    def _fsdp(self) -> bool:
+        return self.tr.dist.enabled and self.tr.dist_cfg.strategy == "fsdp"
+
     @property
     def model(self) -> Seq2Seq:
-        """The model itself (not its data-parallel wrapper): decoding and the encoders' probe call its methods."""
+        """The model that decoding, evaluation and the sequence-level objective call methods of (``encode``,
+        ``step``, ``greedy_decode``): the model itself, never its data-parallel wrapper. FSDP2 runs only a
+        sharded module's ``forward`` with its parameters gathered, so there it is a plain copy of the full weights
+        (gathered by every rank together: every rank validates)."""
         m = self.tr.model
+        if self.plain is not None:
+            return self.plain
+        if self._unsharded is not None:
+            if self._gathered_at != self.tr.step:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+                full = get_model_state_dict(m, options=StateDictOptions(full_state_dict=True))
+                self._unsharded.load_state_dict(full)
+                self._unsharded.to(self.tr.device)
+                self._gathered_at = self.tr.step
+            return self._unsharded
         return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m  # type: ignore[return-value]
 
     # -- what an epoch looks like -------------------------------------------------------------------------
@@ -312,6 +336,8 @@ class Seq2SeqTask:
         """A forward of the encoders over the first ``diagnostics.gate_sequences`` validation pairs (training pairs
         without a validation split): what the monitor runs with the gate statistics on. The gates are the
         encoders' (the decoder steps ``nn.LSTMCell``, which reports none)."""
+        if self._fsdp():
+            return None  # the gates hooks sit on the sharded model, which only its forward can run
         data = self.val_data if self.val_data is not None and len(self.val_data) else self.train_data
         batch = data.take(torch.arange(min(n, len(data))), self.tr.device)
         return lambda: self.model.encode(batch.src, batch.src_lengths)
@@ -336,7 +362,12 @@ def seq2seq_trainer(
     run_dir: Path,
     callbacks: list[Callback] | None = None,
     diagnostics: DiagnosticsConfig | None = None,
+    distributed: DistributedConfig | None = None,
+    ctx: DistContext | None = None,
 ) -> Trainer:
     """The one trainer with the seq2seq task on ``train`` (and ``val``)."""
-    return Trainer(cfg, model, Seq2SeqTask(cfg, s2s, train, val), seed=seed, run_dir=run_dir, callbacks=callbacks,
-                   diagnostics=diagnostics)
+    task = Seq2SeqTask(cfg, s2s, train, val)
+    if ctx is not None and ctx.enabled and distributed is not None and distributed.strategy == "fsdp":
+        task._unsharded = copy.deepcopy(model)  # what evaluation gathers the full weights into
+    return Trainer(cfg, model, task, seed=seed, run_dir=run_dir, callbacks=callbacks, distributed=distributed,
+                   ctx=ctx, diagnostics=diagnostics)
