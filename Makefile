@@ -34,6 +34,7 @@ train: install
 ## Install test needs and run the whole suite.
 test: install-test
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 bench: install

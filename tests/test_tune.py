@@ -156,3 +156,26 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_retried(tmp_path: Path, 
     assert retried and retried[0].state.name == "COMPLETE"
     assert retried[0].params == killed.params  # the same values, run again
     assert states.count("COMPLETE") == target  # the study still reaches its trial count
+
+
+def test_a_trial_is_the_run_train_starts_from_its_config(tmp_path: Path) -> None:
+    """A trial goes through the recipe `longshort train` runs (run.setup), diagnostics and checkpoints included, and
+    keeps its resolved config: training that config gives the trial's weights, bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+
+    from longshort.run import train
+    from longshort.training.checkpoint import checkpoint_path
+
+    cfg = validate({**BASE, "tune": {"space": {"train.optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2}},
+                                     "pruner": "none", "startup_trials": 1}})
+    run_tune(cfg, tmp_path / "study", n_trials=1, timeout=None, storage=None)
+    trial = tmp_path / "study" / "trial-0"
+    assert (trial / "diagnostics" / "steps.csv").is_file()  # the user's diagnostics section, not a trial's own
+    train(load_config(trial / "config.yaml"), out=tmp_path / "run")
+    last = [checkpoint_path(d / "checkpoints", "last") for d in (trial, tmp_path / "run")]
+    assert last[0] is not None and last[1] is not None
+    a, b = (load_file(str(p / "model.safetensors")) for p in last)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)

@@ -112,7 +112,7 @@ def _print_metrics(m: dict[str, object]) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from longshort.run import load
+    from longshort.runs import load
 
     run = load(args.run_dir)
     if run.task == "seq2seq":
@@ -148,7 +148,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     import numpy as np
 
     from longshort.data.pipeline import load_for_model
-    from longshort.run import load
+    from longshort.runs import load
 
     if len(args.run_dir) > 1 or args.weights:  # an ensemble: the weighted mean of the members' probabilities
         from longshort.evaluate.ensemble import ensemble_proba
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", metavar="DIR", default=None, help="directory for the model file, model.json and "
                     "preprocess.json (default: RUN_DIR/export/FORMAT, torch-export and quantized alike)")
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset of the ONNX formats (default: 17)")
-    ex.set_defaults(func=_lazy("longshort.deploy.export", "export_command"))
+    ex.set_defaults(func=_lazy("longshort.deploy.command", "export_command"))
 
     en = sub.add_parser("ensemble", help="evaluate the ensemble of several classifier runs (mean of probabilities)")
     en.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")

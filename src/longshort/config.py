@@ -1,8 +1,9 @@
 """The config tree: one typed, validated object per run, read from YAML plus ``key.sub=value`` overrides.
 
-Each component owns its section next to its code (``data/config.py``, ``nn/classifier.py``,
-``train/trainer.py``); this module assembles them, reads and writes YAML, applies overrides, and turns
-validation failures into one readable line that names the key and what it accepts.
+Each package keeps its sections in a leaf module that imports only pydantic and other config modules
+(``data/config.py``, ``nn/config.py``, ``training/config.py``, ``diagnostics/config.py``, ``evaluate/config.py``,
+``tune_config.py``), so this module imports no torch; it assembles them, reads and writes YAML, applies
+overrides, and turns validation failures into one readable line that names the key and what it accepts.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from longshort.data.config import DataConfig
-from longshort.diagnostics.monitor import DiagnosticsConfig
+from longshort.diagnostics.config import DiagnosticsConfig
 from longshort.errors import ConfigError
-from longshort.evaluate.validation import CVConfig
-from longshort.nn.classifier import ClassifierConfig
-from longshort.training.distributed import DistributedConfig
-from longshort.training.seq2seq_task import Seq2SeqSection
-from longshort.training.trainer import TrainConfig
-from longshort.tune import TuneConfig
+from longshort.evaluate.config import CVConfig
+from longshort.nn.config import ClassifierConfig
+from longshort.training.config import DistributedConfig, Seq2SeqSection, TrainConfig
+from longshort.tune_config import TuneConfig
 
 
 class Config(BaseModel):

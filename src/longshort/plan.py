@@ -54,7 +54,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
@@ -63,7 +62,7 @@ from longshort.config import Config
 from longshort.data.pipeline import data_shape, prepare, read_source
 from longshort.nn.classifier import SequenceClassifier
 from longshort.sizing import DataShape, resolve
-from longshort.training.losses import aux_loss
+from longshort.training.classify import ClassifierObjective
 from longshort.training.optim import GradClipper, Lookahead, build_optimizer
 from longshort.training.trainer import resolve_device
 
@@ -183,10 +182,9 @@ def _probe_batch(batch: int, length: int, input_dim: int, num_classes: int, devi
 
 
 def _loss(out: Any, y: Tensor, aux: Tensor, cfg: Config) -> Tensor:
-    """Cross-entropy plus the auxiliary regression loss (so every parameter gets a gradient, as in training
-    with an aux target)."""
-    w = cfg.train.loss.aux_weight or 1.0
-    return F.cross_entropy(out.logits, y) + w * aux_loss(out.aux, aux)
+    """The trainer's objective (:class:`~longshort.training.classify.ClassifierObjective`: train.loss plus the
+    auxiliary loss at its weight) on the probe batch, class weights from the probe's labels."""
+    return ClassifierObjective(cfg.train.loss, y, out.logits.shape[1])(out, y, aux)
 
 
 def _sync(device: torch.device) -> None:

@@ -1,21 +1,15 @@
 """The Python API, mirroring the CLI: ``train(config) -> Run``, ``load(run_dir) -> Run``, ``Run.predict``.
 
-A run directory is the unit users share, compare, resume and deploy::
-
-    RUN_DIR/config.yaml         the resolved config (reloads into the same run)
-    RUN_DIR/preprocess.json     classes, features and scaling fitted on the training split
-    RUN_DIR/model.safetensors   the best weights (by train.early_stopping.metric)
-    RUN_DIR/checkpoints/        best and last: weights + optimizer, schedule, RNG, data position
-    RUN_DIR/history.csv, tb/    per-epoch metrics (CSV and TensorBoard)
-    RUN_DIR/metrics.json        val and test metrics
-    RUN_DIR/plots/              confusion_matrix.png, learning_curve.png
+``train`` writes a run directory (the unit users share, compare, resume and deploy; its files are listed in
+:mod:`longshort.runs`, which loads it back: ``Run`` and ``load`` are re-exported here).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,115 +20,29 @@ from rich.console import Console
 from rich.table import Table
 
 from longshort.config import Config, load_config, save_config, validate
-from longshort.data.batching import TensorData, to_tensors
+from longshort.data.batching import to_tensors
 from longshort.data.builtin import BUILTINS
-from longshort.data.pipeline import Preprocessor, Splits, data_shape, load_for_model, prepare, read_source
+from longshort.data.pipeline import Splits, data_shape, prepare, read_source
 from longshort.data.types import SequenceData
-from longshort.errors import LongshortError, RunDirError
+from longshort.errors import RunDirError
 from longshort.evaluate.metrics import classification_metrics
 from longshort.evaluate.predict import batched_proba
+from longshort.finish import after_training
 from longshort.nn.classifier import SequenceClassifier
 from longshort.report.plots import confusion_matrix_png, learning_curve_png
+from longshort.runs import Run as Run
+from longshort.runs import load as load
 from longshort.sizing import DataShape, resolve
 from longshort.training.callbacks import Callback, HistoryCSV, PlainProgress, ProgressBar, TensorBoard
 from longshort.training.checkpoint import checkpoint_path, load_weights, save_weights
 from longshort.training.classify import classifier_trainer
-from longshort.training.distributed import DistContext, barrier, setup, shutdown
+from longshort.training.distributed import DistContext, barrier, shutdown
+from longshort.training.distributed import setup as setup_distributed
 from longshort.training.trainer import Trainer, resolve_device
 
 
 def _console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class Run:
-    """A trained model with its preprocessing, loaded from (or just written to) a run directory."""
-
-    def __init__(self, run_dir: Path, config: Config, model: SequenceClassifier, prep: Preprocessor) -> None:
-        self.dir, self.config, self.model, self.prep = Path(run_dir), config, model, prep
-        self.model.eval()
-
-    task = "classify"
-
-    @classmethod
-    def load(cls, run_dir: str | Path, device: str = "cpu") -> Run:
-        d = Path(run_dir)
-        for name in ("config.yaml", "preprocess.json", "model.safetensors"):
-            if not (d / name).is_file():
-                raise RunDirError(f"{d} is not a finished run directory: {name} is missing")
-        cfg = load_config(d / "config.yaml")
-        prep = Preprocessor.load(d / "preprocess.json")
-        model = SequenceClassifier(len(prep.feature_names), len(prep.class_names), cfg.model).to(device)
-        load_weights(model, d / "model.safetensors")
-        return cls(d, cfg, model, prep)
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        p = self.dir / "metrics.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
-
-    @torch.no_grad()
-    def predict_proba(self, x: np.ndarray | SequenceData, lengths: np.ndarray | None = None,
-                      batch_size: int = 256, prepared: bool = False) -> np.ndarray:
-        """Class probabilities [N, K] for raw (unscaled) sequences ``x`` [N, T, C] or a SequenceData.
-
-        ``prepared=True`` says ``x`` already went through this run's preprocessing (``load_for_model``).
-        """
-        data = x if isinstance(x, SequenceData) else _raw_sequences(np.asarray(x, dtype=np.float32), lengths)
-        if not prepared:
-            data = self.prep.transform(data, labelled=False)
-        return _proba(self.model, to_tensors(data), batch_size)
-
-    def predict(self, x: np.ndarray | SequenceData, lengths: np.ndarray | None = None) -> np.ndarray:
-        """Predicted class names for each sequence."""
-        return np.asarray(self.prep.class_names)[self.predict_proba(x, lengths).argmax(1)]
-
-    def streamer(self, batch_size: int = 1) -> Any:
-        """A :class:`~longshort.deploy.streaming.RunStreamer`: feed raw steps of ``batch_size`` streams one at a
-        time and get each prefix's class probabilities (needs a model trained with model.bidirectional=false)."""
-        from longshort.deploy.streaming import RunStreamer
-
-        return RunStreamer(self, batch_size)
-
-    def evaluate(self, data: str | None = None) -> dict[str, Any]:
-        """Metrics on a file (all of it), or on the run's own test split when ``data`` is None."""
-        if data is None:
-            splits = prepare(self.config.data, self.config.seed)
-            test = splits.test
-            if test is None:
-                raise LongshortError("this run has no test split (split.test=0): pass --data FILE")
-        else:
-            test = load_for_model(data, self.config.data, self.prep, self.config.seed)
-            if test.y is None:
-                raise LongshortError(f"{data} has no labels to evaluate against")
-        assert test.y is not None
-        proba = _proba(self.model, to_tensors(test), self.config.train.eval_batch_size)
-        return classification_metrics(test.y, proba, self.prep.class_names)
-
-
-def _raw_sequences(x: np.ndarray, lengths: np.ndarray | None) -> SequenceData:
-    if x.ndim != 3:
-        raise LongshortError(f"x must be [N, T, C], got shape {x.shape}")
-    n, t, _ = x.shape
-    lens = np.full(n, t, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
-    return SequenceData(X=x, lengths=lens, y=None, feature_names=[], source="array")
-
-
-def _proba(model: torch.nn.Module, data: TensorData, batch_size: int) -> np.ndarray:
-    return batched_proba(model, data, batch_size).numpy()
-
-
-def load(run_dir: str | Path) -> Any:
-    """The run in ``run_dir``: a :class:`Run` (classifier) or a :class:`~longshort.seq2seq_run.Seq2SeqRun`."""
-    d = Path(run_dir)
-    if not (d / "config.yaml").is_file():
-        raise RunDirError(f"{d} is not a finished run directory: config.yaml is missing")
-    cfg = load_config(d / "config.yaml")
-    if cfg.task == "seq2seq":
-        from longshort.seq2seq_run import Seq2SeqRun
-
-        return Seq2SeqRun.load(d, config=cfg)
-    return Run.load(d)
 
 
 # -- training ----------------------------------------------------------------------------------------
@@ -198,7 +106,7 @@ def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: st
         cfg = config if isinstance(config, Config) else (
             validate(config) if isinstance(config, dict) else load_config(config))
         run_dir = Path(out) if out else default_run_dir(cfg)
-    ctx = setup(cfg.distributed, resolve_device(cfg.train.device))
+    ctx = setup_distributed(cfg.distributed, resolve_device(cfg.train.device))
     try:
         if cfg.task == "seq2seq":
             from longshort.seq2seq_run import train_seq2seq
@@ -230,36 +138,66 @@ def _agree_on_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> Path:
     return run_dir
 
 
-def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console, ctx: DistContext) -> Run | None:
-    run_dir = _agree_on_run_dir(run_dir, resume, ctx)
-    if not ctx.is_main:
-        console = Console(quiet=True)
+@dataclass
+class Recipe:
+    """What :func:`setup` builds for one classifier run: the config with every automatic choice made, the data's
+    splits, the model and the one trainer ready to ``fit()``, and the automatic choices in words."""
+
+    cfg: Config
+    splits: Splits
+    model: SequenceClassifier
+    trainer: Trainer
+    notes: list[str]
+
+
+def build_trainer(cfg: Config, model: SequenceClassifier, train: SequenceData, val: SequenceData | None,
+                  num_classes: int, run_dir: Path, *, callbacks: list[Callback] | None = None,
+                  ctx: DistContext | None = None) -> Trainer:
+    """The classifier's trainer from the whole config (its train, distributed and diagnostics sections): what
+    train, cv and tune build, so none of them trains with settings of its own."""
+    return classifier_trainer(cfg.train, model, to_tensors(train), None if val is None else to_tensors(val),
+                              num_classes=num_classes, seed=cfg.seed, run_dir=run_dir, callbacks=callbacks,
+                              distributed=cfg.distributed, ctx=ctx, diagnostics=cfg.diagnostics)
+
+
+def setup(cfg: Config, run_dir: Path, *, callbacks: Callable[[Config], list[Callback]] | None = None,
+          ctx: DistContext | None = None, need_validation: bool = False) -> Recipe:
+    """One classifier recipe for ``longshort train`` and every ``tune`` trial: read the data, make the automatic
+    choices for its size (``sizing.resolve``; ``need_validation``: the caller picks by a validation metric),
+    split and scale it, build the model and the trainer. Writes nothing; ``callbacks`` makes the trainer's
+    callbacks from the resolved config. A resumed config is resolved already, so it comes back unchanged."""
+    ctx = ctx or DistContext()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     raw = read_source(cfg.data.source, cfg.data, cfg.seed)
-    cfg, choices = resolve(cfg, DataShape(*data_shape(raw, cfg.data)))  # a resumed config is resolved already
+    cfg, notes = resolve(cfg, DataShape(*data_shape(raw, cfg.data)), need_validation=need_validation)
     splits = prepare(cfg.data, cfg.seed, raw)
+    model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
+    trainer = build_trainer(cfg, model, splits.train, splits.val, len(splits.prep.class_names), run_dir,
+                            callbacks=callbacks(cfg) if callbacks is not None else None, ctx=ctx)
+    return Recipe(cfg, splits, model, trainer, notes)
+
+
+def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console, ctx: DistContext) -> Run | None:
+    run_dir = _agree_on_run_dir(run_dir, resume, ctx)
+    if not ctx.is_main:
+        console = Console(quiet=True)
+    recipe = setup(cfg, run_dir, ctx=ctx,
+                   callbacks=(lambda c: _callbacks(c, run_dir, console)) if ctx.is_main else None)
+    cfg, splits, model, trainer = recipe.cfg, recipe.splits, recipe.model, recipe.trainer
     if not resume and ctx.is_main:  # only once the data is read: a bad file leaves no half-made run behind
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     if ctx.is_main:
         splits.prep.save(run_dir / "preprocess.json")
     barrier(ctx)
-    model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
-    for note in choices:
+    for note in recipe.notes:
         console.print(f"auto: {note}")
     _describe(splits, model, cfg.train.batch_size, console)
     if ctx.enabled:
         console.print(f"distributed: {cfg.distributed.strategy} over {ctx.world} processes, global batch "
                       f"{cfg.train.batch_size}")
-
-    trainer = classifier_trainer(
-        cfg.train, model, to_tensors(splits.train), None if splits.val is None else to_tensors(splits.val),
-        num_classes=len(splits.prep.class_names), seed=cfg.seed, run_dir=run_dir,
-        callbacks=_callbacks(cfg, run_dir, console) if ctx.is_main else [],
-        distributed=cfg.distributed, ctx=ctx, diagnostics=cfg.diagnostics,
-    )
     if resume and trainer.restore("last"):
         console.print(f"resumed {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch}, step {trainer.step}")
     trainer.fit()
@@ -284,36 +222,12 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
     return Run(run_dir, cfg, model, splits.prep)
 
 
-def after_training(cfg: Config, run_dir: Path, console: Console) -> None:
-    """``diagnostics.analysis``: landscape, Hessian, information flow, attention maps (classifier runs); then
-    ``diagnostics.report``: RUN_DIR/report.html. A failure here is reported, not raised: the run is complete."""
-    d = cfg.diagnostics
-    if d.analysis and cfg.task == "classify":
-        from longshort.diagnostics.analyse import analyse_run
-
-        t0 = time.perf_counter()
-        with console.status("diagnostics: loss landscape, Hessian, information flow, attention ..."):
-            try:
-                analyse_run(run_dir, n_batches=d.analysis_batches, seed=cfg.seed)
-                console.print(f"diagnostics: {run_dir / 'diagnostics'} ({time.perf_counter() - t0:.0f} s; "
-                              "diagnostics.analysis=false skips it)")
-            except Exception as exc:  # the trained model is saved: say what failed, go on
-                console.print(f"[yellow]diagnostics: analysis failed: {type(exc).__name__}: {exc}[/yellow]")
-    if d.report:
-        from longshort.report.html import build_report
-
-        try:
-            console.print(f"report: {build_report(run_dir)}")
-        except Exception as exc:  # as above
-            console.print(f"[yellow]report: failed: {type(exc).__name__}: {exc}[/yellow]")
-
-
 def _final_metrics(cfg: Config, splits: Splits, model: SequenceClassifier, trainer: Trainer,
                    run_dir: Path | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, data in (("val", splits.val), ("test", splits.test)):
         if data is not None and data.y is not None and len(data):
-            proba = _proba(model, to_tensors(data), cfg.train.eval_batch_size)
+            proba = batched_proba(model, to_tensors(data), cfg.train.eval_batch_size).numpy()
             out[name] = classification_metrics(data.y, proba, splits.prep.class_names)
             if run_dir is not None and cfg.diagnostics.enabled:  # for the report's reliability diagram
                 (run_dir / "diagnostics").mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Seq2seq runs: ``train(config)`` with ``task: seq2seq`` lands here, and so does ``load(run_dir)`` of such a run.
+"""Seq2seq training: ``train(config)`` with ``task: seq2seq`` lands here (``load(run_dir)`` of such a run is
+:class:`longshort.runs.Seq2SeqRun`, re-exported here).
 
 A seq2seq run directory::
 
@@ -22,100 +23,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from longshort.config import Config, load_config, save_config
+from longshort.config import Config, save_config
 from longshort.data.pair_pipeline import (
     EncodedPairs,
     PairSplits,
     encode_pairs,
-    load_pair_source,
     prepare_pairs,
     token_separators,
 )
-from longshort.data.pairs import PairData, Vocab
-from longshort.errors import LongshortError, RunDirError
+from longshort.data.pairs import PairData
 from longshort.evaluate.seq_metrics import sequence_metrics
+from longshort.finish import after_training
+from longshort.nn.decoding import reference_ids
 from longshort.nn.seq2seq import Seq2Seq
 from longshort.report.plots import attention_png, learning_curve_png
+from longshort.runs import Seq2SeqRun as Seq2SeqRun
+from longshort.runs import vocab_names
 from longshort.training.checkpoint import checkpoint_path, load_weights, save_weights
 from longshort.training.distributed import DistContext, barrier
-from longshort.training.seq2seq_task import decode_all, reference_ids, seq2seq_trainer
+from longshort.training.seq2seq_task import seq2seq_trainer
 from longshort.training.trainer import Trainer
-
-
-def _vocab_names(n_fields: int) -> list[str]:
-    return ["vocab_source.json"] + [f"vocab_source_{i}.json" for i in range(1, n_fields)]
-
-
-class Seq2SeqRun:
-    """A trained seq2seq model with its vocabularies, loaded from (or just written to) a run directory."""
-
-    task = "seq2seq"
-
-    def __init__(self, run_dir: Path, config: Config, model: Seq2Seq, src_vocabs: list[Vocab],
-                 tgt_vocab: Vocab) -> None:
-        self.dir, self.config, self.model = Path(run_dir), config, model
-        self.src_vocabs, self.tgt_vocab = src_vocabs, tgt_vocab
-        self.model.eval()
-
-    @classmethod
-    def load(cls, run_dir: str | Path, device: str = "cpu", config: Config | None = None) -> Seq2SeqRun:
-        d = Path(run_dir)
-        cfg = config or load_config(d / "config.yaml")
-        names = _vocab_names(1 + len(cfg.data.pairs.extra_sources))
-        for name in [*names, "vocab_target.json", "model.safetensors"]:
-            if not (d / name).is_file():
-                raise RunDirError(f"{d} is not a finished seq2seq run directory: {name} is missing")
-        src = [Vocab.load(d / n) for n in names]
-        tgt = Vocab.load(d / "vocab_target.json")
-        model = Seq2Seq(src, tgt, cfg.seq2seq.model).to(device)
-        load_weights(model, d / "model.safetensors")
-        return cls(d, cfg, model, src, tgt)
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        p = self.dir / "metrics.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
-
-    def encode(self, data: PairData) -> EncodedPairs:
-        return encode_pairs(data, self.src_vocabs, self.tgt_vocab)
-
-    def translate(self, data: PairData | list[list[str]], beam_size: int | None = None,
-                  batch_size: int | None = None) -> list[list[str]]:
-        """Output tokens for each source (token lists, or a PairData with all its source fields)."""
-        if not isinstance(data, PairData):
-            data = PairData(source=[list(s) for s in data], target=None, source_file="input",
-                            rows=np.arange(len(data), dtype=np.int64))
-        dec = self.config.seq2seq.decode
-        if beam_size is not None:
-            dec = dec.model_copy(update={"beam_size": beam_size})
-        enc = encode_pairs(data, self.src_vocabs, None)
-        device = next(self.model.parameters()).device
-        ids = decode_all(self.model, enc, dec, batch_size or self.config.train.eval_batch_size, device)
-        return [self.tgt_vocab.decode(i) for i in ids]
-
-    def read(self, path: str) -> PairData:
-        return load_pair_source(path, self.config.data, self.config.seed)
-
-    def evaluate(self, data: str | None = None, beam_size: int | None = None) -> dict[str, Any]:
-        """Sequence metrics on a file (or the run's own test split) against its targets."""
-        if data is None:
-            test = prepare_pairs(self.config.data, self.config.seed).test
-            if test is None:
-                raise LongshortError("this run has no test split (split.test=0): pass --data FILE")
-        else:
-            test = self.read(data)
-            if test.target is None:
-                raise LongshortError(f"{data} has no target column '{self.config.data.pairs.target}' to evaluate "
-                                     "against")
-        assert test.target is not None
-        pred = self.translate(test, beam_size)
-        return sequence_metrics(pred, test.target)
-
 
 # -- training ----------------------------------------------------------------------------------------
 
@@ -155,7 +86,7 @@ def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, ca
         if not resume:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
-        for v, name in zip(splits.src_vocabs, _vocab_names(len(splits.src_vocabs)), strict=True):
+        for v, name in zip(splits.src_vocabs, vocab_names(len(splits.src_vocabs)), strict=True):
             v.save(run_dir / name)
         splits.tgt_vocab.save(run_dir / "vocab_target.json")
     barrier(ctx)
@@ -206,8 +137,6 @@ def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, ca
         learning_curve_png(trainer.history, plots / "learning_curve.png")
     if splits.test is not None and enc["test"] is not None:
         _test_outputs(run, splits.test, enc["test"], outputs["test"], trainer, run_dir)
-    from longshort.run import after_training
-
     after_training(cfg, run_dir, console)
     _summary(run_dir, metrics, console)
     return run

@@ -14,59 +14,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
 
 from longshort.errors import ConfigError
-
-
-class ParamSpace(BaseModel):
-    """One searched key: ``float`` / ``int`` in [low, high] (``log`` for log-uniform), or ``categorical`` choices."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: list[Any] | None = None
-
-    @model_validator(mode="after")
-    def _bounds(self) -> ParamSpace:
-        if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("a categorical search space needs choices")
-        elif self.low is None or self.high is None or not self.low < self.high:
-            raise ValueError(f"a {self.type} search space needs low < high, got {self.low} and {self.high}")
-        elif self.log and self.low <= 0:
-            raise ValueError(f"log=true needs low > 0, got {self.low}")
-        return self
-
-
-def _default_space() -> dict[str, ParamSpace]:
-    return {
-        "train.optim.lr": ParamSpace(type="float", low=3e-5, high=3e-3, log=True),
-        "model.dropout": ParamSpace(type="float", low=0.0, high=0.5),
-        "model.hidden_dim": ParamSpace(type="categorical", choices=[64, 128, 256]),
-    }
-
-
-class TuneConfig(BaseModel):
-    """``tune:`` what ``longshort tune`` searches and how."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    space: dict[str, ParamSpace] = Field(
-        default_factory=_default_space,
-        description="KEY: {type, low, high, log, choices}; a combination the config refuses (e.g. model.num_heads "
-        "not dividing model.hidden_dim) is pruned",
-    )
-    metric: Literal["val_f1_macro", "val_accuracy", "val_loss"] = Field("val_f1_macro")
-    pruner: Literal["median", "hyperband", "none"] = Field("median")
-    startup_trials: int = Field(5, ge=0, description="TPE's random start and the median pruner's warm-up trials")
-    heartbeat_s: int = Field(60, ge=1, description="a trial without a heartbeat for 2 x this is failed and retried")
-    max_retry: int = Field(2, ge=0, description="times a failed (killed) trial is queued again")
+from longshort.tune_config import ParamSpace as ParamSpace
+from longshort.tune_config import TuneConfig as TuneConfig
+from longshort.tune_config import _default_space as _default_space
 
 
 def _sample(trial: Any, space: dict[str, ParamSpace]) -> dict[str, Any]:
@@ -108,11 +61,8 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
     from longshort.config import save_config
-    from longshort.data.batching import to_tensors
-    from longshort.data.pipeline import prepare
-    from longshort.nn.classifier import SequenceClassifier
+    from longshort.run import setup
     from longshort.training.callbacks import Callback
-    from longshort.training.classify import classifier_trainer
 
     t = cfg.tune
     if n_trials is None and timeout is None:
@@ -161,22 +111,16 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
             if "not a config" in str(exc):
                 raise
             raise optuna.TrialPruned(str(exc)) from None
-        import torch
-
-        from longshort.data.pipeline import data_shape, read_source
-        from longshort.sizing import DataShape, resolve
-
-        torch.manual_seed(c.seed)
-        raw = read_source(c.data.source, c.data, c.seed)
-        c, _ = resolve(c, DataShape(*data_shape(raw, c.data)), need_validation=True)  # trials compare on val
-        splits = prepare(c.data, c.seed, raw)
-        if splits.val is None:
+        # the recipe `longshort train` runs (trials compare on validation, so selection=auto keeps a split); the
+        # trial's directory holds its resolved config and checkpoints: `longshort train --config
+        # trial-N/config.yaml` reruns it to the same weights
+        trial_dir = study_dir / f"trial-{trial.number}"
+        recipe = setup(c, trial_dir, callbacks=lambda _: [Report(trial)], need_validation=True)
+        if recipe.splits.val is None:
             raise ConfigError("tune needs a validation split (data.split.val > 0)")
-        model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), c.model)
-        trainer = classifier_trainer(c.train, model, to_tensors(splits.train), to_tensors(splits.val),
-                                     num_classes=len(splits.prep.class_names), seed=c.seed,
-                                     run_dir=study_dir / f"trial-{trial.number}", callbacks=[Report(trial)])
-        trainer.save = lambda tags: None  # type: ignore[method-assign]  # trials keep no checkpoints
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        save_config(recipe.cfg, trial_dir / "config.yaml")
+        trainer = recipe.trainer
         trainer.fit()
         best = max if direction == "maximize" else min
         return float(best(r[t.metric] for r in trainer.history))

@@ -13,7 +13,8 @@ import torch
 
 from longshort.config import Config, save_config
 from longshort.data.pipeline import Preprocessor
-from longshort.deploy.export import ExportError, export_command
+from longshort.deploy.command import export_command
+from longshort.deploy.export import ExportError
 from longshort.deploy.runtime import InputError, OnnxStreamer
 from longshort.deploy.stream_export import export_stream
 from longshort.nn.classifier import ClassifierConfig, SequenceClassifier

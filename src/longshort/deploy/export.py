@@ -21,12 +21,12 @@ only kept after onnxruntime (or the exported program) reproduces the eager model
 batches of other sizes and lengths than the traced example, some padded, some not; otherwise it is deleted and
 :class:`ExportError` says by how much it missed.
 
-``longshort export RUN_DIR --format onnx|torch-export|quantized [--out DIR]`` is :func:`export_command`.
+``longshort export RUN_DIR --format onnx|torch-export|quantized [--out DIR]`` is
+:func:`longshort.deploy.command.export_command`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import importlib.util
@@ -45,13 +45,12 @@ from longshort.deploy.exportable import ExportError
 if TYPE_CHECKING:
     import torch
 
-    from longshort.run import Run
+    from longshort.runs import Run
 
 __all__ = [
     "DEFAULT_OPSET",
     "PARITY_TOL",
     "ExportError",
-    "export_command",
     "export_onnx",
     "export_torch",
     "parity_batches",
@@ -81,7 +80,7 @@ def load_run(run_dir: str | Path) -> Run:
     """The classifier run in ``run_dir`` (``RunDirError`` if incomplete, ``ExportError`` for a seq2seq run)."""
     from longshort.config import load_config
     from longshort.errors import RunDirError
-    from longshort.run import Run
+    from longshort.runs import Run
 
     d = Path(run_dir)
     if not (d / "config.yaml").is_file():
@@ -184,7 +183,7 @@ def write_sidecars(run: Run, d: Path, manifest: dict[str, Any]) -> dict[str, Any
     """Copy preprocess.json, complete and write model.json; returns the manifest."""
     import torch
 
-    from longshort import __version__
+    from longshort._version import __version__
 
     shutil.copyfile(run.dir / "preprocess.json", d / "preprocess.json")
     inputs, outputs = io_spec(run)
@@ -315,46 +314,3 @@ def export_torch(run_dir: str | Path, out_path: str | Path | None = None) -> dic
         "load": "torch.export.load(path).module()(x, lengths) -> (proba, logits)", "parity": parity,
     })
     return {**manifest, "path": str(path), "size_bytes": path.stat().st_size}
-
-
-# -- the CLI ----------------------------------------------------------------------------------------------------
-
-
-def _parity_line(parity: dict[str, Any]) -> str:
-    shapes = ", ".join(f"{b['batch']}x{b['time']}" for b in parity["batches"])
-    return (f"parity with torch eager: max |diff| {parity['max_abs_diff_proba']:.2g} in probabilities, "
-            f"{parity['max_abs_diff_logits']:.2g} in logits (tolerance {parity['tolerance']:g}; batches {shapes})")
-
-
-def export_command(args: argparse.Namespace) -> None:
-    """``longshort export RUN_DIR --format onnx|torch-export|quantized|stream|stream-quantized [--out DIR]
-    [--opset N]``."""
-    fmt = args.format
-    if fmt == "onnx":
-        res = export_onnx(args.run_dir, args.out, opset=args.opset)
-        print(f"exported {res['path']} (onnx, opset {res['opset']}, {res['size_bytes']:,} bytes)")
-        print(_parity_line(res["parity"]))
-    elif fmt == "torch-export":
-        res = export_torch(args.run_dir, args.out)
-        print(f"exported {res['path']} (torch.export program, {res['size_bytes']:,} bytes)")
-        print(_parity_line(res["parity"]))
-    elif fmt == "quantized":
-        from longshort.deploy.quantize import quantize, summary_lines
-
-        res = quantize(args.run_dir, args.out, opset=args.opset)
-        for line in summary_lines(res):
-            print(line)
-    elif fmt in ("stream", "stream-quantized"):
-        from longshort.deploy.stream_export import export_stream
-
-        res = export_stream(args.run_dir, args.out, quantized=fmt == "stream-quantized", opset=args.opset)
-        print(f"exported {res['path']} (streaming step, {res['precision']}, {res['size_bytes']:,} bytes, "
-              f"{len(res['state'])} state tensors)")
-        dev = res["parity" if fmt == "stream" else "deviation"]
-        what = "parity with" if fmt == "stream" else "8-bit deviation from"
-        print(f"{what} torch eager on every prefix ({dev['batch']} streams x {dev['steps']} steps): max |diff| "
-              f"{dev['max_abs_diff_proba']:.2g} in probabilities, {dev['max_abs_diff_logits']:.2g} in logits"
-              + (f" (tolerance {dev['tolerance']:g})" if fmt == "stream" else ""))
-    else:  # argparse's choices keep this out of the CLI; the Python API can still get here
-        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    print(f"manifest: {Path(res['path']).parent / 'model.json'}")

@@ -105,6 +105,6 @@ def _run(run_dir: str | Path, run: Any) -> Any:
     """The caller's loaded :class:`~longshort.run.Run` when it has one (not loaded again), else the run loaded."""
     if run is not None:
         return run
-    from longshort.run import Run
+    from longshort.runs import Run
 
     return Run.load(run_dir)

@@ -179,7 +179,7 @@ def prune_run(run_dir: str | Path, amount: float = 0.2, structured: bool = False
               out: str | Path | None = None, scope: Literal["layer", "global"] = "layer") -> dict[str, Any]:
     """Prune the run in ``run_dir``, optionally fine-tune, and write the result to ``out`` (default
     ``RUN_DIR-pruned``); returns what ``prune.json`` holds (accuracy before and after, sparsity)."""
-    from longshort.run import Run
+    from longshort.runs import Run
 
     src = Path(run_dir)
     dst = Path(out) if out is not None else src.with_name(src.name + "-pruned")

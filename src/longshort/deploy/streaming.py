@@ -26,7 +26,6 @@ expose between calls, so it is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -313,12 +312,6 @@ class RunStreamer:
         self.mean = np.float32(prep.mean) if prep.mean else None
         self.std = np.float32(prep.std) if prep.std else None
         self.stream = StreamingClassifier(run.model, batch_size)
-
-    @classmethod
-    def from_dir(cls, run_dir: str | Path, batch_size: int = 1) -> RunStreamer:
-        from longshort.run import Run
-
-        return cls(Run.load(run_dir), batch_size)
 
     @property
     def class_names(self) -> list[str]:

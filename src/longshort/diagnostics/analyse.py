@@ -58,7 +58,7 @@ from torch import Tensor
 from longshort.data.batching import Batch, TensorData, sequential_batches, to_tensors
 from longshort.diagnostics._util import json_safe, model_mode
 from longshort.errors import LongshortError, RunDirError
-from longshort.training.losses import aux_loss, build_loss
+from longshort.training.classify import ClassifierObjective
 
 if TYPE_CHECKING:  # config imports the trainer: importing it here at run time would make trainer -> analyse a cycle
     from longshort.config import Config
@@ -74,18 +74,13 @@ KS = (1, 2, 5, 10)
 
 
 def training_loss(cfg: Config, train_y: Tensor, num_classes: int) -> Callable[[SequenceClassifier, Batch], Tensor]:
-    """``(model, batch) -> loss``: what ``Trainer.compute_loss`` computes for a batch without mixup, at the
-    initial task weights (main 1, aux ``train.loss.aux_weight``), so a diagnostic needs no trainer."""
-    main_loss = build_loss(cfg.train.loss, train_y, num_classes)
-    w_aux = cfg.train.loss.aux_weight
+    """``(model, batch) -> loss``: the trainer's objective (:class:`ClassifierObjective`) for a batch without
+    mixup, at the initial task weights (main 1, aux ``train.loss.aux_weight``), so a diagnostic needs no trainer."""
+    objective = ClassifierObjective(cfg.train.loss, train_y, num_classes)
 
     def loss(model: SequenceClassifier, batch: Batch) -> Tensor:
-        out = model(batch.x, batch.lengths)
         assert batch.y is not None
-        value = main_loss(out.logits, batch.y)
-        if batch.aux is not None and w_aux > 0:
-            value = value + w_aux * aux_loss(out.aux, batch.aux)
-        return value
+        return objective(model(batch.x, batch.lengths), batch.y, batch.aux)
 
     return loss
 
@@ -156,7 +151,7 @@ def analyse_run(run_dir: str | Path, n_batches: int = 2, seed: int = 0, *, batch
         loss_slice_2d,
         top_hessian_eigenvalue,
     )
-    from longshort.run import Run
+    from longshort.runs import Run
 
     d = Path(run_dir)
     if not (d / "config.yaml").is_file():

@@ -30,7 +30,7 @@ class EnsembleOutput:
 def ensemble_proba(run_dirs: Sequence[str | Path], data: str, weights: Sequence[float] | None = None,
                    labels: str = "optional") -> EnsembleOutput:
     from longshort.data.pipeline import load_for_model
-    from longshort.run import Run, load
+    from longshort.runs import Run, load
 
     runs = [load(d) for d in run_dirs]
     if not runs:

@@ -21,36 +21,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
 from longshort.errors import ConfigError, DataError
-
-
-class CVConfig(BaseModel):
-    """``cv:`` how ``longshort cv`` folds the data."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    folds: int = Field(5, ge=2, description="number of folds (test blocks)")
-    scheme: Literal["auto", "expanding", "sliding", "kfold"] = Field(
-        "auto", description="auto: expanding walk-forward for a continuous series, stratified k-fold otherwise"
-    )
-    gap: int | None = Field(
-        None, ge=0, description="purge: rows between the last training window's end and the first test window's "
-        "end; default window + horizon; less than window + horizon - 1 would share rows and is refused"
-    )
-    embargo: int | None = Field(
-        None, ge=0, description="rows purged between each fold's training and validation windows (default "
-        "window + horizon; the same minimum as gap)"
-    )
-    train_windows: int | None = Field(None, ge=10, description="sliding: training windows per fold (default: "
-                                      "as many as one test block)")
-    val_fraction: float = Field(0.15, ge=0, lt=0.5, description="share of each fold's training part for validation")
+from longshort.evaluate.config import CVConfig as CVConfig
 
 
 @dataclass
@@ -134,7 +112,7 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
     from longshort.evaluate.metrics import classification_metrics
     from longshort.evaluate.predict import batched_proba
     from longshort.nn.classifier import SequenceClassifier
-    from longshort.training.classify import classifier_trainer
+    from longshort.run import build_trainer
 
     console = console or Console(stderr=True)
     if cfg.task != "classify":
@@ -166,9 +144,7 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
         test = prep.transform(seqs.subset(fold.test))
         torch.manual_seed(cfg.seed)  # a fresh model (and, in the Trainer, a fresh optimizer) per fold
         model = SequenceClassifier(train.n_features, len(prep.class_names), cfg.model)
-        trainer = classifier_trainer(cfg.train, model, to_tensors(train), None if val is None else to_tensors(val),
-                                     num_classes=len(prep.class_names), seed=cfg.seed, run_dir=out / f"fold-{k + 1}",
-                                     diagnostics=cfg.diagnostics)
+        trainer = build_trainer(cfg, model, train, val, len(prep.class_names), out / f"fold-{k + 1}")
         trainer.fit()
         from longshort.training.checkpoint import checkpoint_path, load_weights
 

@@ -36,11 +36,13 @@ Local attention, with ``D = window``, ``sigma = D / 2`` unless set and ``L_b`` t
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
+
+from longshort.nn.config import AttentionConfig as AttentionConfig
+from longshort.nn.config import Kind as Kind
 
 __all__ = [
     "POSITIONS",
@@ -51,38 +53,6 @@ __all__ = [
     "coverage_loss",
     "masked_softmax",
 ]
-
-Kind = Literal["none", "bahdanau", "dot", "general", "concat", "local_monotonic", "local_predictive"]
-
-
-class AttentionConfig(BaseModel):
-    """Options of a decoder's attention over the encoder outputs."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    kind: Kind = Field(
-        "bahdanau",
-        description="score: none (uniform, masked mean of keys) | bahdanau v^T tanh(W_q q + W_k k) | dot q.k | "
-        "general q^T W k | concat v^T tanh(W [q; k]) | local_monotonic / local_predictive (Luong 2015: general "
-        "score in a Gaussian window around p_t = step or p_t = (L-1) sigmoid(v_p^T tanh(W_p q)))",
-    )
-    coverage: bool = Field(
-        False,
-        description="coverage c_t = sum of past attention weights enters the score through a learned weight "
-        "(inside the tanh for additive scores, - w_cov c_s for multiplicative ones); returned as c_t + a_t",
-    )
-    window: int = Field(5, ge=1, description="D: half-width of local attention; weights are 0 where |s - p_t| > D")
-    sigma: float | None = Field(
-        None, gt=0, description="std of the Gaussian of local attention, exp(-(s-p_t)^2/(2 sigma^2)); default D/2"
-    )
-    input_feeding: bool = Field(
-        True, description="feed the attentional vector into the next decoder step's input (used by the decoder)"
-    )
-
-    @property
-    def sigma_value(self) -> float:
-        """The Gaussian std in effect."""
-        return self.window / 2 if self.sigma is None else self.sigma
 
 
 class AttentionOutput(NamedTuple):

@@ -20,70 +20,14 @@ mask. The pooled prefix is then all a stream needs, which is what ``longshort.de
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from longshort.nn.lstm import LSTM, CellConfig, StackConfig
-
-
-class ClassifierConfig(BaseModel):
-    """Architecture of :class:`SequenceClassifier`; ``input_dim`` and ``num_classes`` come from the data."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    size: Literal["auto", "seed"] = Field(
-        "auto", description="auto: a run chooses hidden_dim, num_lstm_layers, num_heads and stem_stride that you "
-        "do not set from its training data (small sets get a small model, series over 256 steps a stem; "
-        "config.yaml records the values); seed: seed 000's model (256 wide, 4 BiLSTM blocks, 8 heads)"
-    )
-    hidden_dim: int = Field(
-        256, ge=2, description="width of every block; each LSTM direction gets half (all of it when unidirectional)"
-    )
-    num_lstm_layers: int = Field(4, ge=1, description="BiLSTM blocks")
-    num_heads: int = Field(8, ge=1, description="attention heads; must divide hidden_dim")
-    dropout: float = Field(0.3, ge=0, lt=1)
-    attention_dropout: float | None = Field(
-        None, ge=0, lt=1, description="dropout of the attention weights; null = model.dropout. On a CPU it is the "
-        "costliest dropout (a [B x heads, T, T] mask per block), so model.size=auto sets 0"
-    )
-    conv_dilations: list[int] = Field([1, 2, 4], description="one temporal conv block per dilation")
-    conv_kernel: int = Field(3, ge=1, description="kernel size of the temporal convolutions; odd unless unidirectional")
-    stem_stride: int = Field(
-        1, ge=1, description="learned downsampling before the blocks: log2(stem_stride) strided convolutions "
-        "(kernel 5, stride 2) shorten the sequence stem_stride times, so long series run the LSTM over "
-        "T / stem_stride steps; a power of 2; 1 = none"
-    )
-    attention_every: int = Field(2, ge=0, description="self-attention after every k-th BiLSTM block; 0 = none")
-    lstm_fp32: bool = Field(True, description="run the LSTM in float32 even under bf16/fp16 autocast")
-    cell: CellConfig = Field(CellConfig(), description="LSTM cell variant of every BiLSTM block")
-    stack: StackConfig = Field(StackConfig(skip="residual"), description="how the BiLSTM blocks are connected")
-    spectral_norm: bool = Field(
-        False, description="spectral normalisation of every Linear layer (largest singular value kept at 1)"
-    )
-    bidirectional: bool = Field(
-        True,
-        description="false: a causal model (left-padded convolutions, forward-only LSTM blocks of width hidden_dim, "
-        "causally masked attention) whose features at step t depend only on steps <= t, so it can be run "
-        "step by step on a stream (longshort.deploy.streaming); true: the seed's BiLSTM model",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> ClassifierConfig:
-        if self.bidirectional and self.hidden_dim % 2:
-            raise ValueError(f"hidden_dim must be even (two LSTM directions), got {self.hidden_dim}")
-        if self.hidden_dim % self.num_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_dim ({self.hidden_dim})")
-        if self.bidirectional and self.conv_kernel % 2 == 0:  # 'same' padding splits (kernel - 1) in two halves
-            raise ValueError(f"conv_kernel must be odd, got {self.conv_kernel}")
-        if self.stem_stride & (self.stem_stride - 1):
-            raise ValueError(f"stem_stride must be a power of 2, got {self.stem_stride}")
-        if any(d < 1 for d in self.conv_dilations):
-            raise ValueError(f"conv_dilations must be >= 1, got {self.conv_dilations}")
-        return self
+from longshort.nn.config import ClassifierConfig as ClassifierConfig
+from longshort.nn.lstm import LSTM, CellConfig
 
 
 class ClassifierOutput(NamedTuple):

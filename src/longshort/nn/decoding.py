@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -36,6 +36,18 @@ from torch.nn import functional as F
 
 from longshort.data.pairs import BOS_ID, EOS_ID, PAD_ID
 from longshort.nn.seq2seq import Seq2Seq, Sources
+
+if TYPE_CHECKING:
+    from longshort.data.pair_pipeline import EncodedPairs, PairBatch
+
+
+class DecodeConfig(Protocol):
+    """What decoding reads of ``seq2seq.decode`` (:class:`longshort.training.config.DecodeConfig`)."""
+
+    beam_size: int
+    length_penalty: float
+
+    def max_len(self, src_lengths: Tensor) -> int: ...
 
 __all__ = ["BeamResult", "beam_search", "length_penalty", "sequence_log_prob"]
 
@@ -176,3 +188,41 @@ def sequence_log_prob(model: Seq2Seq, src: Sources, src_lengths: Sources, tokens
     picked = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     valid = torch.arange(steps, device=tokens.device).unsqueeze(0) < torch.as_tensor(lengths).to(tokens.device)[:, None]
     return torch.where(valid, picked, torch.zeros_like(picked)).sum(dim=1)
+
+
+# -- decoding whole data sets ---------------------------------------------------------------------------------
+
+
+def ids_before_eos(tokens: Tensor, lengths: Tensor) -> list[list[int]]:
+    """Each row's ids before its ``<eos>`` (the specials ``<pad>``/``<bos>``/``<eos>`` dropped)."""
+    out = []
+    for row, n in zip(tokens.tolist(), lengths.tolist(), strict=True):
+        ids = row[:n]
+        if ids and ids[-1] == EOS_ID:
+            ids = ids[:-1]
+        out.append([i for i in ids if i not in (PAD_ID, BOS_ID, EOS_ID)])
+    return out
+
+
+def decode_batch(model: Seq2Seq, batch: PairBatch, cfg: DecodeConfig, beam: bool = True) -> tuple[Tensor, Tensor]:
+    """Greedy (``beam_size == 1`` or ``beam=False``) or beam-search output tokens and lengths of a batch."""
+    max_len = cfg.max_len(batch.src_lengths[0])
+    if cfg.beam_size > 1 and beam:
+        res = beam_search(model, batch.src, batch.src_lengths, cfg.beam_size, max_len, cfg.length_penalty)
+        return res.tokens, res.lengths
+    return model.greedy_decode(batch.src, batch.src_lengths, max_len)
+
+
+def decode_all(model: Seq2Seq, data: EncodedPairs, cfg: DecodeConfig, batch_size: int, device: torch.device,
+               beam: bool = True) -> list[list[int]]:
+    """Output ids (before ``<eos>``) for every pair of ``data``, in order."""
+    out: list[list[int]] = []
+    for idx in torch.arange(len(data)).split(batch_size):
+        tok, ln = decode_batch(model, data.take(idx, device), cfg, beam)
+        out += ids_before_eos(tok.cpu(), ln.cpu())
+    return out
+
+
+def reference_ids(data: EncodedPairs) -> list[list[int]]:
+    assert data.tgt is not None and data.tgt_lengths is not None
+    return ids_before_eos(data.tgt, data.tgt_lengths)

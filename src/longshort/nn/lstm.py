@@ -36,103 +36,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from longshort.nn.config import CellConfig as CellConfig
+from longshort.nn.config import StackConfig as StackConfig
 from longshort.nn.recurrence import GateStats, LayerNormParams, bernoulli_mask, lstm_recurrence
 
 __all__ = ["LSTM", "CellConfig", "StackConfig", "adaptive_rate"]
 
 Hidden = tuple[Tensor, Tensor]
 Keep = Tensor | float | None  # zoneout: a 0/1 keep mask [T, B, H] (training), the rate (evaluation) or nothing
-
-
-class CellConfig(BaseModel):
-    """Options of each LSTM cell. The defaults are ``nn.LSTM``'s cell, except the forget-gate bias initialisation."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    layer_norm: bool = Field(
-        False,
-        description="layer-normalise each gate's recurrent term W_* h_{t-1} (own gain and bias per gate) and the "
-        "cell state inside h_t = o_t * tanh(LN(c_t)); c_t is carried un-normalised",
-    )
-    zoneout: float = Field(
-        0.0, ge=0, lt=1, description="zoneout rate of both c and h: probability that a unit keeps its previous value"
-    )
-    zoneout_c: float | None = Field(None, ge=0, lt=1, description="zoneout rate of the cell state; overrides zoneout")
-    zoneout_h: float | None = Field(None, ge=0, lt=1, description="zoneout rate of the hidden state; overrides zoneout")
-    recurrent_dropout: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="dropout on h_{t-1} inside the recurrence: one mask per sequence and unit, fixed "
-        "across time (training only)",
-    )
-    input_dropout: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="variational dropout on each layer's input: one mask per sequence and feature, "
-        "the same at every step (training only)",
-    )
-    output_dropout: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="variational dropout on each layer's output: one mask per sequence and feature, "
-        "the same at every step (training only)",
-    )
-    weight_drop: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="DropConnect on each W_hh: a fresh mask over its entries every forward pass, "
-        "kept entries scaled by 1/(1-p) (training only; the parameter itself is never modified)",
-    )
-    forget_bias: float = Field(
-        1.0,
-        description="initial forget-gate bias b_ih + b_hh: b_ih's forget slice starts at this value and b_hh's "
-        "at 0 (no effect with bias=False or after loading weights)",
-    )
-    self_attention: bool = Field(
-        False,
-        description="self-attention LSTM: each step attends (scaled dot product) from a query of h_{t-1} over "
-        "the previous hidden states and feeds the context into the gates through weight_ch",
-    )
-    dropout_decay: float = Field(
-        0.0,
-        ge=0,
-        description="lambda of the adaptive schedule: every rate is multiplied by exp(-lambda * epoch), applied by "
-        "the trainer at each epoch start",
-    )
-
-    @property
-    def rate_c(self) -> float:
-        """Effective zoneout rate of the cell state."""
-        return self.zoneout if self.zoneout_c is None else self.zoneout_c
-
-    @property
-    def rate_h(self) -> float:
-        """Effective zoneout rate of the hidden state."""
-        return self.zoneout if self.zoneout_h is None else self.zoneout_h
-
-
-class StackConfig(BaseModel):
-    """How the layers of an :class:`LSTM` connect (only matters with ``num_layers > 1``)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    skip: Literal["none", "residual", "highway", "dense"] = Field(
-        "none",
-        description="skip connections from layer 1 on: residual y = LSTM(x) + x; highway y = T*LSTM(x) + (1-T)*x "
-        "with T = sigmoid(W_T x + b_T); dense: each layer reads the input and all previous layers' outputs",
-    )
 
 
 def adaptive_rate(p0: float, lam: float, t: float) -> float:

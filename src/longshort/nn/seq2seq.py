@@ -35,17 +35,20 @@ schedules below return the *teacher-forcing* probability ``eps``; pass ``samplin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from longshort.data.pairs import BOS_ID, EOS_ID, PAD_ID, Vocab
-from longshort.nn.attention import Attention, AttentionConfig
-from longshort.nn.lstm import LSTM, CellConfig
+from longshort.nn.attention import Attention
+from longshort.nn.config import SCHEDULES as SCHEDULES
+from longshort.nn.config import Seq2SeqConfig as Seq2SeqConfig
+from longshort.nn.config import exponential as exponential
+from longshort.nn.config import inverse_sigmoid as inverse_sigmoid
+from longshort.nn.config import linear_with_floor as linear_with_floor
+from longshort.nn.lstm import LSTM
 
 __all__ = [
     "SCHEDULES",
@@ -56,36 +59,6 @@ __all__ = [
     "inverse_sigmoid",
     "linear_with_floor",
 ]
-
-
-class Seq2SeqConfig(BaseModel):
-    """Sizes and options of :class:`Seq2Seq`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    emb_dim: int = Field(64, ge=1, description="embedding width of source and target tokens")
-    hidden_dim: int = Field(
-        128, ge=2, description="encoder output width (two directions of hidden_dim // 2, so even) and decoder width"
-    )
-    enc_layers: int = Field(1, ge=1, description="encoder LSTM layers")
-    dec_layers: int = Field(1, ge=1, description="decoder LSTMCell layers")
-    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on embeddings, between layers and before the output")
-    cell: CellConfig = Field(default_factory=CellConfig, description="encoder cell options")
-    attention: AttentionConfig = Field(default_factory=AttentionConfig, description="decoder attention")
-    bridge: Literal["linear", "zero"] = Field(
-        "linear", description="decoder initial (h, c): tanh(W [final fwd; final bwd]) per layer, or zeros"
-    )
-    hierarchical: bool = Field(
-        False, description="the bridge reads the final states of every encoder layer, not only the top one"
-    )
-
-    @model_validator(mode="after")
-    def _even_hidden(self) -> Seq2SeqConfig:
-        if self.hidden_dim % 2:
-            raise ValueError(f"hidden_dim must be even (two directions of hidden_dim // 2), got {self.hidden_dim}")
-        if self.hierarchical and self.bridge == "zero":
-            raise ValueError("hierarchical=true needs bridge=linear (the zero bridge reads no encoder state)")
-        return self
 
 
 class Seq2SeqOutput(NamedTuple):
@@ -304,37 +277,4 @@ class Seq2Seq(nn.Module):
             self.train(was_training)
 
 
-# --------------------------------------------------------------------------------------------------- schedules
 
-
-def inverse_sigmoid(step: float, k: float, c: float = 0.0) -> float:
-    """Teacher-forcing probability ``eps = k / (k + exp((step - c) / k))`` (Bengio et al. 2015 with a shift ``c``;
-    ``k > 0``, larger ``k`` decays later). ``eps = k / (k + 1)`` at ``step = c``; sampling prob is ``1 - eps``."""
-    if k <= 0:
-        raise ValueError(f"k must be > 0, got {k}")
-    z = (step - c) / k
-    if z > 700:  # exp would overflow; eps is 0 to double precision
-        return 0.0
-    return k / (k + math.exp(z))
-
-
-def linear_with_floor(step: float, slope: float, floor: float, start: float = 1.0) -> float:
-    """Teacher-forcing probability ``eps = max(floor, start - slope * step)`` (``slope >= 0``)."""
-    if slope < 0:
-        raise ValueError(f"slope must be >= 0, got {slope}")
-    return max(floor, start - slope * step)
-
-
-def exponential(step: float, gamma: float) -> float:
-    """Teacher-forcing probability ``eps = gamma ** step`` (``0 < gamma <= 1``)."""
-    if not 0 < gamma <= 1:
-        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-    return gamma**step
-
-
-SCHEDULES: dict[str, Callable[..., float]] = {
-    "inverse_sigmoid": inverse_sigmoid,
-    "linear_with_floor": linear_with_floor,
-    "exponential": exponential,
-}
-"""Teacher-forcing probability schedules by name; each takes ``step`` first and returns ``eps``."""

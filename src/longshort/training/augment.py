@@ -14,89 +14,19 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
+
+from longshort.training.config import _ORDER as _ORDER
+from longshort.training.config import AugmentConfig as AugmentConfig
+from longshort.training.config import MagnitudeWarpConfig as MagnitudeWarpConfig
+from longshort.training.config import MixupConfig as MixupConfig
+from longshort.training.config import NoiseConfig as NoiseConfig
+from longshort.training.config import TimeShiftConfig as TimeShiftConfig
+from longshort.training.config import TimeWarpConfig as TimeWarpConfig
+from longshort.training.config import WindowSliceConfig as WindowSliceConfig
 
 # -- config -------------------------------------------------------------------------------------------------
 
-
-class NoiseConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    prob: float = Field(0.0, ge=0, le=1, description="probability a sequence gets Gaussian noise; 0 = off")
-    std: float = Field(0.01, ge=0, description="standard deviation of the noise added to each valid step")
-
-
-class TimeShiftConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    prob: float = Field(0.0, ge=0, le=1, description="probability a sequence is rolled in time; 0 = off")
-    max_shift: int = Field(
-        5, ge=0, description="roll the valid part circularly by a uniform integer in [-max_shift, max_shift]"
-    )
-
-
-class MagnitudeWarpConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    prob: float = Field(0.0, ge=0, le=1, description="probability a sequence is rescaled per channel; 0 = off")
-    std: float = Field(0.1, ge=0, description="each channel is multiplied by 1 + N(0, std^2)")
-
-
-class TimeWarpConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    prob: float = Field(0.0, ge=0, le=1, description="probability a sequence is warped in time; 0 = off")
-    strength: float = Field(
-        0.2, ge=0, description="speed of each warp segment is 1 + N(0, strength^2), clipped positive"
-    )
-    knots: int = Field(4, ge=1, description="interior knots of the piecewise-linear time map")
-
-
-class WindowSliceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    prob: float = Field(0.0, ge=0, le=1, description="probability a sequence is window-sliced; 0 = off")
-    ratio: float = Field(
-        0.9, gt=0, le=1, description="take ceil(ratio * length) contiguous steps and stretch them to the length"
-    )
-
-
-class AugmentConfig(BaseModel):
-    """Per-sequence augmentation, each transform drawn independently with its own ``prob`` (all off by default).
-
-    Seed 000 used noise (prob 0.3, std 0.01), time shift (prob 0.2, max_shift 5) and magnitude warp (prob 0.25,
-    std 0.1); ``train.recipe=seed`` sets those. Transforms run in the order time_warp, window_slice, time_shift,
-    magnitude_warp, noise.
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    start_epoch: int = Field(0, ge=0, description="first epoch (0-based) that is augmented")
-    time_warp: TimeWarpConfig = Field(TimeWarpConfig(), description="smooth random monotone warp of the time axis")
-    window_slice: WindowSliceConfig = Field(
-        WindowSliceConfig(), description="random sub-window stretched back to full length (Le Guennec et al. 2016)"
-    )
-    time_shift: TimeShiftConfig = Field(TimeShiftConfig(), description="circular roll of the valid part")
-    magnitude_warp: MagnitudeWarpConfig = Field(MagnitudeWarpConfig(), description="random per-channel scale")
-    noise: NoiseConfig = Field(NoiseConfig(), description="additive Gaussian noise on valid steps")
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any transform has a positive probability."""
-        return any(getattr(self, name).prob > 0 for name in _ORDER)
-
-
-class MixupConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    prob: float = Field(0.0, ge=0, le=1, description="probability a batch is mixed (seed 000: 0.5); 0 = off")
-    alpha: float = Field(0.2, gt=0, description="mixing weight lam ~ Beta(alpha, alpha)")
-    start_epoch: int = Field(0, ge=0, description="first epoch (0-based) with mixup")
-
-
-# The order transforms are applied in; also the order of their sub-generators (see augment()).
-_ORDER = ("time_warp", "window_slice", "time_shift", "magnitude_warp", "noise")
 
 # Floor on a time-warp segment's speed before normalisation: keeps the time map strictly increasing and stops
 # one segment from being squeezed to (nearly) a point however large ``strength`` is.

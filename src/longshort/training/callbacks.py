@@ -10,14 +10,21 @@ import csv
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-if TYPE_CHECKING:
-    from longshort.training.trainer import Trainer
+from longshort.training.config import LOWER_IS_BETTER as LOWER_IS_BETTER
+from longshort.training.config import EarlyStoppingConfig as EarlyStoppingConfig
+
+
+class Trainer(Protocol):
+    """What the callbacks read of :class:`longshort.training.trainer.Trainer` (a protocol: the trainer imports
+    this module, so this module does not import it back)."""
+
+    cfg: Any  # its TrainConfig (epochs)
+    history: list[dict[str, float]]
 
 
 class Callback:
@@ -110,25 +117,6 @@ class TensorBoard(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.writer.close()
-
-
-LOWER_IS_BETTER = {"val_loss", "val_edit_error_rate"}
-
-
-class EarlyStoppingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    metric: Literal[
-        "auto", "val_loss", "val_accuracy", "val_f1_macro", "val_exact_match", "val_token_accuracy",
-        "val_edit_error_rate", "val_bleu",
-    ] = Field(
-        # Not val_loss: log-loss rises as a model grows confident while its accuracy still improves, and
-        # picking by it chose an epoch-2 checkpoint 5 points worse on test in the built-in ablation.
-        "auto", description="validation metric that picks the best checkpoint and stops training; auto: "
-        "val_f1_macro for task classify, val_exact_match for seq2seq (val_* seq2seq metrics need task seq2seq)"
-    )
-    patience: int | None = Field(5, ge=1, description="epochs without improvement before stopping; null = never")
-    min_delta: float = Field(0.0, ge=0)
 
 
 class EarlyStopping:

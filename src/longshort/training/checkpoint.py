@@ -17,7 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from longshort.config import Config, load_config
+from longshort.data.pipeline import Preprocessor
 from longshort.errors import RunDirError
+from longshort.nn.classifier import SequenceClassifier
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -193,3 +196,18 @@ def load_distributed_checkpoint(path: Path, model: nn.Module, optimizer: Any, ra
     if own.is_file():  # same rank exists in the saved run: continue its dropout stream exactly
         state["rng_cpu"] = torch.load(own, weights_only=True)["rng_cpu"]
     return state
+
+
+def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[Config, Preprocessor, SequenceClassifier]:
+    """(config, preprocessing, model with the run's weights on ``device``) of the classifier run in ``run_dir``;
+    :class:`RunDirError` naming the missing file when it is not a finished run."""
+    d = Path(run_dir)
+    for name in ("config.yaml", "preprocess.json", "model.safetensors"):
+        if not (d / name).is_file():
+            raise RunDirError(f"{d} is not a finished run directory: {name} is missing")
+    cfg = load_config(d / "config.yaml")
+    prep = Preprocessor.load(d / "preprocess.json")
+    model = SequenceClassifier(len(prep.feature_names), len(prep.class_names), cfg.model).to(device)
+    load_weights(model, d / "model.safetensors")
+    return cfg, prep, model

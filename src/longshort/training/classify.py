@@ -19,14 +19,36 @@ from torch import Tensor, nn
 from longshort.data.batching import Batch, TensorData, take
 from longshort.diagnostics.monitor import DiagnosticsConfig
 from longshort.evaluate.predict import batched_outputs, batched_proba
+from longshort.nn.classifier import ClassifierOutput
 from longshort.training import curriculum as cur
 from longshort.training.augment import MixedBatch, augment, mixup, mixup_loss
 from longshort.training.callbacks import Callback
+from longshort.training.config import LossConfig
 from longshort.training.distributed import DistContext, DistributedConfig
 from longshort.training.losses import aux_loss, build_loss
 from longshort.training.trainer import TrainConfig, Trainer
 
 _PURPOSE = {"augment": 1, "mixup": 2}  # the seeds' purposes before the one loop (so runs replay as before)
+
+
+class ClassifierObjective:
+    """The classifier's one loss, ``w_main * main + w_aux * auxiliary MSE``: what the trainer minimises, what the
+    diagnostics' loss landscape and Hessian look at (diagnostics/analyse.py) and what ``longshort plan`` times
+    and measures. ``main`` is ``train.loss`` (cross-entropy, focal or adaptive, class weights from the training
+    labels); the weights default to the initial ones (main 1, aux ``train.loss.aux_weight``)."""
+
+    def __init__(self, cfg: LossConfig, train_y: Tensor, num_classes: int) -> None:
+        self.main = build_loss(cfg, train_y, num_classes)
+        self.aux_weight = cfg.aux_weight
+
+    def __call__(self, out: ClassifierOutput, y: Tensor, aux: Tensor | None, weights: dict[str, float] | None = None,
+                 mixed: MixedBatch | None = None) -> Tensor:
+        w = weights if weights is not None else {"main": 1.0, "aux": self.aux_weight}
+        main = self.main(out.logits, y) if mixed is None else mixup_loss(self.main, out.logits, mixed)
+        loss = w["main"] * main
+        if aux is not None and w["aux"] > 0:
+            loss = loss + w["aux"] * aux_loss(out.aux, aux)
+        return loss
 
 
 class ClassifyTask:
@@ -46,7 +68,8 @@ class ClassifyTask:
     def bind(self, trainer: Trainer) -> None:
         self.tr = trainer
         assert self.train_data.y is not None
-        self.loss_fn = build_loss(self.cfg.loss, self.train_data.y.to(trainer.device), self.num_classes)
+        self.objective = ClassifierObjective(self.cfg.loss, self.train_data.y.to(trainer.device), self.num_classes)
+        self.loss_fn = self.objective.main
 
     # -- what an epoch looks like -------------------------------------------------------------------------
 
@@ -132,13 +155,8 @@ class ClassifyTask:
         with self.tr.autocast():
             out = self.tr.model(batch.x, batch.lengths)
         assert batch.y is not None
-        main = self.loss_fn(out.logits, batch.y) if mixed is None else mixup_loss(self.loss_fn, out.logits, mixed)
-        loss = self.task_w["main"] * main
-        aux_se = None
-        if batch.aux is not None:
-            aux_se = (out.aux.detach().float() - batch.aux) ** 2
-            if self.task_w["aux"] > 0:
-                loss = loss + self.task_w["aux"] * aux_loss(out.aux, batch.aux)
+        loss = self.objective(out, batch.y, batch.aux, self.task_w, mixed)
+        aux_se = None if batch.aux is None else (out.aux.detach().float() - batch.aux) ** 2
         return loss, out.logits, aux_se
 
     def loss(self, part: tuple[Batch, MixedBatch | None], j: int) -> tuple[Tensor, dict[str, Tensor | float]]:

@@ -25,92 +25,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from longshort.data.batching import TensorData, epoch_order, sequential_batches
 from longshort.errors import ConfigError, RunDirError
+from longshort.training.config import CurriculumConfig as CurriculumConfig
+from longshort.training.config import TaskConfig as TaskConfig
 
 TASKS = ("main", "aux")
 _PERF_FLOOR = 1e-6  # performance is clamped to this before the log, so a task at 0 gets a tiny, finite weight
 _STREAM = 3  # tags the curriculum's random stream apart from the data order's (seed 003)
-
-
-class CurriculumConfig(BaseModel):
-    """``train.curriculum``: which examples each epoch sees, in which order, and how long they are."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    kind: Literal["none", "length", "difficulty", "adaptive"] = Field(
-        "none",
-        description="none: every example each epoch; length: a growing length limit; difficulty: easiest "
-        "examples first in cumulative stages; adaptive: sample hard examples more as accuracy grows",
-    )
-    # -- length
-    growth: Literal["linear", "exp"] = Field(
-        "linear",
-        description="length: linear L_e = start_length + rate*e; exp L_e = start_length * beta^(e/tau) "
-        "(rounded down, capped at the longest sequence)",
-    )
-    start_length: int = Field(10, ge=1, description="length: the limit in epoch 0 (time steps)")
-    rate: float = Field(5.0, ge=0, description="length, linear growth: steps added to the limit per epoch")
-    beta: float = Field(2.0, ge=1, description="length, exp growth: the limit's growth factor per tau epochs")
-    tau: float = Field(1.0, gt=0, description="length, exp growth: epochs per factor beta")
-    mode: Literal["crop", "filter"] = Field(
-        "crop",
-        description="length: crop keeps the last L steps of longer sequences; filter uses only sequences of "
-        "length <= L (the shortest ones, cropped, if none is that short)",
-    )
-    # -- difficulty and adaptive
-    scorer: str = Field(
-        "self",
-        min_length=1,
-        description="difficulty/adaptive: 'self' scores the examples with the model being trained after "
-        "score_after epochs; else a trained run directory (same data preparation) whose model scores them",
-    )
-    score_after: int = Field(
-        1, ge=0, description="difficulty/adaptive: epochs of normal training before the examples are scored"
-    )
-    stages: int = Field(
-        3, ge=1, description="difficulty: equal parts by score, easiest first; stage s trains on parts 0..s"
-    )
-    stage_epochs: int | None = Field(
-        None,
-        ge=1,
-        description="difficulty: epochs per stage; null = the epochs after scoring split evenly (the last "
-        "stage takes the rest)",
-    )
-    p0: float = Field(0.2, ge=0, le=1, description="adaptive: probability of a hard example at accuracy 0")
-    alpha: float = Field(
-        0.5, ge=0, description="adaptive: p_hard = min(1, p0 + alpha * previous epoch's training accuracy)"
-    )
-    hard_fraction: float = Field(
-        0.5, gt=0, lt=1, description="adaptive: the top fraction of examples by scorer loss that count as hard"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> CurriculumConfig:
-        if self.kind in ("difficulty", "adaptive") and self.scorer == "self" and self.score_after == 0:
-            raise ValueError(
-                f"curriculum.kind={self.kind} with scorer=self needs score_after >= 1: an untrained model's "
-                "losses say nothing about difficulty (or set scorer to a trained run directory)"
-            )
-        return self
-
-
-class TaskConfig(BaseModel):
-    """``train.tasks``: weights of the main classification loss and the auxiliary regression loss."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    weighting: Literal["fixed", "performance"] = Field(
-        "fixed",
-        description="fixed: (1, loss.aux_weight); performance: w_i = n * softmax(log(perf_i)/tau) over the "
-        "active tasks from last epoch's validation (accuracy; 1/(1+mse) for aux), better tasks weigh more",
-    )
-    tau: float = Field(1.0, gt=0, description="performance weighting: temperature (large = nearly equal weights)")
-    main_start_epoch: int = Field(0, ge=0, description="the main task's weight is 0 before this epoch")
-    aux_start_epoch: int = Field(0, ge=0, description="the auxiliary task's weight is 0 before this epoch")
 
 
 # -- length curriculum ------------------------------------------------------------------------------------
@@ -320,19 +244,19 @@ def load_scorer(scorer: str, device: torch.device | str, input_dim: int, num_cla
         raise ValueError("scorer='self' has no run directory: score with the model being trained")
     if not Path(scorer).is_dir():
         raise ConfigError(f"train.curriculum.scorer={scorer}: not a directory (use 'self' or a trained run)")
-    from longshort.run import Run  # imported here: run.py imports the trainer, which imports this module
+    from longshort.training.checkpoint import load_classifier
 
     try:
-        run = Run.load(scorer, device=str(device))
+        _, _, model = load_classifier(scorer, device)
     except RunDirError as exc:
         raise ConfigError(f"train.curriculum.scorer={scorer}: {exc}") from None
-    got = (run.model.input_dim, run.model.num_classes)
+    got = (model.input_dim, model.num_classes)
     if got != (input_dim, num_classes):
         raise ConfigError(
             f"train.curriculum.scorer={scorer}: its model takes {got[0]} features and {got[1]} classes, this "
             f"data has {input_dim} and {num_classes}"
         )
-    return run.model
+    return model
 
 
 @dataclass(frozen=True)

@@ -31,35 +31,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from longshort.errors import ConfigError
-
-
-class DistributedConfig(BaseModel):
-    """``distributed:`` how the same run spreads over the processes torchrun starts."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    strategy: Literal["none", "ddp", "fsdp"] = Field(
-        "none", description="none: one process; ddp: replicate, average gradients; fsdp: FSDP2 fully_shard per block"
-    )
-    reshard_after_forward: bool = Field(
-        True, description="fsdp: free gathered parameters after each block's forward (FULL_SHARD); false keeps "
-        "them until the backward (SHARD_GRAD_OP: more memory, less communication)"
-    )
-    mixed_precision: Literal["none", "bf16", "fp16"] = Field(
-        "none", description="fsdp on CUDA: parameters in bf16/fp16 for compute, gradients reduced in fp32"
-    )
-    cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters and optimizer state on the CPU")
-    activation_checkpointing: bool = Field(False, description="recompute each block's activations in the backward")
-    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
-    timeout_s: int = Field(300, ge=10, description="collective timeout: a lost rank fails the job after this")
+from longshort.training.config import DistributedConfig as DistributedConfig
 
 
 @dataclass

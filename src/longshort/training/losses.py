@@ -13,54 +13,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-LossName = Literal["cross_entropy", "focal", "adaptive"]
-TimeWeighting = Literal["constant", "linear", "reverse", "exp"]
+from longshort.training.config import ADAPTIVE_CONFIDENCE_PENALTY as ADAPTIVE_CONFIDENCE_PENALTY
+from longshort.training.config import LossConfig as LossConfig
+from longshort.training.config import LossName as LossName
+from longshort.training.config import TimeWeighting as TimeWeighting
+
 Reduction = Literal["mean", "sum", "none"]
-
-ADAPTIVE_CONFIDENCE_PENALTY = 0.1  # seed 000's AdaptiveLoss coefficient, used when confidence_penalty is None
-
-
-class LossConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    name: LossName = Field(
-        "cross_entropy",
-        description="classification loss: cross_entropy; focal (alpha (1-p_t)^gamma CE); adaptive (focal + "
-        "confidence penalty, seed 000's AdaptiveLoss with the penalty's sign corrected)",
-    )
-    class_weights: bool = Field(True, description="weight classes by inverse frequency in the training split")
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=1, description="mix the one-hot target with uniform (as torch's cross_entropy); 0 = off"
-    )
-    focal_alpha: float = Field(0.25, ge=0, description="focal/adaptive: overall scale alpha of the focal term")
-    focal_gamma: float = Field(
-        2.0, ge=0, description="focal/adaptive: focusing exponent gamma on (1 - p_true); 0 = alpha x cross-entropy"
-    )
-    confidence_penalty: float | None = Field(
-        None,
-        ge=0,
-        description="beta of the confidence penalty: loss - beta * mean entropy of the softmax (penalises "
-        "over-confident outputs); null = 0.1 for adaptive, 0 (off) for the others",
-    )
-    focal_normalize: bool = Field(
-        False,
-        description="focal/adaptive: divide the focal term by the batch mean of alpha (1-p_t)^gamma (no gradient "
-        "through it), so it keeps cross-entropy's scale next to the auxiliary loss and the confidence penalty "
-        "while still weighting hard examples up; the relative weights of the examples are unchanged",
-    )
-    aux_weight: float = Field(
-        0.3, ge=0, description="weight of the auxiliary regression loss (when the data has an aux target)"
-    )
-
-    @property
-    def resolved_confidence_penalty(self) -> float:
-        """The penalty coefficient beta in use: ``confidence_penalty``, or its per-loss default when None."""
-        if self.confidence_penalty is not None:
-            return self.confidence_penalty
-        return ADAPTIVE_CONFIDENCE_PENALTY if self.name == "adaptive" else 0.0
 
 
 ClassLoss = Callable[[Tensor, Tensor], Tensor]

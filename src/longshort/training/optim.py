@@ -10,100 +10,19 @@ resumed run continues exactly; every random draw comes from a ``torch.Generator`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from longshort.training.config import GradNoiseConfig as GradNoiseConfig
+from longshort.training.config import LookaheadConfig as LookaheadConfig
+from longshort.training.config import OptimConfig as OptimConfig
+from longshort.training.config import ScheduleConfig as ScheduleConfig
+
 # -- configuration ------------------------------------------------------------------------------------------
-
-
-class LookaheadConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    enabled: bool = Field(False, description="wrap the optimizer in Lookahead (slow weights synced every k steps)")
-    k: int = Field(5, ge=1, description="Lookahead: inner optimizer steps between slow-weight updates")
-    alpha: float = Field(0.5, gt=0, le=1, description="Lookahead: slow <- slow + alpha * (fast - slow)")
-    sync_each_epoch: bool = Field(
-        False,
-        description="Lookahead: at the end of every epoch, before validation and the checkpoint, sync now "
-        "(slow <- slow + alpha * (fast - slow), fast <- slow) and restart the k-step count, so the weights "
-        "validated and kept are Lookahead's own, not a point part-way through an inner loop",
-    )
-
-
-class GradNoiseConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    std: float = Field(0.0, ge=0, description="standard deviation of Gaussian noise added to the gradients; 0 = off")
-    anneal: float = Field(
-        0.0, ge=0, description="gamma: noise variance std^2 / (1 + t)^gamma, t = noisy steps so far; 0 = fixed "
-        "(Neelakantan et al. use 0.55)"
-    )
-    start_epoch: int = Field(0, ge=0, description="first epoch (0-based) with gradient noise")
-
-
-class OptimConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    name: Literal["adamw", "sgd"] = Field("adamw", description="optimizer")
-    lr: float = Field(1e-4, gt=0, description="base learning rate; OneCycle starts from it and rises to max_lr")
-    weight_decay: float = Field(
-        0.01, ge=0, description="weight decay (decoupled for AdamW, an L2 term in the gradient for SGD)"
-    )
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW's (beta1, beta2)")
-    eps: float = Field(1e-8, gt=0, description="AdamW's epsilon in lr * m / (sqrt(v) + eps)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum; 0 = plain SGD")
-    nesterov: bool = Field(False, description="SGD: Nesterov momentum (needs momentum > 0)")
-    grad_clip: float | None = Field(
-        1.0, gt=0, description="clipping threshold (a norm, or the largest |gradient| for clip_mode=value); null = off"
-    )
-    clip_mode: Literal["norm", "value", "adaptive", "per_gate"] = Field(
-        "norm",
-        description="norm: global gradient norm; value: each element; adaptive: global norm clipped to an EMA "
-        "of the norms (this step's included) that starts at grad_clip (after that grad_clip only switches it "
-        "on or off); per_gate: each LSTM gate block's norm on its own, the rest by global norm",
-    )
-    clip_ema: float = Field(
-        0.9, ge=0, lt=1, description="clip_mode=adaptive: a in threshold_t = a * threshold_(t-1) + (1 - a) * |g_t|"
-    )
-    lookahead: LookaheadConfig = Field(LookaheadConfig(), description="Lookahead optimizer wrapper")
-    grad_noise: GradNoiseConfig = Field(GradNoiseConfig(), description="annealed Gaussian gradient noise")
-
-    @model_validator(mode="after")
-    def _check(self) -> OptimConfig:
-        if self.name == "sgd" and self.nesterov and self.momentum == 0:
-            raise ValueError("optim.nesterov=true needs optim.momentum > 0")
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"optim.betas must both be in [0, 1), got {self.betas}")
-        return self
-
-
-class ScheduleConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    name: Literal["onecycle", "constant", "cosine", "cosine_restarts", "exponential", "step"] = Field(
-        "onecycle", description="learning-rate schedule"
-    )
-    interval: Literal["batch", "epoch"] = Field(
-        "batch", description="the schedule steps once per batch or once per epoch; periods count these intervals"
-    )
-    max_lr: float = Field(1e-3, gt=0, description="OneCycle peak learning rate")
-    pct_start: float = Field(0.1, gt=0, lt=1, description="OneCycle warm-up fraction")
-    anneal: Literal["cos", "linear"] = Field("cos", description="OneCycle annealing shape")
-    cycle_momentum: bool = Field(False, description="OneCycle also cycles beta1 (overrides optim.betas[0])")
-    min_lr: float = Field(0.0, ge=0, description="cosine and cosine_restarts: the lowest learning rate (eta_min)")
-    restart_period: int = Field(10, ge=1, description="cosine_restarts: intervals until the first restart (T_0)")
-    restart_mult: int = Field(1, ge=1, description="cosine_restarts: each period is this many times the last (T_mult)")
-    gamma: float = Field(
-        0.9, gt=0, le=1, description="exponential: lr_t = lr_0 * gamma^t; step: factor every step_size intervals"
-    )
-    step_size: int = Field(10, ge=1, description="step: intervals between decays by gamma")
-    warmup: int = Field(0, ge=0, description="linear warm-up intervals in front of the schedule; 0 = none")
-    warmup_start: float = Field(0.01, gt=0, le=1, description="warm-up starts at this fraction of the learning rate")
 
 
 # -- optimizers ---------------------------------------------------------------------------------------------

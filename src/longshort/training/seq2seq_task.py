@@ -19,134 +19,33 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from longshort.data.pair_pipeline import EncodedPairs, PairBatch
 from longshort.data.pairs import PAD_ID
 from longshort.diagnostics.monitor import DiagnosticsConfig
 from longshort.evaluate.seq_metrics import sequence_metrics
-from longshort.nn.seq2seq import SCHEDULES, Seq2Seq, Seq2SeqConfig
+from longshort.nn.decoding import decode_all as decode_all
+from longshort.nn.decoding import ids_before_eos
+from longshort.nn.decoding import reference_ids as reference_ids
+from longshort.nn.seq2seq import Seq2Seq
 from longshort.training import curriculum as cur
 from longshort.training.callbacks import Callback
+from longshort.training.config import DecodeConfig as DecodeConfig
+from longshort.training.config import SamplingConfig as SamplingConfig
+from longshort.training.config import Seq2SeqSection as Seq2SeqSection
+from longshort.training.config import TokenLossConfig as TokenLossConfig
+from longshort.training.config import _Strict as _Strict
 from longshort.training.distributed import DistContext, DistributedConfig
-from longshort.training.losses import TimeWeighting, sequence_focal_loss
-from longshort.training.sequence_level import ObjectiveConfig, SequenceObjective, ids_before_eos
+from longshort.training.losses import sequence_focal_loss
+from longshort.training.sequence_level import SequenceObjective
 from longshort.training.trainer import TrainConfig, Trainer
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class SamplingConfig(_Strict):
-    """``seq2seq.sampling``: scheduled sampling (Bengio et al. 2015). The schedule gives the teacher-forcing
-    probability ``eps_i`` at step (or epoch) ``i``; each position of each sequence is fed the gold token with
-    probability ``eps_i``, else the model's previous prediction."""
-
-    schedule: Literal["none", "inverse_sigmoid", "linear_with_floor", "exponential"] = Field(
-        "none",
-        description="none: always teacher forcing; inverse_sigmoid eps = k / (k + exp((i - c) / k)); "
-        "linear_with_floor eps = max(floor, start - slope * i); exponential eps = gamma ** i",
-    )
-    unit: Literal["step", "epoch"] = Field("step", description="i counts optimizer steps or epochs")
-    k: float = Field(500.0, gt=0, description="inverse_sigmoid: decay scale (larger decays later)")
-    c: float = Field(0.0, description="inverse_sigmoid: centre (eps = k / (k + 1) at i = c)")
-    start: float = Field(1.0, ge=0, le=1, description="linear_with_floor: eps at i = 0")
-    slope: float = Field(1e-3, ge=0, description="linear_with_floor: eps lost per unit of i")
-    floor: float = Field(0.5, ge=0, le=1, description="linear_with_floor: the lowest eps")
-    gamma: float = Field(0.999, gt=0, le=1, description="exponential: eps = gamma ** i")
-
-    def teacher_forcing(self, step: int, epoch: int) -> float:
-        """``eps`` for the batch at global optimizer ``step`` in ``epoch`` (0-based)."""
-        i = float(step if self.unit == "step" else epoch)
-        if self.schedule == "none":
-            return 1.0
-        if self.schedule == "inverse_sigmoid":
-            return SCHEDULES["inverse_sigmoid"](i, self.k, self.c)
-        if self.schedule == "linear_with_floor":
-            return SCHEDULES["linear_with_floor"](i, self.slope, self.floor, self.start)
-        return SCHEDULES["exponential"](i, self.gamma)
-
-
-class TokenLossConfig(_Strict):
-    """``seq2seq.loss``: the per-token loss (padding ignored)."""
-
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
-    focal_gamma: float = Field(
-        0.0, ge=0, description="> 0: sequence focal loss -sum_t alpha_t (1 - p_t)^gamma log p_t instead of CE"
-    )
-    focal_alpha: float = Field(1.0, ge=0, description="sequence focal: alpha_0 of the time weights")
-    time_weighting: TimeWeighting = Field(
-        "constant", description="sequence focal: alpha_t over the target (constant | linear | reverse | exp)"
-    )
-    time_rate: float = Field(1.0, description="sequence focal, exp weighting: the rate")
-    coverage_weight: float = Field(1.0, ge=0, description="weight of the coverage loss (attention.coverage=true)")
-
-    @model_validator(mode="after")
-    def _one(self) -> TokenLossConfig:
-        if self.focal_gamma > 0 and self.label_smoothing > 0:
-            raise ValueError("set seq2seq.loss.focal_gamma or label_smoothing, not both")
-        return self
-
-
-class DecodeConfig(_Strict):
-    """``seq2seq.decode``: how validation, evaluation and ``predict`` decode."""
-
-    beam_size: int = Field(1, ge=1, description="1 = greedy; > 1 = beam search")
-    length_penalty: float = Field(0.6, ge=0, description="beam search: GNMT alpha, score / ((5 + len) / 6)^alpha")
-    max_len_ratio: float = Field(2.0, gt=0, description="max output length = ratio * longest source + extra")
-    max_len_extra: int = Field(10, ge=0, description="see max_len_ratio")
-    validate_beam: bool = Field(False, description="use the beam for the per-epoch validation too (slower)")
-
-    def max_len(self, src_lengths: Tensor) -> int:
-        return max(1, int(self.max_len_ratio * int(src_lengths.max())) + self.max_len_extra)
-
-
-class Seq2SeqSection(_Strict):
-    """``seq2seq:`` everything specific to ``task: seq2seq`` (``train:`` keeps epochs, optimizer, schedule, ...)."""
-
-    model: Seq2SeqConfig = Seq2SeqConfig()
-    sampling: SamplingConfig = SamplingConfig()
-    loss: TokenLossConfig = TokenLossConfig()
-    objective: ObjectiveConfig = ObjectiveConfig()
-    decode: DecodeConfig = DecodeConfig()
-    exposure_gap: bool = Field(
-        True, description="each epoch, also the free-running validation loss (fed own predictions) and its gap"
-    )
-
-
 _PURPOSE = {"sampling": 11, "objective": 12}
-
-
-def decode_batch(model: Seq2Seq, batch: PairBatch, cfg: DecodeConfig, beam: bool = True) -> tuple[Tensor, Tensor]:
-    """Greedy (``beam_size == 1`` or ``beam=False``) or beam-search output tokens and lengths of a batch."""
-    max_len = cfg.max_len(batch.src_lengths[0])
-    if cfg.beam_size > 1 and beam:
-        from longshort.nn.decoding import beam_search
-
-        res = beam_search(model, batch.src, batch.src_lengths, cfg.beam_size, max_len, cfg.length_penalty)
-        return res.tokens, res.lengths
-    return model.greedy_decode(batch.src, batch.src_lengths, max_len)
-
-
-def decode_all(model: Seq2Seq, data: EncodedPairs, cfg: DecodeConfig, batch_size: int, device: torch.device,
-               beam: bool = True) -> list[list[int]]:
-    """Output ids (before ``<eos>``) for every pair of ``data``, in order."""
-    out: list[list[int]] = []
-    for idx in torch.arange(len(data)).split(batch_size):
-        tok, ln = decode_batch(model, data.take(idx, device), cfg, beam)
-        out += ids_before_eos(tok.cpu(), ln.cpu())
-    return out
-
-
-def reference_ids(data: EncodedPairs) -> list[list[int]]:
-    assert data.tgt is not None and data.tgt_lengths is not None
-    return ids_before_eos(data.tgt, data.tgt_lengths)
 
 
 def _rows(batch: PairBatch, rows: Tensor) -> PairBatch:

@@ -25,36 +25,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from longshort.data.pairs import BOS_ID, EOS_ID, PAD_ID
+from longshort.data.pairs import BOS_ID, PAD_ID
 from longshort.evaluate.seq_metrics import batch_rewards
-
-ObjectiveKind = Literal["none", "reinforce", "self_critical", "mrt"]
-
-
-class ObjectiveConfig(BaseModel):
-    """``seq2seq.objective``: a sequence-level term mixed with token cross-entropy."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    kind: ObjectiveKind = Field("none", description="reinforce | self_critical (greedy baseline) | mrt (min risk)")
-    reward: Literal["exact", "edit", "bleu"] = Field(
-        "edit", description="sequence reward in [0, 1]: exact match, 1 - normalised edit distance, sentence BLEU"
-    )
-    weight: float = Field(
-        0.5, ge=0, le=1, description="loss = (1 - weight) * token loss + weight * sequence-level loss"
-    )
-    start_epoch: int = Field(0, ge=0, description="first epoch (0-based) with the sequence-level term")
-    samples: int = Field(4, ge=1, description="sampled sequences per source (mrt: the candidate set before dedup)")
-    baseline_decay: float = Field(0.9, ge=0, lt=1, description="reinforce: moving-average baseline decay")
-    alpha: float = Field(0.5, gt=0, description="mrt: sharpness of Q(y|x) proportional to p(y|x)^alpha")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature (1 = the model's distribution)")
+from longshort.nn.decoding import ids_before_eos as ids_before_eos
+from longshort.training.config import ObjectiveConfig as ObjectiveConfig
+from longshort.training.config import ObjectiveKind as ObjectiveKind
 
 
 @contextlib.contextmanager
@@ -98,17 +79,6 @@ def sequence_log_probs(
     logits = model(src, src_lengths, tgt_in).logits.float()
     logp = logits.log_softmax(-1).gather(-1, tokens.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     return (logp * valid).sum(1)
-
-
-def ids_before_eos(tokens: Tensor, lengths: Tensor) -> list[list[int]]:
-    """Each row's ids before its ``<eos>`` (the specials ``<pad>``/``<bos>``/``<eos>`` dropped)."""
-    out = []
-    for row, n in zip(tokens.tolist(), lengths.tolist(), strict=True):
-        ids = row[:n]
-        if ids and ids[-1] == EOS_ID:
-            ids = ids[:-1]
-        out.append([i for i in ids if i not in (PAD_ID, BOS_ID, EOS_ID)])
-    return out
 
 
 def reinforce_loss(logp: Tensor, rewards: Tensor, baseline: Tensor | float) -> Tensor:

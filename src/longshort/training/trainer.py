@@ -22,18 +22,16 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from longshort.data.batching import batch_indices
 from longshort.diagnostics.monitor import DiagnosticsConfig, Rollback, TrainingMonitor
 from longshort.training import curriculum as cur
-from longshort.training.augment import AugmentConfig, MixupConfig
-from longshort.training.callbacks import Callback, EarlyStopping, EarlyStoppingConfig
+from longshort.training.callbacks import Callback, EarlyStopping
 from longshort.training.checkpoint import (
     checkpoint_path,
     loop_state,
@@ -41,7 +39,7 @@ from longshort.training.checkpoint import (
     save_checkpoint,
     save_distributed_checkpoint,
 )
-from longshort.training.curriculum import CurriculumConfig, TaskConfig
+from longshort.training.config import TrainConfig as TrainConfig
 from longshort.training.distributed import (
     DistContext,
     DistributedConfig,
@@ -51,112 +49,15 @@ from longshort.training.distributed import (
     local_part,
     parallelize,
 )
-from longshort.training.losses import LossConfig
 from longshort.training.optim import (
     GradClipper,
     GradNoise,
     Lookahead,
-    OptimConfig,
-    ScheduleConfig,
     build_optimizer,
     build_schedule,
     scale_learning_rate,
 )
-from longshort.training.recipes import PhaseConfig, RecipeName, merge_under, preset_phases, recipe_values
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    recipe: RecipeName = Field(
-        "default",
-        description="preset laid under your own train.* values: plain = unweighted cross-entropy + AdamW with "
-        "the OneCycle schedule and no clipping, auxiliary loss, augmentation or Lookahead; seed = seed "
-        "000's full loop (see docs/training.md)",
-    )
-    epochs: int = Field(
-        12, ge=1, description="epochs in all (with train.phases: their sum); unset: a run chooses them from "
-        "train.steps or its automatic budget in optimizer steps for the data's size (config.yaml records them)"
-    )
-    steps: int | None = Field(
-        None, ge=1, description="training budget in optimizer steps, turned into whole epochs when the data is "
-        "read; null: train.epochs if set, else an automatic budget (see docs/training.md)"
-    )
-    batch_size: int = Field(
-        64, ge=1, description="unset: about a tenth of the training sequences, between 8 and 64, chosen by a run"
-    )
-    selection: Literal["auto", "val", "last"] = Field(
-        "auto", description="how the kept weights are chosen: val = the best epoch by "
-        "train.early_stopping.metric on the validation split (and early stopping); last = no validation split, "
-        "all sequences train, the final weights are kept; auto = val when the validation split holds at "
-        "least 200 sequences, else last"
-    )
-    eval_batch_size: int = Field(256, ge=1)
-    optim: OptimConfig = OptimConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    loss: LossConfig = LossConfig()
-    augment: AugmentConfig = AugmentConfig()
-    mixup: MixupConfig = MixupConfig()
-    curriculum: CurriculumConfig = CurriculumConfig()
-    tasks: TaskConfig = TaskConfig()
-    phases: list[PhaseConfig] = Field([], description="consecutive phases with their own lr, dropout, clip, batch")
-    phase_preset: Literal["none", "seed"] = Field(
-        "none", description="seed: seed 000's warm-up / main / fine-tune phases scaled to train.epochs"
-    )
-    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere"
-    )
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice")
-    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps inside an epoch; 0 = off")
-    grad_accum_steps: int = Field(
-        1, ge=1, description="split each batch into this many micro-batches (same gradient, less activation memory)"
-    )
-    log_every: int = Field(10, ge=1, description="steps between progress-bar updates (each reads the loss)")
-    progress: Literal["auto", "rich", "plain", "off"] = Field(
-        "auto", description="auto: a rich bar on a terminal, a line per epoch otherwise"
-    )
-    tensorboard: bool = True
-
-    @model_validator(mode="before")
-    @classmethod
-    def _presets(cls, data: Any) -> Any:
-        """With explicit phases, epochs is their sum; then the recipe is laid under the given values (its start
-        epochs scaled to that epoch count)."""
-        if not isinstance(data, dict):
-            return data
-        phases = data.get("phases")
-        if isinstance(phases, list) and phases:
-            # Malformed phases are left alone here: field validation says what is wrong.
-            with contextlib.suppress(AttributeError, TypeError, ValueError):
-                data = {**data, "epochs": sum(
-                    int(p.epochs if isinstance(p, PhaseConfig) else p.get("epochs", 1)) for p in phases
-                )}
-        recipe = data.get("recipe", "default")
-        if recipe != "default" and isinstance(recipe, str):
-            try:
-                base = recipe_values(recipe, data.get("epochs"))
-            except ValueError:
-                base = {}  # the Literal check reports the unknown name
-            data = merge_under(base, data)
-        return data
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if self.phases and self.phase_preset != "none":
-            raise ValueError("set train.phases or train.phase_preset, not both")
-        if self.phase_preset != "none" and self.epochs < 3:
-            raise ValueError(f"phase_preset={self.phase_preset} needs train.epochs >= 3, got {self.epochs}")
-        return self
-
-    def resolved_phases(self) -> list[PhaseConfig]:
-        """The phases in force: explicit ``phases``, the preset's scaled to ``epochs``, or none."""
-        if self.phases:
-            return list(self.phases)
-        if self.phase_preset != "none":
-            return preset_phases(self.phase_preset, self.epochs)
-        return []
+from longshort.training.recipes import PhaseConfig
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,193 @@
+"""Loading a run directory: the finished runs ``longshort train`` writes, read back for predict, evaluate, export,
+streaming and analysis. This module depends on the config, data, model and checkpoint modules, never on the
+trainer, so whatever only reads runs (deploy, diagnostics, report) does not import the training code.
+
+A classifier run directory::
+
+    RUN_DIR/config.yaml         the resolved config (reloads into the same run)
+    RUN_DIR/preprocess.json     classes, features and scaling fitted on the training split
+    RUN_DIR/model.safetensors   the best weights (by train.early_stopping.metric)
+    RUN_DIR/checkpoints/        best and last: weights + optimizer, schedule, RNG, data position
+    RUN_DIR/history.csv, tb/    per-epoch metrics (CSV and TensorBoard)
+    RUN_DIR/metrics.json        val and test metrics
+    RUN_DIR/plots/              confusion_matrix.png, learning_curve.png
+
+A seq2seq run directory adds ``vocab_source*.json`` and ``vocab_target.json`` (training split only),
+``test_predictions.tsv`` and ``plots/attention.png`` and has no ``preprocess.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from longshort.config import Config, load_config
+from longshort.data.batching import TensorData, to_tensors
+from longshort.data.pair_pipeline import EncodedPairs, encode_pairs, load_pair_source, prepare_pairs
+from longshort.data.pairs import PairData, Vocab
+from longshort.data.pipeline import Preprocessor, load_for_model, prepare
+from longshort.data.types import SequenceData
+from longshort.errors import LongshortError, RunDirError
+from longshort.evaluate.metrics import classification_metrics
+from longshort.evaluate.predict import batched_proba
+from longshort.evaluate.seq_metrics import sequence_metrics
+from longshort.nn.classifier import SequenceClassifier
+from longshort.nn.decoding import decode_all
+from longshort.nn.seq2seq import Seq2Seq
+from longshort.training.checkpoint import load_classifier as load_classifier
+from longshort.training.checkpoint import load_weights
+
+
+class Run:
+    """A trained model with its preprocessing, loaded from (or just written to) a run directory."""
+
+    def __init__(self, run_dir: Path, config: Config, model: SequenceClassifier, prep: Preprocessor) -> None:
+        self.dir, self.config, self.model, self.prep = Path(run_dir), config, model, prep
+        self.model.eval()
+
+    task = "classify"
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu") -> Run:
+        cfg, prep, model = load_classifier(run_dir, device)
+        return cls(Path(run_dir), cfg, model, prep)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        p = self.dir / "metrics.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray | SequenceData, lengths: np.ndarray | None = None,
+                      batch_size: int = 256, prepared: bool = False) -> np.ndarray:
+        """Class probabilities [N, K] for raw (unscaled) sequences ``x`` [N, T, C] or a SequenceData.
+
+        ``prepared=True`` says ``x`` already went through this run's preprocessing (``load_for_model``).
+        """
+        data = x if isinstance(x, SequenceData) else _raw_sequences(np.asarray(x, dtype=np.float32), lengths)
+        if not prepared:
+            data = self.prep.transform(data, labelled=False)
+        return _proba(self.model, to_tensors(data), batch_size)
+
+    def predict(self, x: np.ndarray | SequenceData, lengths: np.ndarray | None = None) -> np.ndarray:
+        """Predicted class names for each sequence."""
+        return np.asarray(self.prep.class_names)[self.predict_proba(x, lengths).argmax(1)]
+
+    def streamer(self, batch_size: int = 1) -> Any:
+        """A :class:`~longshort.deploy.streaming.RunStreamer`: feed raw steps of ``batch_size`` streams one at a
+        time and get each prefix's class probabilities (needs a model trained with model.bidirectional=false)."""
+        from longshort.deploy.streaming import RunStreamer
+
+        return RunStreamer(self, batch_size)
+
+    def evaluate(self, data: str | None = None) -> dict[str, Any]:
+        """Metrics on a file (all of it), or on the run's own test split when ``data`` is None."""
+        if data is None:
+            splits = prepare(self.config.data, self.config.seed)
+            test = splits.test
+            if test is None:
+                raise LongshortError("this run has no test split (split.test=0): pass --data FILE")
+        else:
+            test = load_for_model(data, self.config.data, self.prep, self.config.seed)
+            if test.y is None:
+                raise LongshortError(f"{data} has no labels to evaluate against")
+        assert test.y is not None
+        proba = _proba(self.model, to_tensors(test), self.config.train.eval_batch_size)
+        return classification_metrics(test.y, proba, self.prep.class_names)
+
+
+def _raw_sequences(x: np.ndarray, lengths: np.ndarray | None) -> SequenceData:
+    if x.ndim != 3:
+        raise LongshortError(f"x must be [N, T, C], got shape {x.shape}")
+    n, t, _ = x.shape
+    lens = np.full(n, t, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
+    return SequenceData(X=x, lengths=lens, y=None, feature_names=[], source="array")
+
+
+def _proba(model: torch.nn.Module, data: TensorData, batch_size: int) -> np.ndarray:
+    return batched_proba(model, data, batch_size).numpy()
+
+
+def load(run_dir: str | Path) -> Any:
+    """The run in ``run_dir``: a :class:`Run` (classifier) or a :class:`Seq2SeqRun`."""
+    d = Path(run_dir)
+    if not (d / "config.yaml").is_file():
+        raise RunDirError(f"{d} is not a finished run directory: config.yaml is missing")
+    cfg = load_config(d / "config.yaml")
+    if cfg.task == "seq2seq":
+        return Seq2SeqRun.load(d, config=cfg)
+    return Run.load(d)
+
+
+def vocab_names(n_fields: int) -> list[str]:
+    return ["vocab_source.json"] + [f"vocab_source_{i}.json" for i in range(1, n_fields)]
+
+
+class Seq2SeqRun:
+    """A trained seq2seq model with its vocabularies, loaded from (or just written to) a run directory."""
+
+    task = "seq2seq"
+
+    def __init__(self, run_dir: Path, config: Config, model: Seq2Seq, src_vocabs: list[Vocab],
+                 tgt_vocab: Vocab) -> None:
+        self.dir, self.config, self.model = Path(run_dir), config, model
+        self.src_vocabs, self.tgt_vocab = src_vocabs, tgt_vocab
+        self.model.eval()
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu", config: Config | None = None) -> Seq2SeqRun:
+        d = Path(run_dir)
+        cfg = config or load_config(d / "config.yaml")
+        names = vocab_names(1 + len(cfg.data.pairs.extra_sources))
+        for name in [*names, "vocab_target.json", "model.safetensors"]:
+            if not (d / name).is_file():
+                raise RunDirError(f"{d} is not a finished seq2seq run directory: {name} is missing")
+        src = [Vocab.load(d / n) for n in names]
+        tgt = Vocab.load(d / "vocab_target.json")
+        model = Seq2Seq(src, tgt, cfg.seq2seq.model).to(device)
+        load_weights(model, d / "model.safetensors")
+        return cls(d, cfg, model, src, tgt)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        p = self.dir / "metrics.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    def encode(self, data: PairData) -> EncodedPairs:
+        return encode_pairs(data, self.src_vocabs, self.tgt_vocab)
+
+    def translate(self, data: PairData | list[list[str]], beam_size: int | None = None,
+                  batch_size: int | None = None) -> list[list[str]]:
+        """Output tokens for each source (token lists, or a PairData with all its source fields)."""
+        if not isinstance(data, PairData):
+            data = PairData(source=[list(s) for s in data], target=None, source_file="input",
+                            rows=np.arange(len(data), dtype=np.int64))
+        dec = self.config.seq2seq.decode
+        if beam_size is not None:
+            dec = dec.model_copy(update={"beam_size": beam_size})
+        enc = encode_pairs(data, self.src_vocabs, None)
+        device = next(self.model.parameters()).device
+        ids = decode_all(self.model, enc, dec, batch_size or self.config.train.eval_batch_size, device)
+        return [self.tgt_vocab.decode(i) for i in ids]
+
+    def read(self, path: str) -> PairData:
+        return load_pair_source(path, self.config.data, self.config.seed)
+
+    def evaluate(self, data: str | None = None, beam_size: int | None = None) -> dict[str, Any]:
+        """Sequence metrics on a file (or the run's own test split) against its targets."""
+        if data is None:
+            test = prepare_pairs(self.config.data, self.config.seed).test
+            if test is None:
+                raise LongshortError("this run has no test split (split.test=0): pass --data FILE")
+        else:
+            test = self.read(data)
+            if test.target is None:
+                raise LongshortError(f"{data} has no target column '{self.config.data.pairs.target}' to evaluate "
+                                     "against")
+        assert test.target is not None
+        pred = self.translate(test, beam_size)
+        return sequence_metrics(pred, test.target)

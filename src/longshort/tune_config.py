@@ -1,0 +1,56 @@
+"""The ``tune:`` section of the config, as a leaf: pydantic only (``tune.py`` implements it)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# -- from tune.py ----------
+
+class ParamSpace(BaseModel):
+    """One searched key: ``float`` / ``int`` in [low, high] (``log`` for log-uniform), or ``categorical`` choices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParamSpace:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical search space needs choices")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} search space needs low < high, got {self.low} and {self.high}")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"log=true needs low > 0, got {self.low}")
+        return self
+
+
+def _default_space() -> dict[str, ParamSpace]:
+    return {
+        "train.optim.lr": ParamSpace(type="float", low=3e-5, high=3e-3, log=True),
+        "model.dropout": ParamSpace(type="float", low=0.0, high=0.5),
+        "model.hidden_dim": ParamSpace(type="categorical", choices=[64, 128, 256]),
+    }
+
+
+class TuneConfig(BaseModel):
+    """``tune:`` what ``longshort tune`` searches and how."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    space: dict[str, ParamSpace] = Field(
+        default_factory=_default_space,
+        description="KEY: {type, low, high, log, choices}; a combination the config refuses (e.g. model.num_heads "
+        "not dividing model.hidden_dim) is pruned",
+    )
+    metric: Literal["val_f1_macro", "val_accuracy", "val_loss"] = Field("val_f1_macro")
+    pruner: Literal["median", "hyperband", "none"] = Field("median")
+    startup_trials: int = Field(5, ge=0, description="TPE's random start and the median pruner's warm-up trials")
+    heartbeat_s: int = Field(60, ge=1, description="a trial without a heartbeat for 2 x this is failed and retried")
+    max_retry: int = Field(2, ge=0, description="times a failed (killed) trial is queued again")
