@@ -66,24 +66,19 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _task_options(self) -> Config:
-        """Options that only one task reads are refused for the other, so no setting is silently ignored."""
+        """A key the chosen task does not read is refused when set to anything but its default, so no setting is
+        silently ignored. Which task reads what is said where each key is defined (:func:`unread_keys`)."""
+        bad = unread_keys(self, self.task)
+        if bad:
+            other = "seq2seq" if self.task == "classify" else "classify"
+            raise ValueError(f"task is {self.task}, which does not read {', '.join(bad)} (options of task {other}; "
+                             f"set task: {other} or leave them out)")
         if self.task != "seq2seq":
-            if "seq2seq" in self.model_fields_set and self.seq2seq != Seq2SeqSection():
-                raise ValueError("the seq2seq section is set but task is classify (set task: seq2seq)")
             return self
         t = self.train
-        unused = [
-            ("train.recipe", t.recipe != "default"),
-            ("train.augment.enabled", t.augment.enabled),
-            ("train.mixup.prob", t.mixup.prob > 0),
-            ("train.phases", bool(t.phases)),
-            ("train.phase_preset", t.phase_preset != "none"),
-            ("train.curriculum.kind", t.curriculum.kind not in ("none", "length")),
-        ]
-        bad = [k for k, on in unused if on]
-        if bad:
-            raise ValueError(f"task seq2seq does not use {', '.join(bad)} (classifier options; seq2seq has "
-                             "seq2seq.loss, seq2seq.sampling, seq2seq.objective and train.curriculum.kind=length)")
+        if t.curriculum.kind not in ("none", "length"):
+            raise ValueError(f"train.curriculum.kind={t.curriculum.kind} is a classifier curriculum; task seq2seq "
+                             "has none and length")
         if t.early_stopping.metric in ("val_f1_macro",):
             raise ValueError("train.early_stopping.metric=val_f1_macro is a classifier metric; task seq2seq has "
                              "val_exact_match, val_token_accuracy, val_edit_error_rate, val_bleu, val_loss, "
@@ -91,6 +86,44 @@ class Config(BaseModel):
         if "source" not in self.data.model_fields_set:
             self.data.source = "builtin:reverse"  # the classifier's default dataset; seq2seq's is reverse
         return self
+
+
+def _tasks_of(section: type[BaseModel], name: str) -> tuple[str, ...] | None:
+    """The tasks that read field ``name`` of ``section``: the section's ``TASKS``, else the field's
+    ``json_schema_extra["tasks"]``, else None (every task)."""
+    owned = getattr(section, "TASKS", None)
+    if owned is not None:
+        return tuple(owned)
+    extra = section.model_fields[name].json_schema_extra
+    tasks = extra.get("tasks") if isinstance(extra, dict) else None
+    return tuple(tasks) if isinstance(tasks, list) else None  # type: ignore[arg-type]
+
+
+def _changed(value: Any, default: Any, key: str) -> list[str]:
+    """The leaf keys under ``key`` whose value differs from the default."""
+    if isinstance(value, BaseModel) and type(value) is type(default):
+        return [k for name in type(value).model_fields
+                for k in _changed(getattr(value, name), getattr(default, name), f"{key}.{name}")]
+    return [] if value == default else [key]
+
+
+def unread_keys(section: BaseModel, task: str, prefix: str = "") -> list[str]:
+    """Keys of ``section`` set to something other than their default that ``task`` does not read.
+
+    Which task reads a key is declared where the key is defined: a section class read by one task only says so
+    in its ``TASKS`` class variable (``model:``'s ClassifierConfig, ``seq2seq:``, ``train.loss``, ...); a single
+    field of a shared section in ``json_schema_extra={"tasks": [...]}`` (``train.recipe``, ``data.scale``, ...).
+    ``tests/test_config.py`` walks every key of the tree for both tasks."""
+    out: list[str] = []
+    cls = type(section)
+    for name, field in cls.model_fields.items():
+        key, value = f"{prefix}{name}", getattr(section, name)
+        tasks = _tasks_of(cls, name)
+        if tasks is not None and task not in tasks:
+            out += _changed(value, field.get_default(call_default_factory=True), key)
+        elif isinstance(value, BaseModel):
+            out += unread_keys(value, task, key + ".")
+    return out
 
 
 class _Loader(yaml.SafeLoader):
@@ -191,19 +224,23 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, description) for every leaf, for ``--help`` and the docs."""
+def config_keys(model: type[BaseModel] = Config, prefix: str = "", only: tuple[str, ...] | None = None
+                ) -> list[tuple[str, str, str]]:
+    """(key, default, description) for every leaf, for ``--help`` and the docs; a key one task reads says so."""
     rows: list[tuple[str, str, str]] = []
     for name, field in model.model_fields.items():
         ann = field.annotation
         key = f"{prefix}{name}"
+        tasks = only or _tasks_of(model, name)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows += config_keys(ann, key + ".")
+            rows += config_keys(ann, key + ".", tasks)
         else:
             args = typing.get_args(ann) if typing.get_origin(ann) is Literal else ()
             desc = field.description or ""
             if args:
                 desc = (desc + " " if desc else "") + "(" + " | ".join(map(str, args)) + ")"
+            if tasks is not None:
+                desc = f"[{'/'.join(tasks)} only] {desc}".rstrip()
             default = field.get_default(call_default_factory=True)
             shown = repr(default) if not isinstance(default, dict) else "{" + ", ".join(default) + "}"
             rows.append((key, shown, desc))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -41,6 +41,8 @@ def _default_space() -> dict[str, ParamSpace]:
 
 class TuneConfig(BaseModel):
     """``tune:`` what ``longshort tune`` searches and how."""
+
+    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -108,7 +108,7 @@ def test_plan_command_prints_and_writes_the_memory_table(tmp_path: Path) -> None
 S2S = ["--task", "seq2seq", "seq2seq.model.emb_dim=8", "seq2seq.model.hidden_dim=16", "seq2seq.model.dropout=0.0",
        "data.builtin.n=200", "train.epochs=2", "train.batch_size=16", "train.tensorboard=false",
        "train.progress=off", "train.early_stopping.patience=null", "train.optim.eps=1e-6",
-       "diagnostics.analysis=false", "diagnostics.report=false"]
+       "diagnostics.report=false"]
 
 
 def test_seq2seq_trains_under_ddp_and_fsdp_on_2_processes_as_on_one(tmp_path: Path) -> None:

@@ -378,3 +378,12 @@ def test_seq2seq_runs_write_weight_and_gradient_histograms(tmp_path: Path) -> No
     assert any(t.startswith("weights/") for t in tags)
     assert any(t.startswith("grads/") for t in tags)
     assert len(events.Histograms(next(t for t in tags if t.startswith("weights/")))) == 2  # one per epoch
+
+
+def test_train_phases_set_the_seq2seq_learning_rate_per_phase(tmp_path: Path) -> None:
+    """train.phases are the one trainer's, so seq2seq reads them too (they were refused for the second loop)."""
+    cfg = validate({"task": "seq2seq", "train": {"phases": [{"epochs": 1, "lr": 0.01}, {"epochs": 2, "lr": 0.002}]}})
+    tr = _trainer(tmp_path, **cfg.train.model_dump(include={"phases", "epochs"}))
+    tr.fit()
+    assert [r["lr"] for r in tr.history] == pytest.approx([0.01, 0.002, 0.002])
+    assert [r["phase"] for r in tr.history] == [1, 2, 2]

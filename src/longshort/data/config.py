@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _N_SPECIALS = 4  # <pad> <unk> <bos> <eos>: see longshort.data.pairs
+
+
+#: ``json_schema_extra`` of a field only one task reads: ``longshort.config`` refuses it, set, for the other
+ONLY_CLASSIFY = {"tasks": ["classify"]}
+ONLY_SEQ2SEQ = {"tasks": ["seq2seq"]}
 
 
 class _Strict(BaseModel):
@@ -26,6 +31,8 @@ def _check_aux_column(aux: str | None, features: list[str] | None, others: dict[
 
 class LongFormat(_Strict):
     """CSV/Parquet long format: one row per (sequence, time step)."""
+
+    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
 
     series_id: str = "series_id"
     time: str | None = Field(None, description="optional column that orders the rows of each sequence")
@@ -47,6 +54,8 @@ class LongFormat(_Strict):
 
 class SeriesFormat(_Strict):
     """One continuous multivariate series (a row per time step) cut into labelled windows."""
+
+    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
 
     window: int = Field(50, ge=2, description="time steps per window")
     stride: int = Field(1, ge=1, description="steps between consecutive window starts")
@@ -74,7 +83,8 @@ class SplitConfig(_Strict):
     val: float = Field(0.15, ge=0, lt=1, description="fraction of the data for validation")
     test: float = Field(0.15, ge=0, lt=1, description="fraction for test (ignored when --test-data is given)")
     gap: int | None = Field(
-        None, ge=0, description="rows dropped between chronological splits; default window + horizon"
+        None, ge=0, description="rows dropped between chronological splits; default window + horizon",
+        json_schema_extra=ONLY_CLASSIFY,
     )
 
     @model_validator(mode="after")
@@ -88,10 +98,16 @@ class BuiltinConfig(_Strict):
     """Size of a generated built-in dataset (``source: builtin:NAME``)."""
 
     n: int = Field(4000, ge=30, description="sequences (seq2seq: pairs) to generate")
-    length: int = Field(50, ge=2, description="time steps per sequence")
-    min_len: int = Field(5, ge=1, description="seq2seq built-ins: shortest source (reverse, sort; cmudict letters)")
-    max_len: int = Field(20, ge=1, description="seq2seq built-ins: longest source (reverse, sort; cmudict letters)")
-    digits: int = Field(3, ge=1, description="seq2seq built-in addition: the most digits of an operand")
+    length: int = Field(50, ge=2, description="time steps per sequence", json_schema_extra=ONLY_CLASSIFY)
+    min_len: int = Field(5, ge=1, description="seq2seq built-ins: shortest source (reverse, sort; cmudict letters)",
+        json_schema_extra=ONLY_SEQ2SEQ,
+    )
+    max_len: int = Field(20, ge=1, description="seq2seq built-ins: longest source (reverse, sort; cmudict letters)",
+        json_schema_extra=ONLY_SEQ2SEQ,
+    )
+    digits: int = Field(3, ge=1, description="seq2seq built-in addition: the most digits of an operand",
+        json_schema_extra=ONLY_SEQ2SEQ,
+    )
 
     @model_validator(mode="after")
     def _lengths(self) -> BuiltinConfig:
@@ -102,6 +118,8 @@ class BuiltinConfig(_Strict):
 
 class PairFormat(BaseModel):
     """How a pairs file is laid out and tokenised."""
+
+    TASKS: ClassVar[tuple[str, ...]] = ("seq2seq",)  # the tasks that read this section (others refuse it)
 
     model_config = ConfigDict(extra="forbid")
 
@@ -119,9 +137,10 @@ class PairFormat(BaseModel):
 class DataConfig(_Strict):
     source: str = Field("builtin:regimes", description="a file path or builtin:NAME (see `longshort datasets`)")
     test_source: str | None = Field(None, description="separate test file; no test split is cut when set")
-    format: Literal["auto", "npz", "csv", "parquet", "ts"] = "auto"
+    format: Literal["auto", "npz", "csv", "parquet", "ts"] = Field("auto", json_schema_extra=ONLY_CLASSIFY)
     layout: Literal["auto", "sequences", "long", "series"] = Field(
-        "auto", description="sequences (npz/.ts), long (a row per sequence step), series (one continuous series)"
+        "auto", description="sequences (npz/.ts), long (a row per sequence step), series (one continuous series)",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     long: LongFormat = LongFormat()
     series: SeriesFormat = SeriesFormat()
@@ -132,6 +151,7 @@ class DataConfig(_Strict):
         "sequence per feature to zero mean and unit std over its own valid steps (for sets whose sequences "
         "differ in scale by orders of magnitude), then standard; auto: series when the standard deviations of "
         "the sequences read from data.source spread more than 10x (10th to 90th percentile, any feature), "
-        "else standard (continuous series: standard); none: raw values"
+        "else standard (continuous series: standard); none: raw values",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     pairs: PairFormat = Field(PairFormat(), description="seq2seq (task: seq2seq): columns and tokenisation")

@@ -6,6 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: ``json_schema_extra`` of a field only one task reads: ``longshort.config`` refuses it, set, for the other
+ONLY_CLASSIFY = {"tasks": ["classify"]}
+ONLY_SEQ2SEQ = {"tasks": ["seq2seq"]}
+
+
 # -- from diagnostics/monitor.py ----------
 
 Action = Literal["log", "skip", "rollback"]
@@ -44,9 +49,11 @@ class DiagnosticsConfig(BaseModel):
     anomaly: AnomalyConfig = Field(AnomalyConfig())  # type: ignore[call-arg]
     analysis: bool = Field(
         True, description="after training: loss-landscape slices, Hessian top eigenvalue, information flow, "
-        "attention maps (RUN_DIR/diagnostics/*.json)"
+        "attention maps (RUN_DIR/diagnostics/*.json)",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     analysis_batches: int = Field(
-        1, ge=1, description="validation batches (of train.batch_size) the landscape and Hessian losses average over"
+        1, ge=1, description="validation batches (of train.batch_size) the landscape and Hessian losses average over",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     report: bool = Field(True, description="after training: RUN_DIR/report.html")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class CVConfig(BaseModel):
     """``cv:`` how ``longshort cv`` folds the data."""
+
+    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -138,6 +138,8 @@ class AttentionConfig(BaseModel):
 
 class ClassifierConfig(BaseModel):
     """Architecture of :class:`SequenceClassifier`; ``input_dim`` and ``num_classes`` come from the data."""
+
+    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -9,12 +9,17 @@ sections from here, so reading or validating a config never imports torch.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from longshort.nn.config import SCHEDULES, Seq2SeqConfig
 from longshort.training.recipes import PhaseConfig, RecipeName, merge_under, preset_phases, recipe_values
+
+#: ``json_schema_extra`` of a field only one task reads: ``longshort.config`` refuses it, set, for the other
+ONLY_CLASSIFY = {"tasks": ["classify"]}
+ONLY_SEQ2SEQ = {"tasks": ["seq2seq"]}
+
 
 # -- from training/optim.py ----------
 
@@ -129,6 +134,7 @@ class CurriculumConfig(BaseModel):
         "crop",
         description="length: crop keeps the last L steps of longer sequences; filter uses only sequences of "
         "length <= L (the shortest ones, cropped, if none is that short)",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     # -- difficulty and adaptive
     scorer: str = Field(
@@ -136,25 +142,32 @@ class CurriculumConfig(BaseModel):
         min_length=1,
         description="difficulty/adaptive: 'self' scores the examples with the model being trained after "
         "score_after epochs; else a trained run directory (same data preparation) whose model scores them",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     score_after: int = Field(
-        1, ge=0, description="difficulty/adaptive: epochs of normal training before the examples are scored"
+        1, ge=0, description="difficulty/adaptive: epochs of normal training before the examples are scored",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     stages: int = Field(
-        3, ge=1, description="difficulty: equal parts by score, easiest first; stage s trains on parts 0..s"
+        3, ge=1, description="difficulty: equal parts by score, easiest first; stage s trains on parts 0..s",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     stage_epochs: int | None = Field(
         None,
         ge=1,
         description="difficulty: epochs per stage; null = the epochs after scoring split evenly (the last "
         "stage takes the rest)",
+        json_schema_extra=ONLY_CLASSIFY,
     )
-    p0: float = Field(0.2, ge=0, le=1, description="adaptive: probability of a hard example at accuracy 0")
+    p0: float = Field(0.2, ge=0, le=1, description="adaptive: probability of a hard example at accuracy 0",
+                      json_schema_extra=ONLY_CLASSIFY)
     alpha: float = Field(
-        0.5, ge=0, description="adaptive: p_hard = min(1, p0 + alpha * previous epoch's training accuracy)"
+        0.5, ge=0, description="adaptive: p_hard = min(1, p0 + alpha * previous epoch's training accuracy)",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     hard_fraction: float = Field(
-        0.5, gt=0, lt=1, description="adaptive: the top fraction of examples by scorer loss that count as hard"
+        0.5, gt=0, lt=1, description="adaptive: the top fraction of examples by scorer loss that count as hard",
+        json_schema_extra=ONLY_CLASSIFY,
     )
 
     @model_validator(mode="after")
@@ -169,6 +182,8 @@ class CurriculumConfig(BaseModel):
 
 class TaskConfig(BaseModel):
     """``train.tasks``: weights of the main classification loss and the auxiliary regression loss."""
+
+    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -194,6 +209,8 @@ ADAPTIVE_CONFIDENCE_PENALTY = 0.1  # seed 000's AdaptiveLoss coefficient, used w
 
 
 class LossConfig(BaseModel):
+
+    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     name: LossName = Field(
@@ -285,6 +302,8 @@ class AugmentConfig(BaseModel):
     magnitude_warp, noise.
     """
 
+    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     start_epoch: int = Field(0, ge=0, description="first epoch (0-based) that is augmented")
@@ -303,6 +322,8 @@ class AugmentConfig(BaseModel):
 
 
 class MixupConfig(BaseModel):
+
+    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     prob: float = Field(0.0, ge=0, le=1, description="probability a batch is mixed (seed 000: 0.5); 0 = off")
@@ -369,6 +390,7 @@ class TrainConfig(BaseModel):
         description="preset laid under your own train.* values: plain = unweighted cross-entropy + AdamW with "
         "the OneCycle schedule and no clipping, auxiliary loss, augmentation or Lookahead; seed = seed "
         "000's full loop (see docs/training.md)",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     epochs: int = Field(
         12, ge=1, description="epochs in all (with train.phases: their sum); unset: a run chooses them from "
@@ -376,7 +398,8 @@ class TrainConfig(BaseModel):
     )
     steps: int | None = Field(
         None, ge=1, description="training budget in optimizer steps, turned into whole epochs when the data is "
-        "read; null: train.epochs if set, else an automatic budget (see docs/training.md)"
+        "read; null: train.epochs if set, else an automatic budget (see docs/training.md)",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     batch_size: int = Field(
         64, ge=1, description="unset: about a tenth of the training sequences, between 8 and 64, chosen by a run"
@@ -385,7 +408,8 @@ class TrainConfig(BaseModel):
         "auto", description="how the kept weights are chosen: val = the best epoch by "
         "train.early_stopping.metric on the validation split (and early stopping); last = no validation split, "
         "all sequences train, the final weights are kept; auto = val when the validation split holds at "
-        "least 200 sequences, else last"
+        "least 200 sequences, else last",
+        json_schema_extra=ONLY_CLASSIFY,
     )
     eval_batch_size: int = Field(256, ge=1)
     optim: OptimConfig = OptimConfig()
@@ -550,6 +574,8 @@ class DecodeConfig(_Strict):
 
 class Seq2SeqSection(_Strict):
     """``seq2seq:`` everything specific to ``task: seq2seq`` (``train:`` keeps epochs, optimizer, schedule, ...)."""
+
+    TASKS: ClassVar[tuple[str, ...]] = ("seq2seq",)  # the tasks that read this section (others refuse it)
 
     model: Seq2SeqConfig = Seq2SeqConfig()
     sampling: SamplingConfig = SamplingConfig()
