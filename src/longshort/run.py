@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from longshort.evaluate.predict import batched_proba
 from longshort.finish import after_training
 from longshort.nn.classifier import SequenceClassifier
 from longshort.report.plots import confusion_matrix_png, learning_curve_png
+from longshort.rundir import RunLock, absolute_sources, check_out_dir
+from longshort.rundir import say_resumed as _say_resumed
 from longshort.runs import Run as Run
 from longshort.runs import load as load
 from longshort.sizing import DataShape, resolve
@@ -49,6 +52,7 @@ def _console() -> Console:
 
 
 def default_run_dir(cfg: Config) -> Path:
+    """``runs/<date>-<time>-<data>`` (taken by a run started in the same second, train adds a random suffix)."""
     src = cfg.data.source.removeprefix("builtin:")
     stem = Path(src).stem or "data"
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{stem}"
@@ -99,34 +103,49 @@ def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: st
     console = console or _console()
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise RunDirError(f"cannot resume {run_dir}: no config.yaml there")
+        check_out_dir(run_dir, resume=True)
         cfg = load_config(run_dir / "config.yaml")
     else:
         cfg = config if isinstance(config, Config) else (
             validate(config) if isinstance(config, dict) else load_config(config))
         run_dir = Path(out) if out else default_run_dir(cfg)
     ctx = setup_distributed(cfg.distributed, resolve_device(cfg.train.device))
+    lock = RunLock(run_dir)
     try:
+        run_dir, lock = _agree_on_run_dir(run_dir, resume is not None, ctx, named=out is not None or resume is not None)
+        if not ctx.is_main:
+            console = Console(quiet=True)
         if cfg.task == "seq2seq":
             from longshort.seq2seq_run import train_seq2seq
 
-            run_dir = _agree_on_run_dir(run_dir, resume is not None, ctx)
-            if not ctx.is_main:
-                console = Console(quiet=True)
             callbacks = _callbacks(cfg, run_dir, console) if ctx.is_main else []
             return train_seq2seq(cfg, run_dir, resume is not None, console, callbacks, ctx)
         return _train_classifier(cfg, run_dir, resume is not None, console, ctx)
     finally:
+        lock.release()
         shutdown(ctx)
 
 
-def _agree_on_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> Path:
-    """Rank 0's run directory for every rank (a default name has the time in it), and its checks for all."""
-    error = None
-    if ctx.is_main and not resume and (run_dir / "config.yaml").exists():
-        error = (f"run directory {run_dir} already holds a run: resume it with --resume {run_dir} or choose "
-                 "another --out")
+def _agree_on_run_dir(run_dir: Path, resume: bool, ctx: DistContext, named: bool) -> tuple[Path, RunLock]:
+    """Rank 0's run directory for every rank (a default name has the time in it), its checks for all, and the
+    directory's lock (rank 0 takes it for the job, before anything is written). A default name another run
+    started in the same second holds gets a random suffix instead; a name the user gave is refused."""
+    error, lock = None, RunLock(run_dir)
+    if ctx.is_main:
+        for attempt in range(3):
+            lock = RunLock(run_dir)
+            try:
+                check_out_dir(run_dir, resume)
+                lock.acquire()
+                check_out_dir(run_dir, resume)  # again, holding the lock: a run that finished meanwhile
+                error = None
+                break
+            except RunDirError as exc:
+                lock.release()
+                error = str(exc)
+                if named or attempt == 2:
+                    break
+                run_dir = run_dir.with_name(f"{run_dir.name}-{secrets.token_hex(2)}")
     if ctx.enabled:
         import torch.distributed as dist
 
@@ -135,7 +154,7 @@ def _agree_on_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> Path:
         run_dir, error = Path(shared[0]), shared[1]
     if error:
         raise RunDirError(error)
-    return run_dir
+    return run_dir, lock
 
 
 @dataclass
@@ -180,26 +199,23 @@ def setup(cfg: Config, run_dir: Path, *, callbacks: Callable[[Config], list[Call
 
 
 def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console, ctx: DistContext) -> Run | None:
-    run_dir = _agree_on_run_dir(run_dir, resume, ctx)
-    if not ctx.is_main:
-        console = Console(quiet=True)
     recipe = setup(cfg, run_dir, ctx=ctx,
                    callbacks=(lambda c: _callbacks(c, run_dir, console)) if ctx.is_main else None)
     cfg, splits, model, trainer = recipe.cfg, recipe.splits, recipe.model, recipe.trainer
     if not resume and ctx.is_main:  # only once the data is read: a bad file leaves no half-made run behind
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(absolute_sources(cfg), run_dir / "config.yaml")
     if ctx.is_main:
         splits.prep.save(run_dir / "preprocess.json")
     barrier(ctx)
+    resumed = resume and trainer.restore("last")  # before any output: a damaged checkpoint is one line
     for note in recipe.notes:
         console.print(f"auto: {note}")
     _describe(splits, model, cfg.train.batch_size, console)
     if ctx.enabled:
         console.print(f"distributed: {cfg.distributed.strategy} over {ctx.world} processes, global batch "
                       f"{cfg.train.batch_size}")
-    if resume and trainer.restore("last"):
-        console.print(f"resumed {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch}, step {trainer.step}")
+    _say_resumed(console, run_dir, resume, resumed, trainer)
     trainer.fit()
 
     if ctx.enabled:  # the full weights rank 0 wrote into the checkpoints: final metrics on a plain model there

@@ -41,6 +41,8 @@ from longshort.finish import after_training
 from longshort.nn.decoding import reference_ids
 from longshort.nn.seq2seq import Seq2Seq
 from longshort.report.plots import attention_png, learning_curve_png
+from longshort.rundir import absolute_sources
+from longshort.rundir import say_resumed as _say_resumed
 from longshort.runs import Seq2SeqRun as Seq2SeqRun
 from longshort.runs import vocab_names
 from longshort.training.checkpoint import checkpoint_path, load_weights, save_weights
@@ -85,24 +87,24 @@ def train_seq2seq(cfg: Config, run_dir: Path, resume: bool, console: Console, ca
     if ctx.is_main:
         if not resume:
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
+            save_config(absolute_sources(cfg), run_dir / "config.yaml")
         for v, name in zip(splits.src_vocabs, vocab_names(len(splits.src_vocabs)), strict=True):
             v.save(run_dir / name)
         splits.tgt_vocab.save(run_dir / "vocab_target.json")
     barrier(ctx)
     model = Seq2Seq(splits.src_vocabs, splits.tgt_vocab, cfg.seq2seq.model)
-    _describe(splits, model, cfg, console)
-    if ctx.enabled:
-        console.print(f"distributed: {cfg.distributed.strategy} over {ctx.world} processes, global batch "
-                      f"{cfg.train.batch_size}")
     enc = {k: encode_pairs(v, splits.src_vocabs, splits.tgt_vocab) if v is not None else None
            for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
     assert enc["train"] is not None
     trainer = seq2seq_trainer(cfg.train, cfg.seq2seq, model, enc["train"], enc["val"], seed=cfg.seed,
                               run_dir=run_dir, callbacks=callbacks, diagnostics=cfg.diagnostics,
                               distributed=cfg.distributed, ctx=ctx)
-    if resume and trainer.restore("last"):
-        console.print(f"resumed {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch}, step {trainer.step}")
+    resumed = resume and trainer.restore("last")  # before any output: a damaged checkpoint is one line
+    _describe(splits, model, cfg, console)  # DTensor parameters (fsdp) count their global size
+    if ctx.enabled:
+        console.print(f"distributed: {cfg.distributed.strategy} over {ctx.world} processes, global batch "
+                      f"{cfg.train.batch_size}")
+    _say_resumed(console, run_dir, resume, resumed, trainer)
     trainer.fit()
     if ctx.enabled:  # the full weights rank 0 wrote into the checkpoints: final metrics on a plain model there
         barrier(ctx)

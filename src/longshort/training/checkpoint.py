@@ -7,6 +7,7 @@ directory is complete, so a process killed at any instant leaves every tag point
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from longshort.config import Config, load_config
@@ -40,16 +42,58 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
+#: the safetensors metadata key of a weights file's checksum (:func:`tensors_sha256` of its tensors)
+CHECKSUM = "longshort.sha256"
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: what a weights file records of
+    itself, so a changed or truncated byte of its data is caught on load (the header is checked by parsing)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def write_weights(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``tensors`` as safetensors at ``path`` with their checksum in the metadata (written as given: callers
+    write to a temporary name and rename)."""
+    save_file(tensors, str(path), metadata={**(metadata or {}), CHECKSUM: tensors_sha256(tensors)})
+
+
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state_dict_for_saving(model), str(tmp), metadata=metadata)
+    write_weights(state_dict_for_saving(model), tmp, metadata)
     os.replace(tmp, path)
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of the weights file ``path``, checked against the checksum it records (files written before
+    checksums existed load unchecked). Every way the file can be unreadable is a one-line :class:`RunDirError`
+    naming it."""
     if not path.is_file():
         raise RunDirError(f"weights file {path} not found")
-    model.load_state_dict(load_file(str(path), device=str(next(model.parameters()).device)))
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            recorded = (f.metadata() or {}).get(CHECKSUM)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise RunDirError(f"{path} is not a readable weights file ({str(exc).splitlines()[0]}); it is damaged or "
+                          "not a longshort weights file") from None
+    if recorded is not None and tensors_sha256(tensors) != recorded:
+        raise RunDirError(f"{path} does not match the checksum it was written with: the file is damaged (a "
+                          "changed or truncated byte); restore it or retrain")
+    return tensors
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    tensors = read_weights(path, next(model.parameters()).device)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise RunDirError(f"{path} does not fit this model ({str(exc).splitlines()[0]})") from None
 
 
 def save_checkpoint(ckpt_dir: Path, tags: list[str], model: nn.Module, state: dict[str, Any], step: int) -> Path:
@@ -61,7 +105,7 @@ def save_checkpoint(ckpt_dir: Path, tags: list[str], model: nn.Module, state: di
         tmp = ckpt_dir / f".{name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_file(state_dict_for_saving(model), str(tmp / WEIGHTS))
+        write_weights(state_dict_for_saving(model), tmp / WEIGHTS)
         torch.save(state, tmp / STATE)
         os.replace(tmp, final)
     _point_tags(ckpt_dir, tags, name, step)
@@ -82,12 +126,26 @@ def checkpoint_path(ckpt_dir: Path, tag: str) -> Path | None:
     pointer = ckpt_dir / f"{tag}.json"
     if not pointer.is_file():
         return None
-    return ckpt_dir / json.loads(pointer.read_text())["dir"]
+    try:
+        name = json.loads(pointer.read_text())["dir"]
+    except (ValueError, KeyError, TypeError, OSError):
+        raise RunDirError(f"{pointer} is damaged (not the checkpoint pointer longshort writes)") from None
+    path = ckpt_dir / str(name)
+    if not path.is_dir() or path.parent != ckpt_dir:
+        raise RunDirError(f"{pointer} points at {name}, which is not a checkpoint in {ckpt_dir}")
+    return path
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Training state, loaded with ``weights_only=True`` (no arbitrary code from the file runs)."""
-    return torch.load(path / STATE, map_location="cpu", weights_only=True)
+    """Training state, loaded with ``weights_only=True`` (no arbitrary code from the file runs); a damaged file,
+    or one holding anything but tensors and plain values, is a one-line :class:`RunDirError`."""
+    try:
+        return torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunDirError(f"{path / STATE} is missing: the checkpoint is incomplete") from None
+    except Exception as exc:  # truncated zip, a pickle weights_only refuses, ...: the loader's own types vary
+        raise RunDirError(f"{path / STATE} cannot be read as a longshort checkpoint state "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
 
 
 def loop_state(trainer: Any) -> dict[str, Any]:
@@ -166,7 +224,7 @@ def save_distributed_checkpoint(ckpt_dir: Path, tags: list[str], model: nn.Modul
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         torch.save({"rng_cpu": torch.get_rng_state()}, tmp / f"rng-rank{rank}.pt")
         if rank == 0:
-            save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / WEIGHTS))
+            write_weights({k: v.contiguous() for k, v in full.items()}, tmp / WEIGHTS)
             torch.save({k: v for k, v in state.items() if k != "optimizer"}, tmp / STATE)
         dist.barrier()
         if rank == 0:
