@@ -25,17 +25,17 @@ from longshort.data.batching import to_tensors
 from longshort.data.builtin import BUILTINS
 from longshort.data.pipeline import Splits, data_shape, prepare, read_source
 from longshort.data.types import SequenceData
-from longshort.errors import RunDirError
+from longshort.errors import ConfigError, RunDirError
 from longshort.evaluate.metrics import classification_metrics
 from longshort.evaluate.predict import batched_proba
 from longshort.finish import after_training
-from longshort.nn.classifier import SequenceClassifier
+from longshort.nn.classifier import SequenceClassifier, training_memory
 from longshort.report.plots import confusion_matrix_png, learning_curve_png
 from longshort.rundir import RunLock, absolute_sources, check_out_dir
 from longshort.rundir import say_resumed as _say_resumed
 from longshort.runs import Run as Run
 from longshort.runs import load as load
-from longshort.sizing import DataShape, resolve
+from longshort.sizing import LONG_SERIES, DataShape, resolve
 from longshort.training.callbacks import Callback, HistoryCSV, PlainProgress, ProgressBar, TensorBoard
 from longshort.training.checkpoint import checkpoint_path, load_weights, save_weights
 from longshort.training.classify import classifier_trainer
@@ -168,6 +168,15 @@ class Recipe:
     trainer: Trainer
     notes: list[str]
 
+    def load_best(self, model: SequenceClassifier | None = None) -> SequenceClassifier:
+        """After ``trainer.fit()``: the weights model selection chose (the best checkpoint when a validation
+        split chose one, else the final weights) loaded into ``model`` (default: the recipe's own)."""
+        model = self.model if model is None else model
+        best = checkpoint_path(self.trainer.ckpt_dir, "best")
+        if best is not None:
+            load_weights(model, best / "model.safetensors")
+        return model
+
 
 def build_trainer(cfg: Config, model: SequenceClassifier, train: SequenceData, val: SequenceData | None,
                   num_classes: int, run_dir: Path, *, callbacks: list[Callback] | None = None,
@@ -180,22 +189,61 @@ def build_trainer(cfg: Config, model: SequenceClassifier, train: SequenceData, v
 
 
 def setup(cfg: Config, run_dir: Path, *, callbacks: Callable[[Config], list[Callback]] | None = None,
-          ctx: DistContext | None = None, need_validation: bool = False) -> Recipe:
-    """One classifier recipe for ``longshort train`` and every ``tune`` trial: read the data, make the automatic
-    choices for its size (``sizing.resolve``; ``need_validation``: the caller picks by a validation metric),
-    split and scale it, build the model and the trainer. Writes nothing; ``callbacks`` makes the trainer's
+          ctx: DistContext | None = None, need_validation: bool = False, splits: Splits | None = None) -> Recipe:
+    """One classifier recipe for ``longshort train``, every ``tune`` trial and every ``cv`` fold: read the data,
+    make the automatic choices for its size (``sizing.resolve``; ``need_validation``: the caller picks by a
+    validation metric), split and scale it, build the model and the trainer. ``splits``: the data already split
+    and scaled (a cv fold; ``cfg`` is then resolved already). Writes nothing; ``callbacks`` makes the trainer's
     callbacks from the resolved config. A resumed config is resolved already, so it comes back unchanged."""
     ctx = ctx or DistContext()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    raw = read_source(cfg.data.source, cfg.data, cfg.seed)
-    cfg, notes = resolve(cfg, DataShape(*data_shape(raw, cfg.data)), need_validation=need_validation)
-    splits = prepare(cfg.data, cfg.seed, raw)
+    notes: list[str] = []
+    if splits is None:
+        raw = read_source(cfg.data.source, cfg.data, cfg.seed)
+        cfg, notes = resolve(cfg, DataShape(*data_shape(raw, cfg.data)), need_validation=need_validation)
+        splits = prepare(cfg.data, cfg.seed, raw)
+    check_fits(cfg, splits, resolve_device(cfg.train.device))
     model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
     trainer = build_trainer(cfg, model, splits.train, splits.val, len(splits.prep.class_names), run_dir,
                             callbacks=callbacks(cfg) if callbacks is not None else None, ctx=ctx)
     return Recipe(cfg, splits, model, trainer, notes)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for a run on ``device`` (CUDA: the device's; CPU: the OS's MemAvailable); None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(cfg: Config, splits: Splits, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a model and batch whose lower memory estimate exceeds what is free."""
+    free = free_memory(device)
+    if free is None:
+        return
+    n_classes = len(splits.prep.class_names)
+    need, what = training_memory(cfg.model, splits.train.n_features, n_classes,
+                                 min(cfg.train.batch_size, len(splits.train)), int(splits.train.X.shape[1]),
+                                 min(cfg.train.eval_batch_size, max(len(splits.train), 1)))
+    if need > free:
+        steps = int(splits.train.X.shape[1])
+        stem = f", raise model.stem_stride for sequences of {steps:,} steps" if steps > LONG_SERIES else ""
+        raise ConfigError(
+            f"this model and batch need at least {_gb(need)} on {device.type} (mostly {what}), more than the "
+            f"{_gb(free)} free: lower train.batch_size or model.hidden_dim{stem}, or use a machine with more "
+            "memory")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console, ctx: DistContext) -> Run | None:
@@ -226,9 +274,7 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
         last = checkpoint_path(trainer.ckpt_dir, "last")
         assert last is not None
         load_weights(model, last / "model.safetensors")
-    best = checkpoint_path(trainer.ckpt_dir, "best")
-    if best is not None:
-        load_weights(model, best / "model.safetensors")
+    recipe.load_best(model)
     save_weights(model, run_dir / "model.safetensors", metadata={"format": "longshort.SequenceClassifier"})
     metrics = _final_metrics(cfg, splits, model, trainer, run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -102,17 +102,15 @@ def stratified_folds(y: np.ndarray, cfg: CVConfig, seed: int) -> list[Fold]:
 
 def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any]:
     """Train and test one fresh model per fold; write ``out/cv.json``, ``out/folds.csv``, ``out/cv.png``."""
-    import torch
 
     from longshort.config import save_config
     from longshort.data.batching import to_tensors
-    from longshort.data.pipeline import Preprocessor, layout_of, read_source
+    from longshort.data.pipeline import Preprocessor, Splits, layout_of, read_source
     from longshort.data.types import SeriesData
     from longshort.data.windows import make_windows
     from longshort.evaluate.metrics import classification_metrics
     from longshort.evaluate.predict import batched_proba
-    from longshort.nn.classifier import SequenceClassifier
-    from longshort.run import build_trainer
+    from longshort.run import setup
 
     console = console or Console(stderr=True)
     if cfg.task != "classify":
@@ -139,18 +137,14 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
     rows: list[dict[str, Any]] = []
     for k, fold in enumerate(folds):
         prep = Preprocessor.fit(seqs.subset(fold.train), layout, cfg.data.scale)  # this fold's training part only
-        train = prep.transform(seqs.subset(fold.train))
         val = prep.transform(seqs.subset(fold.val)) if len(fold.val) else None
         test = prep.transform(seqs.subset(fold.test))
-        torch.manual_seed(cfg.seed)  # a fresh model (and, in the Trainer, a fresh optimizer) per fold
-        model = SequenceClassifier(train.n_features, len(prep.class_names), cfg.model)
-        trainer = build_trainer(cfg, model, train, val, len(prep.class_names), out / f"fold-{k + 1}")
+        fold_splits = Splits(train=prep.transform(seqs.subset(fold.train)), val=val, test=test, prep=prep)
+        # the recipe train and tune use: a fresh model (seeded) and trainer per fold, the fold's best weights
+        recipe = setup(cfg, out / f"fold-{k + 1}", splits=fold_splits)
+        trainer = recipe.trainer
         trainer.fit()
-        from longshort.training.checkpoint import checkpoint_path, load_weights
-
-        best = checkpoint_path(trainer.ckpt_dir, "best")
-        if best is not None:
-            load_weights(model, best / "model.safetensors")
+        model = recipe.load_best()
         assert test.y is not None
         proba = batched_proba(model, to_tensors(test), cfg.train.eval_batch_size).numpy()
         m = classification_metrics(test.y, proba, prep.class_names)
