@@ -144,11 +144,27 @@ def _predict_seq2seq(run: object, args: argparse.Namespace) -> None:
     print(f"{len(data)} predictions ({'greedy' if how == 'beam 1' else how}) written to {args.output}")
 
 
+def check_output_file(path: str | None, option: str = "--output") -> None:
+    """Refuse, before any work, an output path that cannot be written as a file: a directory, or under a file."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise LongshortError(f"{option} {p} is a directory; give a file name (e.g. {p / 'predictions.csv'})")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LongshortError(f"{option} {p}: {parent} is a file, not a directory")
+            break
+
+
 def _cmd_predict(args: argparse.Namespace) -> None:
     import numpy as np
 
     from longshort.data.pipeline import load_for_model
     from longshort.runs import load
+
+    check_output_file(args.output)
 
     if len(args.run_dir) > 1 or args.weights:  # an ensemble: the weighted mean of the members' probabilities
         from longshort.evaluate.ensemble import ensemble_proba
@@ -192,6 +208,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> None:
     from longshort.evaluate.ensemble import ensemble_proba
     from longshort.evaluate.metrics import classification_metrics
 
+    check_output_file(args.output)
     ens = ensemble_proba(args.run_dirs, args.data, args.weights, labels="require")
     assert ens.data.y is not None
     rows = {str(d): classification_metrics(ens.data.y, p, ens.class_names) for d, p in zip(args.run_dirs,
@@ -425,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except LongshortError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).splitlines()), file=sys.stderr)  # one line, whatever a value holds
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: continue with 'longshort train --resume RUN_DIR'", file=sys.stderr)

@@ -8,6 +8,7 @@ overrides, and turns validation failures into one readable line that names the k
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from pathlib import Path
@@ -169,11 +170,48 @@ def _describe(err: dict[str, Any]) -> str:
     return f"'{key}': {msg}{shown}"
 
 
+# Every count, size and seed in the config fits a C int (what torch, numpy and the tensors they allocate index
+# with); a value past it is a typo or a unit slip, and would otherwise fail deep inside an allocation.
+INT_LIMIT = 2**31 - 1
+SEED_LIMIT = 2**32 - 1  # numpy's and torch's seeds
+
+
+def _unreasonable(node: Any, key: str) -> str | None:
+    """The first number under ``node`` that no run can use (not finite, or beyond :data:`INT_LIMIT`), described
+    with its key; None when there is none. Pydantic's bounds are per field; these hold for every field."""
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            found = _unreasonable(getattr(node, name), f"{key}.{name}" if key else name)
+            if found:
+                return found
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            found = _unreasonable(v, f"{key}.{k}")
+            if found:
+                return found
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            found = _unreasonable(v, f"{key}[{i}]")
+            if found:
+                return found
+    elif isinstance(node, float) and not math.isfinite(node):
+        return f"'{key}': must be a finite number (got {node!r}; a YAML number beyond 1.8e308 reads as inf)"
+    elif isinstance(node, int) and not isinstance(node, bool):
+        limit = SEED_LIMIT if key.rsplit(".", 1)[-1] == "seed" else INT_LIMIT
+        if abs(node) > limit:
+            return f"'{key}': {node} is beyond what any run can use (at most {limit:,})"
+    return None
+
+
 def validate(raw: dict[str, Any]) -> Config:
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError("config " + "; ".join(_describe(e) for e in exc.errors())) from None
+    problem = _unreasonable(cfg, "")
+    if problem:
+        raise ConfigError(f"config {problem}")
+    return cfg
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -184,7 +222,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = _load_yaml(value) if value.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({exc.problem})") from None
+        raise ConfigError(f"override '{text}': value is not valid YAML{_yaml_where(exc)}") from None
     return key.strip().split("."), parsed
 
 
@@ -201,14 +239,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line report (context, caret lines) as one clause: where, and what it expected."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    context = getattr(exc, "context", None)
+    what = ", ".join(str(x) for x in (context, problem) if x and (x is problem or x != problem))
+    return f"{where}: {what}" if what else where
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} not found")
     try:
         raw = _load_yaml(p.read_text()) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p}: not UTF-8 text (byte {exc.start}); is it a YAML file?") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p}: not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {p}: not valid YAML{_yaml_where(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {p}: the top level must be a mapping of sections")
     return raw

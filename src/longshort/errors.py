@@ -27,3 +27,21 @@ class DataError(LongshortError):
 
 class RunDirError(LongshortError):
     """A run directory is missing or incomplete."""
+
+
+def read_json_object(path: object) -> dict:  # type: ignore[type-arg]
+    """The JSON object in the run file ``path``; a missing, truncated, non-UTF-8 or non-object file is a
+    :class:`RunDirError` naming it (what a run's ``preprocess.json``, ``metrics.json`` and pointers go through)."""
+    import json
+    from pathlib import Path
+
+    p = Path(str(path))
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{p} is missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise RunDirError(f"{p} is damaged: not valid JSON ({exc}); restore it or retrain the run") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{p} is damaged: it holds a JSON {type(data).__name__}, not an object")
+    return data

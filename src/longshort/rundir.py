@@ -106,6 +106,9 @@ def check_out_dir(run_dir: Path, resume: bool) -> None:
     if resume:
         if not (d / "config.yaml").is_file():
             raise RunDirError(f"cannot resume {d}: no config.yaml there")
+        if (d / "metrics.json").is_file():
+            raise RunDirError(f"cannot resume {d}: it finished (metrics.json is written); nothing was changed. "
+                              f"Evaluate or predict with it, or start a new run to train longer")
         return
     if d.exists() and not d.is_dir():
         raise RunDirError(f"--out {d}: a file of that name exists (choose a directory)")

@@ -18,7 +18,6 @@ A seq2seq run directory adds ``vocab_source*.json`` and ``vocab_target.json`` (t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from longshort.data.pair_pipeline import EncodedPairs, encode_pairs, load_pair_s
 from longshort.data.pairs import PairData, Vocab
 from longshort.data.pipeline import Preprocessor, load_for_model, prepare
 from longshort.data.types import SequenceData
-from longshort.errors import LongshortError, RunDirError
+from longshort.errors import LongshortError, RunDirError, read_json_object
 from longshort.evaluate.metrics import classification_metrics
 from longshort.evaluate.predict import batched_proba
 from longshort.evaluate.seq_metrics import sequence_metrics
@@ -59,7 +58,7 @@ class Run:
     @property
     def metrics(self) -> dict[str, Any]:
         p = self.dir / "metrics.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
+        return read_json_object(p) if p.is_file() else {}
 
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray | SequenceData, lengths: np.ndarray | None = None,
@@ -155,7 +154,7 @@ class Seq2SeqRun:
     @property
     def metrics(self) -> dict[str, Any]:
         p = self.dir / "metrics.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
+        return read_json_object(p) if p.is_file() else {}
 
     def encode(self, data: PairData) -> EncodedPairs:
         return encode_pairs(data, self.src_vocabs, self.tgt_vocab)

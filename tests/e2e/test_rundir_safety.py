@@ -163,6 +163,7 @@ def test_a_damaged_state_or_pointer_is_one_line_on_resume(helpers: Any, tmp_path
 
     data, run = helpers.write_npz(tmp_path / "d.npz"), tmp_path / "run"
     assert cli(*helpers.train_args(data, run)).code == 0
+    (run / "metrics.json").unlink()  # as if it stopped after its last checkpoint
     last = checkpoint_path(run / "checkpoints", "last")
     assert last is not None
     state = last / "state.pt"
@@ -206,3 +207,40 @@ def test_a_run_trained_on_a_relative_path_evaluates_from_another_directory(helpe
                 ).is_absolute()
     assert Path.cwd() != tmp_path
     assert cli("evaluate", tmp_path / "run").code == 0  # rebuilds its test split from the recorded data path
+
+
+def test_an_interrupted_run_resumes_from_another_directory_exactly(helpers: Any, tmp_path: Path, cli: Callable,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trained from ``a/`` on a relative data path, stopped after its first epoch (Ctrl-C), resumed from ``b/``:
+    it finds its data and ends with the weights of the same run left uninterrupted."""
+    from safetensors.torch import load_file
+
+    from longshort.training.trainer import Trainer
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    helpers.write_npz(a / "d.npz")
+    args = helpers.train_args("d.npz", "run", "train.epochs=3")
+    monkeypatch.chdir(a)
+    assert cli(*[x if x != "run" else "full" for x in args]).code == 0
+
+    real = Trainer._run_epoch
+
+    def stop_after_first(self: Trainer) -> None:
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", stop_after_first)
+    res = cli(*args)
+    assert res.code == 130 and not (a / "run" / "metrics.json").exists()
+    monkeypatch.setattr(Trainer, "_run_epoch", real)
+
+    monkeypatch.chdir(b)
+    res = cli("train", "--resume", a / "run")
+    assert res.code == 0, res.err
+    assert "resumed" in res.err and "at epoch 2" in res.err
+    full, resumed = load_file(str(a / "full" / "model.safetensors")), load_file(str(a / "run" / "model.safetensors"))
+    assert full.keys() == resumed.keys() and all((full[k] == resumed[k]).all() for k in full)
+    assert cli("evaluate", a / "run").code == 0

@@ -35,7 +35,10 @@ class LongFormat(_Strict):
     TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
 
     series_id: str = "series_id"
-    time: str | None = Field(None, description="optional column that orders the rows of each sequence")
+    time: str | None = Field(
+        None, description="column that orders the rows of each sequence; default: a column named time or timestamp "
+        "(any case) when features are not listed, else file order"
+    )
     label: str = "label"
     features: list[str] | None = Field(None, description="feature columns; default: every other column")
     aux: str | None = Field(
@@ -64,7 +67,10 @@ class SeriesFormat(_Strict):
     flat_band: float = Field(0.001, ge=0, description="|change| <= flat_band is labelled 'flat'")
     change: Literal["pct", "diff"] = Field("pct", description="relative (pct) or absolute (diff) change")
     features: list[str] | None = Field(None, description="feature columns; default: every numeric column")
-    time: str | None = Field(None, description="optional column the rows are sorted by")
+    time: str | None = Field(
+        None, description="column the rows are sorted by (never a feature); default: a column named time or "
+        "timestamp (any case) when features are not listed, else file order"
+    )
     aux: str | None = Field(
         None,
         description="column giving each window's auxiliary regression target: its value at the window's last "

@@ -12,6 +12,7 @@ Leakage rules enforced here:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -24,7 +25,7 @@ from longshort.data.scaling import scale_spread, series_normalise
 from longshort.data.sources import read_any
 from longshort.data.types import SequenceData, SeriesData
 from longshort.data.windows import make_windows
-from longshort.errors import ConfigError, DataError
+from longshort.errors import ConfigError, DataError, RunDirError, read_json_object
 
 
 @dataclass
@@ -106,7 +107,11 @@ class Preprocessor:
 
     @classmethod
     def load(cls, path: Path) -> Preprocessor:
-        return cls(**json.loads(path.read_text()))
+        data = read_json_object(path)
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a key missing or unknown: not a preprocess.json this version wrote
+            raise RunDirError(f"{path} is damaged or from another program: {exc}") from None
 
 
 @dataclass
@@ -173,25 +178,47 @@ def _window_split(part: SeriesData, scfg: SeriesFormat, name: str) -> SequenceDa
         raise DataError(exc.path, f"{name} split: {exc.detail} (lower split fractions or window/horizon)") from None
 
 
-def _stratified_indices(y: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
-    """Random split preserving class proportions (falls back to unstratified for classes too small)."""
+def _stratified_indices(y: np.ndarray, fractions: list[float], seed: int, source: str) -> list[np.ndarray]:
+    """Random split preserving class proportions. A class with a single sequence trains (a split cannot hold
+    it on both sides); a split too small to hold every class is one line naming the counts."""
     from sklearn.model_selection import train_test_split
 
-    idx = np.arange(len(y))
     labels = np.asarray([str(v) for v in y])
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(labels) == 1:
+        raise DataError(source, "has one sequence: a classifier needs sequences of at least two classes")
+    if len(classes) < 2:
+        raise DataError(source, f"all {len(labels)} sequences have label '{classes[0]}': a classifier needs at "
+                                "least two classes")
+    if all(f <= 0 for f in fractions[1:]):
+        return [np.arange(len(y)), *[np.array([], dtype=np.int64) for _ in fractions[1:]]]
+    single = np.isin(labels, classes[counts < 2])
+    rest, rest_frac = np.flatnonzero(~single), 1.0
     out: list[np.ndarray] = []
-    rest, rest_frac = idx, 1.0
-    for frac in fractions[1:]:
+    for name, frac in zip(("validation", "test"), fractions[1:], strict=False):
         if frac <= 0:
             out.append(np.array([], dtype=np.int64))
             continue
         share = frac / rest_frac
-        _, counts = np.unique(labels[rest], return_counts=True)
-        strat = labels[rest] if counts.min() >= 2 else None
-        rest, part = train_test_split(rest, test_size=share, random_state=seed, stratify=strat)
+        key = "val" if name == "validation" else "test"
+        instead = f"use more data, data.split.{key}=0" + (" or --test-data FILE" if key == "test" else "")
+        if not len(rest):
+            raise DataError(source, f"each of its {len(labels)} sequences is the only one of its class: none can be "
+                                    f"held out for a {name} split; {instead}")
+        n_part = math.ceil(share * len(rest))
+        _, left = np.unique(labels[rest], return_counts=True)
+        # a class an earlier split left with one sequence makes this split random (it cannot stratify)
+        stratify = len(left) > 0 and left.min() >= 2
+        need = len(left) if stratify else 1
+        if len(rest) - n_part < need or n_part < need:
+            raise DataError(source, f"{len(labels)} sequences of {len(classes)} classes are too few for a {name} "
+                                    f"split of {frac:g} ({n_part} of {len(rest)}): each side of a stratified "
+                                    f"split needs one sequence of every class; {instead}")
+        rest, part = train_test_split(rest, test_size=share, random_state=seed,
+                                      stratify=labels[rest] if stratify else None)
         out.append(np.sort(part))
         rest_frac -= frac
-    return [np.sort(rest), *out]
+    return [np.sort(np.concatenate([rest, np.flatnonzero(single)])), *out]
 
 
 def data_shape(raw: SequenceData | SeriesData, cfg: DataConfig) -> tuple[int, int, int, int, float]:
@@ -227,7 +254,8 @@ def prepare(cfg: DataConfig, seed: int, raw: SequenceData | SeriesData | None = 
                      ", ".join(f"{names[i]} rows {a}-{b - 1}" for i, (a, b) in enumerate(bounds)))
     else:
         assert raw.y is not None
-        parts = [raw.subset(i) if len(i) else None for i in _stratified_indices(raw.y, fractions, seed)]
+        split = _stratified_indices(raw.y, fractions, seed, raw.source or cfg.source)
+        parts = [raw.subset(i) if len(i) else None for i in split]
         notes.append(f"stratified random split of independent sequences (seed {seed})")
     train = parts[0]
     assert train is not None

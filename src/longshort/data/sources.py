@@ -14,7 +14,9 @@ which skips it (neither required nor checked), and the aux column is never a fea
 
 from __future__ import annotations
 
+import csv
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +80,7 @@ def read_npz(path: Path, with_aux: bool = True) -> SequenceData:
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(path, f"not a readable .npz archive ({exc})") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(path, "holds a single .npy array, not an .npz archive of named arrays")
@@ -87,6 +89,8 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         for name in archive.files:
             try:
                 arrays[name] = archive[name]
+            except (zipfile.BadZipFile, EOFError, OSError) as exc:  # a member cut short or corrupted
+                raise DataError(path, f"not a readable .npz archive (array '{name}': {exc})") from exc
             except ValueError as exc:
                 raise DataError(path, f"array '{name}' is ragged or of object dtype; store equal-length "
                                       "float arrays padded with zeros plus a 'lengths' array") from exc
@@ -373,17 +377,47 @@ def read_table(path: Path, fmt: str) -> pd.DataFrame:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    # pandas renames a repeated header name ('f1' -> 'f1.1') and would train on both: read the header as written
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    _duplicate_columns(path, [h.strip() for h in header])
     with warnings.catch_warnings():
         warnings.simplefilter("error", pd.errors.ParserWarning)  # extra fields would be dropped silently
         return pd.read_csv(path, index_col=False)
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    _duplicate_columns(path, list(pq.read_schema(path).names))
     df = pd.read_parquet(path)
     # A named index or a time index (often the timestamps) becomes a column; an unnamed integer index, as
     # pandas leaves after shuffling or filtering a frame, carries no data and is dropped.
     keep = any(n is not None for n in df.index.names) or isinstance(df.index, pd.DatetimeIndex)
     return df.reset_index(drop=not keep)
+
+
+# A column with one of these names (any case) orders the rows when no time column is configured and the features
+# are left to default: taken as a feature, a step counter or timestamp would be silently learned from.
+TIME_COLUMN_NAMES = ("time", "timestamp")
+
+
+def _auto_time_column(df: pd.DataFrame, features: list[str] | None) -> str | None:
+    """The column that orders the rows when ``time`` is not set: one named like :data:`TIME_COLUMN_NAMES`,
+    unless the user listed the features themselves (then a column so named is a feature if listed)."""
+    if features:
+        return None
+    found = [c for c in df.columns if c.lower() in TIME_COLUMN_NAMES]
+    return found[0] if found else None
+
+
+def _duplicate_columns(path: Path, names: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise DataError(path, f"column '{name}' appears twice (columns {seen[name] + 1} and {i + 1}); "
+                                  "rename one")
+        seen[name] = i
 
 
 def _require_columns(df: pd.DataFrame, columns: list[str], path: Path) -> None:
@@ -407,7 +441,7 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path, series_id: str | Non
         bad = (parsed.isna() & s.notna()).to_numpy()
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(path, f"column '{col}' is not numeric: row {df.index[i]} holds '{s.iloc[i]}'"
+            raise DataError(path, f"column '{col}' is not numeric: row {df.index[i]} holds {str(s.iloc[i])!r}"
                                   f"{of_series(i)}")
         values = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
@@ -449,7 +483,8 @@ def read_long(df: pd.DataFrame, cfg: LongFormat, path: Path, require_label: bool
     has_label = cfg.label in df.columns
     if require_label and not has_label:
         _require_columns(df, [cfg.label], path)
-    key_cols = [cfg.series_id] + ([cfg.time] if cfg.time else [])
+    time = cfg.time or _auto_time_column(df, cfg.features)
+    key_cols = [cfg.series_id] + ([time] if time else [])
     _require_columns(df, key_cols + (cfg.features or []), path)
     aux_col = cfg.aux if with_aux else None
     if aux_col is not None:
@@ -463,7 +498,7 @@ def read_long(df: pd.DataFrame, cfg: LongFormat, path: Path, require_label: bool
     y = _long_labels(df, cfg, codes, path) if has_label else None
     aux = None if aux_col is None else _long_aux(df, cfg.series_id, aux_col, codes, path)
 
-    order = _time_then_series_order(df, cfg, codes, path)
+    order = _time_then_series_order(df, time, codes, path)
     codes_sorted = codes[order]
     lengths = np.bincount(codes).astype(np.int64)
     starts = np.cumsum(lengths) - lengths
@@ -474,8 +509,8 @@ def read_long(df: pd.DataFrame, cfg: LongFormat, path: Path, require_label: bool
                         aux=aux, ids=np.asarray(uniques))
 
 
-def _time_then_series_order(df: pd.DataFrame, cfg: LongFormat, codes: np.ndarray, path: Path) -> np.ndarray:
-    by_time = _stable_order(df, cfg.time, path) if cfg.time else np.arange(len(df))
+def _time_then_series_order(df: pd.DataFrame, time: str | None, codes: np.ndarray, path: Path) -> np.ndarray:
+    by_time = _stable_order(df, time, path) if time else np.arange(len(df))
     return by_time[np.argsort(codes[by_time], kind="stable")]
 
 
@@ -533,19 +568,20 @@ def read_series(df: pd.DataFrame, cfg: SeriesFormat, path: Path, with_aux: bool 
     """
     if len(df) == 0:
         raise DataError(path, "has no rows")
-    _require_columns(df, [cfg.target] + ([cfg.time] if cfg.time else []) + (cfg.features or []), path)
+    time = cfg.time or _auto_time_column(df, cfg.features)
+    _require_columns(df, [cfg.target] + ([time] if time else []) + (cfg.features or []), path)
     aux_col = cfg.aux if with_aux else None
     if aux_col is not None:
         _require_aux_column(df, aux_col, "data.series.aux", path)
     first_row = int(df.index[0])
-    if cfg.time:
-        _check_no_missing(df, cfg.time, path)
-    features = cfg.features or [c for c in df.columns if c not in (cfg.time, cfg.aux) and _looks_numeric(df[c])]
+    if time:
+        _check_no_missing(df, time, path)
+    features = cfg.features or [c for c in df.columns if c not in (time, cfg.aux) and _looks_numeric(df[c])]
     values = _features_matrix(df, features, path)
     target = _numeric_column(df, cfg.target, path)
     aux = None if aux_col is None else _numeric_column(df, aux_col, path)
-    if cfg.time:
-        order = _stable_order(df, cfg.time, path)
+    if time:
+        order = _stable_order(df, time, path)
         values, target = values[order], target[order]
         aux = None if aux is None else aux[order]
     return SeriesData(values=values, target=target, feature_names=list(features), target_name=cfg.target,

@@ -199,8 +199,16 @@ def write_sidecars(run: Run, d: Path, manifest: dict[str, Any]) -> dict[str, Any
         "versions": {"longshort": __version__, "torch": torch.__version__, **_ort_version()},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (d / "model.json").write_text(json.dumps(full, indent=1))
-    return full
+    return write_manifest(d, full)
+
+
+def write_manifest(d: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``d/model.json`` with the sha256 of the files the runtime reads (the model file and
+    preprocess.json) under ``files``: a changed byte in either is caught when the export is opened."""
+    names = [str(manifest.get("file", "model.onnx")), "preprocess.json"]
+    manifest["files"] = {n: hashlib.sha256((d / n).read_bytes()).hexdigest() for n in names if (d / n).is_file()}
+    (d / "model.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
 
 
 def _ort_version() -> dict[str, str]:

@@ -26,7 +26,6 @@ run's own test split (rebuilt from its config and seed, as ``Run.evaluate`` does
 from __future__ import annotations
 
 import collections
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +40,7 @@ from longshort.deploy.export import (
     measure_parity,
     out_dir,
     require,
+    write_manifest,
     write_sidecars,
 )
 
@@ -99,7 +99,7 @@ def quantize(run_dir: str | Path, out_path: str | Path | None = None, *, opset: 
         del manifest["deviation"]["tolerance"]
         if evaluate:
             manifest["accuracy"] = _accuracy(run, OnnxPredictor(tmp), quantized)
-    (d / "model.json").write_text(json.dumps(manifest, indent=1))
+    write_manifest(d, manifest)
     return {**manifest, "path": str(path), "size_bytes": q_bytes}
 
 

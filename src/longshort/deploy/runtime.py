@@ -21,6 +21,7 @@ to a model and used on its own.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -282,12 +283,27 @@ def _open_export(export_dir: str | Path, formats: tuple[str, ...], who: str, wha
     model = d / str(manifest.get("file", "model.onnx"))
     if not model.is_file():
         raise InputError(f"{model} is missing (named by {d / 'model.json'})")
+    blob = model.read_bytes()
+    _check_hash(d, manifest, model.name, blob)
+    _check_hash(d, manifest, "preprocess.json", (d / "preprocess.json").read_bytes())
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    return d, manifest, prep, ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own classes (Fail, InvalidGraph, ...) on a damaged file
+        raise InputError(f"{model}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0]})") from None
+    return d, manifest, prep, session
+
+
+def _check_hash(d: Path, manifest: dict[str, Any], name: str, blob: bytes) -> None:
+    """``blob`` against the sha256 the export recorded for ``name`` (exports before checksums carry none)."""
+    want = manifest.get("files", {}).get(name) if isinstance(manifest.get("files"), dict) else None
+    if want is not None and hashlib.sha256(blob).hexdigest() != want:
+        raise InputError(f"{d / name} does not match the sha256 in {d / 'model.json'}: the file changed or is "
+                         "damaged since the export; export the run again")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -295,7 +311,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise InputError(f"{path} is missing: not an export directory (longshort export RUN_DIR writes one)")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path} must hold a JSON object")

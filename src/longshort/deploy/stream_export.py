@@ -27,7 +27,6 @@ only, idle streams and chunks included.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import warnings
@@ -48,6 +47,7 @@ from longshort.deploy.export import (
     ort_session,
     out_dir,
     require,
+    write_manifest,
     write_sidecars,
 )
 from longshort.deploy.exportable import check_exportable, conv_taps_output, frozen_copy, position_codes
@@ -241,7 +241,7 @@ def export_stream(run_dir: str | Path, out_path: str | Path | None = None, *, qu
                            {"name": "aux", "dtype": "float32", "shape": ["batch"], "scaled": True},
                            *({"name": f"{n}_out", "dtype": state_dtype(n), "shape": shape} for n, shape in spec)]
     manifest["state"] = [{"name": n, "dtype": state_dtype(n), "shape": shape} for n, shape in spec]
-    (d / "model.json").write_text(json.dumps(manifest, indent=1))
+    write_manifest(d, manifest)
     return {**manifest, "path": str(path), "size_bytes": path.stat().st_size}
 
 

@@ -312,3 +312,31 @@ def masked_mean_max(z: Tensor, mask: Tensor) -> Tensor:
     mean = (z * m).sum(1) / m.sum(1).clamp_min(1)
     mx = z.masked_fill(~mask[..., None], torch.finfo(z.dtype).min).amax(1)
     return torch.cat([mean, mx], dim=-1)
+
+
+def training_memory(cfg: ClassifierConfig, input_dim: int, num_classes: int, batch: int, length: int,
+                    eval_batch: int) -> tuple[int, str]:
+    """A lower estimate of the bytes one training step (or one evaluation batch) of this model needs, and the
+    largest part in words: weights with their gradients and AdamW moments, the activations kept for backward
+    (LSTM gates, convolutions, the stem at full length) and the attention scores, ``batch x heads x T'^2``
+    with ``T'`` the steps after the stem. What :func:`longshort.run.setup` checks against free memory before
+    it allocates anything, so a size no machine holds is one line instead of a failed allocation."""
+    try:
+        with torch.device("meta"):
+            params = sum(p.numel() for p in SequenceClassifier(input_dim, num_classes, cfg).parameters())
+    except (RuntimeError, ValueError):  # a shape the model refuses: its own error comes when it is built
+        params = 0
+    h, f = cfg.hidden_dim, 4  # fp32 bytes
+    t = -(-length // cfg.stem_stride)
+    stages = cfg.stem_stride.bit_length() - 1
+    k = cfg.attention_every
+    n_attn = sum(1 for i in range(cfg.num_lstm_layers) if k and (i + 1) % k == 0)
+    parts = {
+        "weights, gradients and optimizer state": 4 * params * f,
+        "activations kept for backward": f * h * (
+            batch * t * (24 * cfg.num_lstm_layers + 6 * len(cfg.conv_dilations) + 4) + batch * length * 4 * stages),
+        f"attention scores ({max(batch, eval_batch):,} x {cfg.num_heads} heads x {t:,}^2 steps)":
+            n_attn * cfg.num_heads * t * t * f * max(3 * batch, eval_batch),
+    }
+    name = max(parts, key=lambda p: parts[p])
+    return sum(parts.values()), name
