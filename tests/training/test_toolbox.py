@@ -374,3 +374,18 @@ def test_two_identical_phases_are_numbered_apart(tmp_path: Path) -> None:
     tr = _trainer(tmp_path, phases=[{"epochs": 1}, {"epochs": 1}], batch_size=20)
     tr.fit()
     assert [h["phase"] for h in tr.history] == [1, 2]
+
+
+def test_a_recipe_config_keeps_its_sections_typed_after_an_assignment() -> None:
+    """``train.recipe=seed`` lays values under the sections; a later assignment (what sizing.resolve does to
+    ``train.epochs``) re-runs that merge, and the sections must stay models, not become dicts."""
+    from longshort.config import validate
+    from longshort.training.config import LossConfig, OptimConfig
+
+    cfg = validate({"train": {"recipe": "seed", "epochs": 3}})
+    before = cfg.model_dump(mode="json")
+    cfg.train.epochs = 5
+    assert isinstance(cfg.train.optim, OptimConfig) and isinstance(cfg.train.loss, LossConfig)
+    assert cfg.train.optim.lookahead.enabled  # the recipe's value survives
+    before["train"]["epochs"] = 5
+    assert cfg.model_dump(mode="json", warnings="error") == before

@@ -133,7 +133,9 @@ def merge_under(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge_under(out[key], value)
         elif isinstance(value, BaseModel) and isinstance(out.get(key), dict):
-            out[key] = merge_under(out[key], value.model_dump(exclude_unset=True))
+            # back to the section's model: on assignment (validate_assignment) pydantic stores what this returns
+            # without validating the sections again, so a dict here would replace the section object
+            out[key] = type(value).model_validate(merge_under(out[key], value.model_dump(exclude_unset=True)))
         else:
             out[key] = copy.deepcopy(value)
     return out
