@@ -243,9 +243,8 @@ def _yaml_where(exc: yaml.YAMLError) -> str:
     """PyYAML's several-line report (context, caret lines) as one clause: where, and what it expected."""
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
-    context = getattr(exc, "context", None)
-    what = ", ".join(str(x) for x in (context, problem) if x and (x is problem or x != problem))
+    context, problem = getattr(exc, "context", None), getattr(exc, "problem", None)
+    what = ", ".join(str(x) for x in dict.fromkeys((context, problem)) if x)  # each once, context first
     return f"{where}: {what}" if what else where
 
 

@@ -208,7 +208,7 @@ def _stratified_indices(y: np.ndarray, fractions: list[float], seed: int, source
         n_part = math.ceil(share * len(rest))
         _, left = np.unique(labels[rest], return_counts=True)
         # a class an earlier split left with one sequence makes this split random (it cannot stratify)
-        stratify = len(left) > 0 and left.min() >= 2
+        stratify = left.min() >= 2  # rest is not empty here
         need = len(left) if stratify else 1
         if len(rest) - n_part < need or n_part < need:
             raise DataError(source, f"{len(labels)} sequences of {len(classes)} classes are too few for a {name} "

@@ -322,15 +322,15 @@ def training_memory(cfg: ClassifierConfig, input_dim: int, num_classes: int, bat
     with ``T'`` the steps after the stem. What :func:`longshort.run.setup` checks against free memory before
     it allocates anything, so a size no machine holds is one line instead of a failed allocation."""
     try:
-        with torch.device("meta"):
-            params = sum(p.numel() for p in SequenceClassifier(input_dim, num_classes, cfg).parameters())
+        with torch.device("meta"):  # shapes only: no memory, and the model's own layout (blocks, attention)
+            model = SequenceClassifier(input_dim, num_classes, cfg)
     except (RuntimeError, ValueError):  # a shape the model refuses: its own error comes when it is built
-        params = 0
+        return 0, "nothing (the model cannot be built)"
+    params = sum(p.numel() for p in model.parameters())
     h, f = cfg.hidden_dim, 4  # fp32 bytes
     t = -(-length // cfg.stem_stride)
     stages = cfg.stem_stride.bit_length() - 1
-    k = cfg.attention_every
-    n_attn = sum(1 for i in range(cfg.num_lstm_layers) if k and (i + 1) % k == 0)
+    n_attn = len(model.attns)
     parts = {
         "weights, gradients and optimizer state": 4 * params * f,
         "activations kept for backward": f * h * (
