@@ -197,3 +197,25 @@ def test_a_small_run_says_what_it_chose_and_writes_it(tmp_path: Path) -> None:
     assert "val" not in run.metrics and run.metrics["epochs_run"] == 2
     again = longshort.load(tmp_path / "run")
     np.testing.assert_allclose(again.predict_proba(x), run.predict_proba(x), atol=1e-6)
+
+
+def test_the_compute_cap_counts_a_batch_at_its_longest_sequence_not_the_sets() -> None:
+    # 600 sequences, most 100 steps and a few 2,000: batches are trimmed to their longest, so the cap that binds
+    # at the set's longest length (2,000) leaves more updates when it counts the expected longest of a batch.
+    lengths = np.r_[np.full(590, 100), np.full(10, 2000)]
+    q = tuple(np.quantile(lengths, (np.arange(100) + 0.5) / 100).tolist())
+    flat, _ = resolve(Config(), DataShape(600, 2000, 1, 3))
+    varied, _ = resolve(Config(), DataShape(600, 2000, 1, 3, length_quantiles=q))
+    assert sizing.batch_length(DataShape(600, 2000, 1, 3), 32) == 2000
+    assert 100 < sizing.batch_length(DataShape(600, 2000, 1, 3, length_quantiles=q), 32) < 2000
+    assert varied.train.epochs > flat.train.epochs
+
+
+def test_positions_false_leaves_out_the_position_codes() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 3)
+    with_codes = SequenceClassifier(3, 2, ClassifierConfig(hidden_dim=8, num_lstm_layers=1, num_heads=1)).eval()
+    without = SequenceClassifier(3, 2, ClassifierConfig(hidden_dim=8, num_lstm_layers=1, num_heads=1,
+                                                         positions=False)).eval()
+    without.load_state_dict(with_codes.state_dict())  # same weights: only the codes differ
+    assert not torch.allclose(with_codes(x).logits, without(x).logits)

@@ -65,11 +65,26 @@ class DataShape:
     channels: int
     classes: int
     scale_spread: float = 1.0  # 90th / 10th percentile of the sequences' standard deviations (any feature)
+    #: quantiles of the sequences' lengths (ascending; empty: all are ``length`` long): a batch is trimmed to its
+    #: longest sequence, so the budget counts what a batch really costs (:func:`batch_length`)
+    length_quantiles: tuple[float, ...] = ()
 
 
 def stem_stride(length: int) -> int:
     """The smallest power of 2 that brings ``length`` steps to at most ``LONG_SERIES``."""
     return 1 if length <= LONG_SERIES else 2 ** math.ceil(math.log2(length / LONG_SERIES))
+
+
+def batch_length(shape: DataShape, batch: int) -> float:
+    """The expected longest sequence of a random batch of ``batch``: what a batch trimmed to its longest
+    sequence costs. For lengths with distribution F it is the sum of ``q_k (F(q_k)^b - F(q_{k-1})^b)`` over the
+    quantiles (draws with replacement, close to a shuffled epoch's): PLAID's 537 sequences of 100-1,344 steps
+    give about 710 steps at batch 32 where the longest is 1,344."""
+    q = shape.length_quantiles
+    if not q:
+        return float(shape.length)
+    n = len(q)
+    return float(sum(v * (((k + 1) / n) ** batch - (k / n) ** batch) for k, v in enumerate(q)))
 
 
 def batch_size(n_train: int) -> int:
@@ -161,7 +176,7 @@ def resolve(cfg: Any, shape: DataShape, *, need_validation: bool = False) -> tup
     if "batch_size" not in t.model_fields_set:
         t.batch_size = batch_size(n_train)
     if t.steps is not None or "epochs" not in t.model_fields_set:
-        lstm_steps = -(-shape.length // m.stem_stride)
+        lstm_steps = math.ceil(batch_length(shape, min(t.batch_size, n_train)) / m.stem_stride)
         t.epochs, total = budget_epochs(n_train, t.batch_size, t.steps, lstm_steps, m.hidden_dim, m.num_lstm_layers)
         how = "train.steps" if t.steps is not None else "automatic budget"
         notes.append(f"training budget: {total} optimizer steps = {t.epochs} epochs of batch {t.batch_size} "

@@ -221,17 +221,21 @@ def _stratified_indices(y: np.ndarray, fractions: list[float], seed: int, source
     return [np.sort(np.concatenate([rest, np.flatnonzero(single)])), *out]
 
 
-def data_shape(raw: SequenceData | SeriesData, cfg: DataConfig) -> tuple[int, int, int, int, float]:
-    """(sequences or windows, longest length, channels, classes, scale spread) of data as read, before any
+def data_shape(raw: SequenceData | SeriesData,
+               cfg: DataConfig) -> tuple[int, int, int, int, float, tuple[float, ...]]:
+    """(sequences or windows, longest length, channels, classes, scale spread, 100 quantiles of the lengths
+    (empty: all equal)) of data as read, before any
     split: what the size-aware defaults (``longshort.sizing``) look at. For a series the windows and classes
     are estimated from its rows (every stride-th window; down/flat/up) and the spread is 1."""
     if isinstance(raw, SeriesData):
         s = cfg.series
         windows = max(0, (len(raw) - s.window - s.horizon) // s.stride + 1)
-        return windows, s.window, len(raw.feature_names), 3, 1.0
+        return windows, s.window, len(raw.feature_names), 3, 1.0, ()
     classes = len(raw.class_names) if raw.class_names else (0 if raw.y is None else len(np.unique(raw.y)))
     spread = scale_spread(raw.X, raw.lengths) if cfg.scale == "auto" else 1.0
-    return len(raw), int(raw.lengths.max()) if len(raw) else 0, raw.n_features, classes, spread
+    varies = len(raw) > 0 and bool(raw.lengths.min() < raw.lengths.max())
+    quantiles = tuple(np.quantile(raw.lengths, (np.arange(100) + 0.5) / 100).tolist()) if varies else ()
+    return len(raw), int(raw.lengths.max()) if len(raw) else 0, raw.n_features, classes, spread, quantiles
 
 
 def prepare(cfg: DataConfig, seed: int, raw: SequenceData | SeriesData | None = None) -> Splits:

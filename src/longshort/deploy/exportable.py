@@ -321,7 +321,8 @@ class ExportClassifier(nn.Module):
             z, lengths = m.stem(z, lengths)
         steps = z.shape[1]
         mask = length_mask(lengths, steps)
-        z = z + graph_positions(steps, m.cfg.hidden_dim, z)
+        if m.cfg.positions:
+            z = z + graph_positions(steps, m.cfg.hidden_dim, z)
         for conv in m.convs:
             z = conv_as_matmul(conv, z, mask)
         outputs = [z]

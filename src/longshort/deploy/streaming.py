@@ -219,7 +219,9 @@ class StreamingClassifier:
         real = steps[None, :] < lens[:, None]  # [B, n]
         keep = real[..., None]
 
-        z = m.input_proj(x) + sinusoidal_at(s.position[:, None] + steps, self.hidden, self.dtype)
+        z = m.input_proj(x)
+        if m.cfg.positions:
+            z = z + sinusoidal_at(s.position[:, None] + steps, self.hidden, self.dtype)
         for i, block in enumerate(m.convs):
             z = z * keep  # as the full model: steps past a stream's end are zeros
             full = torch.cat([s.conv[i], z], 1)  # [B, pad + n, H]: the left context, then the chunk

@@ -5,7 +5,7 @@ A plain ``nn.Module``: it knows nothing of training, distribution or files. Each
 
 Data flow for ``x`` [B, T, C] with ``lengths`` [B]::
 
-    input projection -> [strided stem: T -> T / stem_stride] -> + sinusoidal positions -> dilated conv blocks
+    input projection -> [strided stem: T -> T / stem_stride] -> [+ sinusoidal positions] -> dilated conv blocks
     -> BiLSTM blocks
     (self-attention after every ``attention_every``-th) -> masked mean+max pooling -> class logits, aux value
 
@@ -268,7 +268,8 @@ class SequenceClassifier(nn.Module):
             lengths = None  # nothing is padded: skip packing and masking work
         mask = None if lengths is None else length_mask(lengths, t)
         ones = torch.ones(b, t, dtype=torch.bool, device=x.device) if mask is None else mask
-        z = z + sinusoidal_positions(t, self.cfg.hidden_dim, x.device, z.dtype)
+        if self.cfg.positions:
+            z = z + sinusoidal_positions(t, self.cfg.hidden_dim, x.device, z.dtype)
         for conv in self.convs:
             z = conv(z, ones)
         outputs = [z]  # for the dense stack: every block sees all earlier outputs

@@ -166,6 +166,11 @@ class ClassifierConfig(BaseModel):
         "T / stem_stride steps; a power of 2; 1 = none"
     )
     attention_every: int = Field(2, ge=0, description="self-attention after every k-th BiLSTM block; 0 = none")
+    positions: bool = Field(
+        True, description="add sinusoidal position codes before the blocks (seed 000); false: none (the "
+        "convolutions and the LSTM know the order; on PigCVP, 2 series a class, 0.572 -> 0.654 test accuracy, "
+        "one seed, not yet measured across the suite)"
+    )
     lstm_fp32: bool = Field(True, description="run the LSTM in float32 even under bf16/fp16 autocast")
     cell: CellConfig = Field(CellConfig(), description="LSTM cell variant of every BiLSTM block")
     stack: StackConfig = Field(StackConfig(skip="residual"), description="how the BiLSTM blocks are connected")
