@@ -42,10 +42,11 @@ STEPS = 1500
 MIN_EPOCHS = 4
 MAX_EPOCHS = 1000
 #: ... and at most ``WORK`` units of compute, a unit being one sequence step through the LSTM blocks (after the
-#: stem) of a 64-wide, 2-block model, scaled by width and depth (``batch x steps x hidden/64 x blocks/2`` an
-#: update), so long or wide sets still train in minutes on a CPU: measured 50-70 microseconds a unit on one
-#: x86 core (AVX2), so ``WORK`` is about 2 minutes there; batch-64 steps of length 50 through hidden 128 cost
-#: 2.2x those of hidden 64, and seed 000's 256 x 4 blocks 11x.
+#: stem; a batch counted at its expected longest sequence, :func:`batch_length`) of a 64-wide, 2-block model,
+#: scaled by width and depth (``batch x steps x hidden/64 x blocks/2`` an update), so long or wide sets still
+#: train in minutes on a CPU: measured 50-70 microseconds a unit on one x86 core (AVX2), so ``WORK`` is about
+#: 2 minutes there; batch-64 steps of length 50 through hidden 128 cost 2.2x those of hidden 64, and seed
+#: 000's 256 x 4 blocks 11x.
 WORK = 2_400_000
 
 # (fewest training sequences, hidden_dim, num_lstm_layers, num_heads): the first row whose size fits.
@@ -79,7 +80,7 @@ def batch_length(shape: DataShape, batch: int) -> float:
     """The expected longest sequence of a random batch of ``batch``: what a batch trimmed to its longest
     sequence costs. For lengths with distribution F it is the sum of ``q_k (F(q_k)^b - F(q_{k-1})^b)`` over the
     quantiles (draws with replacement, close to a shuffled epoch's): PLAID's 537 sequences of 100-1,344 steps
-    give about 710 steps at batch 32 where the longest is 1,344."""
+    give about 690 steps at batch 32 (710 drawn at random) where the longest is 1,344."""
     q = shape.length_quantiles
     if not q:
         return float(shape.length)

@@ -224,9 +224,9 @@ def _stratified_indices(y: np.ndarray, fractions: list[float], seed: int, source
 def data_shape(raw: SequenceData | SeriesData,
                cfg: DataConfig) -> tuple[int, int, int, int, float, tuple[float, ...]]:
     """(sequences or windows, longest length, channels, classes, scale spread, 100 quantiles of the lengths
-    (empty: all equal)) of data as read, before any
-    split: what the size-aware defaults (``longshort.sizing``) look at. For a series the windows and classes
-    are estimated from its rows (every stride-th window; down/flat/up) and the spread is 1."""
+    (empty: all equal)) of data as read, before any split: what the size-aware defaults (``longshort.sizing``)
+    look at. For a series the windows and classes are estimated from its rows (every stride-th window;
+    down/flat/up), the spread is 1 and every window has the same length."""
     if isinstance(raw, SeriesData):
         s = cfg.series
         windows = max(0, (len(raw) - s.window - s.horizon) // s.stride + 1)
