@@ -60,6 +60,9 @@ def test_user_values_win_over_the_automatic_ones() -> None:
     assert cfg.train.epochs == -(-100 // -(-n_train // 10)) and cfg.train.steps is None
     seed, _ = resolve(validate({"model": {"size": "seed"}}), _shape(30))
     assert (seed.model.hidden_dim, seed.model.num_lstm_layers, seed.model.num_heads) == (256, 4, 8)
+    assert seed.model.positions and not cfg.model.positions  # seed 000's codes; auto leaves them out
+    mine, _ = resolve(validate({"model": {"positions": True}}), _shape(30))
+    assert mine.model.positions
 
 
 def test_small_data_trains_on_everything_and_keeps_the_last_weights() -> None:
