@@ -1,4 +1,4 @@
-"""Every key of the config tree, for both tasks: a key the task does not read is refused; every other key is read.
+"""Every key of the config tree, for every task: a key the task does not read is refused; every other key is read.
 
 Refused: set to a value other than its default, a key whose section or field declares other tasks (``TASKS`` /
 ``json_schema_extra``, see :func:`longshort.config.unread_keys`) fails validation with a message naming it.
@@ -25,52 +25,61 @@ from pydantic import BaseModel
 from longshort.config import Config, _tasks_of, apply_overrides, config_keys, validate
 from longshort.errors import ConfigError
 
-TASKS = ("classify", "seq2seq")
+TASKS = ("classify", "regress", "seq2seq")
 
 TINY: dict[str, list[str]] = {
     "classify": ["data.builtin.n=96", "data.builtin.length=12", "model.hidden_dim=8", "model.num_heads=2",
                  "model.num_lstm_layers=2", "model.conv_dilations=[1]", "train.epochs=2", "train.batch_size=32",
                  "train.progress=off", "diagnostics.analysis=false", "diagnostics.report=false",
                  "train.selection=val"],
+    "regress": ["task=regress", "data.builtin.n=96", "data.builtin.length=12", "model.hidden_dim=8",
+                "model.num_heads=2", "model.num_lstm_layers=2", "model.conv_dilations=[1]", "train.epochs=2",
+                "train.batch_size=32", "train.progress=off", "diagnostics.report=false", "train.selection=val"],
     "seq2seq": ["task=seq2seq", "data.builtin.n=60", "seq2seq.model.emb_dim=8", "seq2seq.model.hidden_dim=8",
                 "train.epochs=2", "train.batch_size=16", "train.progress=off", "diagnostics.report=false"],
 }
 
+# what every sequence task (classify, regress) reads only when a feature is on
+SEQUENCE_WHEN: dict[str, list[str]] = {
+    "train.augment.": ["train.augment.time_shift.prob=1", "train.augment.time_warp.prob=1",
+                       "train.augment.window_slice.prob=1", "train.augment.noise.prob=1",
+                       "train.augment.magnitude_warp.prob=1"],  # regress has none on by default
+    "train.optim.lookahead.": ["train.optim.lookahead.enabled=true"],
+    "train.optim.grad_noise.": ["train.optim.grad_noise.std=0.01"],
+    "train.optim.momentum": ["train.optim.name=sgd"],
+    "train.optim.nesterov": ["train.optim.name=sgd"],
+    "train.optim.clip_ema": ["train.optim.clip_mode=adaptive"],
+    "train.curriculum.growth": ["train.curriculum.kind=length"],
+    "train.curriculum.start_length": ["train.curriculum.kind=length"],
+    "train.curriculum.rate": ["train.curriculum.kind=length"],
+    "train.curriculum.mode": ["train.curriculum.kind=length"],
+    "train.curriculum.beta": ["train.curriculum.kind=length", "train.curriculum.growth=exp"],
+    "train.curriculum.tau": ["train.curriculum.kind=length", "train.curriculum.growth=exp"],
+    "train.early_stopping.": ["train.epochs=3"],
+    "train.schedule.warmup_start": ["train.schedule.name=cosine", "train.schedule.warmup=2"],
+    "train.schedule.min_lr": ["train.schedule.name=cosine"],
+    "train.schedule.restart_": ["train.schedule.name=cosine_restarts"],
+    "train.schedule.step_size": ["train.schedule.name=step"],
+    "train.schedule.gamma": ["train.schedule.name=step"],
+    "train.steps": ["train.steps=4"],
+    "model.attention_dropout": ["model.attention_every=1"],
+    "diagnostics.histograms": ["train.tensorboard=true"],
+}
+
 # key prefix -> the overrides under which the train run reads it (one tracked run each)
 WHEN: dict[str, dict[str, list[str]]] = {
-    "classify": {
+    "classify": SEQUENCE_WHEN | {
         "train.mixup.": ["train.mixup.prob=1.0", "train.mixup.start_epoch=1"],
-        "train.augment.": ["train.augment.time_shift.prob=1", "train.augment.time_warp.prob=1",
-                           "train.augment.window_slice.prob=1"],
-        "train.optim.lookahead.": ["train.optim.lookahead.enabled=true"],
-        "train.optim.grad_noise.": ["train.optim.grad_noise.std=0.01"],
-        "train.optim.momentum": ["train.optim.name=sgd"],
-        "train.optim.nesterov": ["train.optim.name=sgd"],
-        "train.optim.clip_ema": ["train.optim.clip_mode=adaptive"],
         "train.loss.focal_": ["train.loss.name=focal"],
         "train.tasks.tau": ["train.tasks.weighting=performance"],
-        "train.curriculum.growth": ["train.curriculum.kind=length"],
-        "train.curriculum.start_length": ["train.curriculum.kind=length"],
-        "train.curriculum.rate": ["train.curriculum.kind=length"],
-        "train.curriculum.mode": ["train.curriculum.kind=length"],
-        "train.curriculum.beta": ["train.curriculum.kind=length", "train.curriculum.growth=exp"],
-        "train.curriculum.tau": ["train.curriculum.kind=length", "train.curriculum.growth=exp"],
         "train.curriculum.score": ["train.curriculum.kind=difficulty", "train.epochs=3"],
         "train.curriculum.stage": ["train.curriculum.kind=difficulty", "train.epochs=3"],
         "train.curriculum.p0": ["train.curriculum.kind=adaptive", "train.epochs=3"],
         "train.curriculum.alpha": ["train.curriculum.kind=adaptive", "train.epochs=3"],
         "train.curriculum.hard_fraction": ["train.curriculum.kind=adaptive", "train.epochs=3"],
-        "train.early_stopping.": ["train.epochs=3"],
-        "train.schedule.warmup_start": ["train.schedule.name=cosine", "train.schedule.warmup=2"],
-        "train.schedule.min_lr": ["train.schedule.name=cosine"],
-        "train.schedule.restart_": ["train.schedule.name=cosine_restarts"],
-        "train.schedule.step_size": ["train.schedule.name=step"],
-        "train.schedule.gamma": ["train.schedule.name=step"],
-        "train.steps": ["train.steps=4"],
-        "model.attention_dropout": ["model.attention_every=1"],
-        "diagnostics.histograms": ["train.tensorboard=true"],
         "diagnostics.analysis_batches": ["diagnostics.analysis=true"],
     },
+    "regress": SEQUENCE_WHEN,
     "seq2seq": {
         "seq2seq.sampling.": ["seq2seq.sampling.schedule=inverse_sigmoid"],
         "seq2seq.sampling.slope": ["seq2seq.sampling.schedule=linear_with_floor"],
@@ -194,7 +203,8 @@ def _other_value(key: str) -> Any:
     if kind is str:
         return "other"
     if typing.get_origin(kind) is list:
-        return ["other"] if typing.get_args(kind)[0] is str else [2]
+        item = typing.get_args(kind)[0]
+        return ["other"] if item is str else [0.25] if item is float else [2]
     if typing.get_origin(kind) is tuple:
         return [0.8, 0.95]
     if typing.get_origin(kind) is dict:

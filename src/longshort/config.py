@@ -22,7 +22,7 @@ from longshort.diagnostics.config import DiagnosticsConfig
 from longshort.errors import ConfigError
 from longshort.evaluate.config import CVConfig
 from longshort.nn.config import ClassifierConfig
-from longshort.training.config import DistributedConfig, Seq2SeqSection, TrainConfig
+from longshort.training.config import REGRESS_METRICS, DistributedConfig, RegressSection, Seq2SeqSection, TrainConfig
 from longshort.tune_config import TuneConfig
 
 
@@ -31,14 +31,15 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    task: Literal["classify", "seq2seq"] = Field(
-        "classify", description="classify: sequence -> class (model.*); seq2seq: token sequence -> token sequence "
-        "(seq2seq.*, data.pairs.*)"
+    task: Literal["classify", "regress", "seq2seq"] = Field(
+        "classify", description="classify: sequence -> class (model.*); regress: sequence -> a number, or several "
+        "(model.*, regress.*); seq2seq: token sequence -> token sequence (seq2seq.*, data.pairs.*)"
     )
     seed: int = Field(0, description="fixes data order, splits, initial weights, dropout and augmentation")
     data: DataConfig = DataConfig()
     model: ClassifierConfig = ClassifierConfig()
     train: TrainConfig = TrainConfig()
+    regress: RegressSection = RegressSection()
     seq2seq: Seq2SeqSection = Seq2SeqSection()
     distributed: DistributedConfig = DistributedConfig()
     cv: CVConfig = CVConfig()
@@ -71,10 +72,19 @@ class Config(BaseModel):
         silently ignored. Which task reads what is said where each key is defined (:func:`unread_keys`)."""
         bad = unread_keys(self, self.task)
         if bad:
-            other = "seq2seq" if self.task == "classify" else "classify"
-            raise ValueError(f"task is {self.task}, which does not read {', '.join(bad)} (options of task {other}; "
-                             f"set task: {other} or leave them out)")
+            others = [t for t in TASK_NAMES if t != self.task and not unread_keys(self, t)]
+            where = (f"options of task {others[0]}; set task: {others[0]} or leave them out" if others else
+                     "options of other tasks; leave them out")
+            raise ValueError(f"task is {self.task}, which does not read {', '.join(bad)} ({where})")
+        if self.task == "regress":
+            return self._regress_options()
         if self.task != "seq2seq":
+            if self.train.early_stopping.metric in ("val_rmse", "val_mae"):
+                raise ValueError(f"train.early_stopping.metric={self.train.early_stopping.metric} is a regression "
+                                 "metric; task classify has val_f1_macro, val_accuracy, val_loss")
+            if self.tune.metric in ("val_rmse", "val_mae"):
+                raise ValueError(f"tune.metric={self.tune.metric} is a regression metric; task classify has "
+                                 "val_f1_macro, val_accuracy, val_loss")
             return self
         t = self.train
         if t.curriculum.kind not in ("none", "length"):
@@ -87,6 +97,25 @@ class Config(BaseModel):
         if "source" not in self.data.model_fields_set:
             self.data.source = "builtin:reverse"  # the classifier's default dataset; seq2seq's is reverse
         return self
+
+
+    def _regress_options(self) -> Config:
+        t = self.train
+        if t.curriculum.kind in ("difficulty", "adaptive"):
+            raise ValueError(f"train.curriculum.kind={t.curriculum.kind} scores examples with a classifier's loss; "
+                             "task regress has none and length")
+        if t.early_stopping.metric not in ("auto", *REGRESS_METRICS):
+            raise ValueError(f"train.early_stopping.metric={t.early_stopping.metric} is not measured by task "
+                             f"regress; it has {', '.join(REGRESS_METRICS)}")
+        if self.tune.metric in ("val_f1_macro", "val_accuracy"):
+            raise ValueError(f"tune.metric={self.tune.metric} is a classifier metric; task regress has val_rmse, "
+                             "val_mae, val_loss")
+        if "source" not in self.data.model_fields_set:
+            self.data.source = "builtin:signal"  # the classifier's default dataset; regress's is signal
+        return self
+
+
+TASK_NAMES: tuple[str, ...] = typing.get_args(Config.model_fields["task"].annotation)
 
 
 def _tasks_of(section: type[BaseModel], name: str) -> tuple[str, ...] | None:

@@ -23,24 +23,26 @@ from rich.table import Table
 from longshort.config import Config, load_config, save_config, validate
 from longshort.data.batching import to_tensors
 from longshort.data.builtin import BUILTINS
-from longshort.data.pipeline import Splits, data_shape, prepare, read_source
+from longshort.data.pipeline import Splits, data_shape, prepare, read_source, target_kind
 from longshort.data.types import SequenceData
 from longshort.errors import ConfigError, RunDirError
-from longshort.evaluate.metrics import classification_metrics
-from longshort.evaluate.predict import batched_proba
+from longshort.evaluate.metrics import classification_metrics, regression_metrics
+from longshort.evaluate.predict import batched_head, batched_proba
 from longshort.finish import after_training
 from longshort.nn.classifier import SequenceClassifier, training_memory
-from longshort.report.plots import confusion_matrix_png, learning_curve_png
+from longshort.nn.regression import regression_outputs
+from longshort.report.plots import confusion_matrix_png, learning_curve_png, predicted_vs_true_png
 from longshort.rundir import RunLock, absolute_sources, check_out_dir
 from longshort.rundir import say_resumed as _say_resumed
 from longshort.runs import Run as Run
 from longshort.runs import load as load
 from longshort.sizing import LONG_SERIES, DataShape, resolve
 from longshort.training.callbacks import Callback, HistoryCSV, PlainProgress, ProgressBar, TensorBoard
-from longshort.training.checkpoint import checkpoint_path, load_weights, save_weights
+from longshort.training.checkpoint import checkpoint_path, head_size, load_weights, save_weights
 from longshort.training.classify import classifier_trainer
 from longshort.training.distributed import DistContext, barrier, shutdown
 from longshort.training.distributed import setup as setup_distributed
+from longshort.training.regress import RegressTask
 from longshort.training.trainer import Trainer, resolve_device
 
 
@@ -76,10 +78,15 @@ def _describe(splits: Splits, model: SequenceClassifier, batch_size: int, consol
     for note in splits.notes:
         console.print(f"data: {note}")
     sizes = {k: len(v) for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if v}
-    counts = np.bincount(np.asarray(splits.train.y), minlength=len(splits.prep.class_names))
+    prep = splits.prep
+    if prep.regression:
+        what = "targets " + ", ".join(f"{name} (training mean {m:.4g}, std {sd:.4g})" for name, m, sd in
+                                      zip(prep.target_names, prep.target_mean, prep.target_std, strict=True))
+    else:
+        counts = np.bincount(np.asarray(splits.train.y), minlength=len(prep.class_names))
+        what = "classes " + ", ".join(f"{c} {n}" for c, n in zip(prep.class_names, counts, strict=True))
     console.print("data: " + ", ".join(f"{k} {n}" for k, n in sizes.items()) + " sequences; "
-                  f"{splits.train.n_features} features; classes " +
-                  ", ".join(f"{c} {n}" for c, n in zip(splits.prep.class_names, counts, strict=True)))
+                  f"{splits.train.n_features} features; {what}")
     if len(splits.train) <= batch_size:
         console.print(f"[yellow]warning:[/] the training split ({len(splits.train)} sequences) fits in one batch "
                       f"(train.batch_size={batch_size}): one optimizer step per epoch; a smaller batch "
@@ -180,9 +187,16 @@ class Recipe:
 
 def build_trainer(cfg: Config, model: SequenceClassifier, train: SequenceData, val: SequenceData | None,
                   num_classes: int, run_dir: Path, *, callbacks: list[Callback] | None = None,
-                  ctx: DistContext | None = None) -> Trainer:
+                  ctx: DistContext | None = None, target_std: list[float] | None = None) -> Trainer:
     """The classifier's trainer from the whole config (its train, distributed and diagnostics sections): what
-    train, cv and tune build, so none of them trains with settings of its own."""
+    train, cv and tune build, so none of them trains with settings of its own. Task regress: the regressor's,
+    with ``num_classes`` targets per sequence (``target_std``: their training std, so errors read in the
+    target's units)."""
+    if cfg.task == "regress":
+        task = RegressTask(cfg.train, to_tensors(train), None if val is None else to_tensors(val),
+                           regression_outputs(cfg.regress, num_classes), target_std)
+        return Trainer(cfg.train, model, task, seed=cfg.seed, run_dir=run_dir, callbacks=callbacks,
+                       distributed=cfg.distributed, ctx=ctx, diagnostics=cfg.diagnostics)
     return classifier_trainer(cfg.train, model, to_tensors(train), None if val is None else to_tensors(val),
                               num_classes=num_classes, seed=cfg.seed, run_dir=run_dir, callbacks=callbacks,
                               distributed=cfg.distributed, ctx=ctx, diagnostics=cfg.diagnostics)
@@ -201,13 +215,16 @@ def setup(cfg: Config, run_dir: Path, *, callbacks: Callable[[Config], list[Call
     torch.manual_seed(cfg.seed)
     notes: list[str] = []
     if splits is None:
-        raw = read_source(cfg.data.source, cfg.data, cfg.seed)
+        raw = read_source(cfg.data.source, cfg.data, cfg.seed, target=target_kind(cfg.task))
         cfg, notes = resolve(cfg, DataShape(*data_shape(raw, cfg.data)), need_validation=need_validation)
-        splits = prepare(cfg.data, cfg.seed, raw)
+        splits = prepare(cfg.data, cfg.seed, raw, target=target_kind(cfg.task),
+                         scale_target=cfg.regress.scale_target)
     check_fits(cfg, splits, resolve_device(cfg.train.device))
-    model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
-    trainer = build_trainer(cfg, model, splits.train, splits.val, len(splits.prep.class_names), run_dir,
-                            callbacks=callbacks(cfg) if callbacks is not None else None, ctx=ctx)
+    model = SequenceClassifier(splits.train.n_features, head_size(cfg, splits.prep), cfg.model)
+    outputs = len(splits.prep.target_names) if splits.prep.regression else len(splits.prep.class_names)
+    trainer = build_trainer(cfg, model, splits.train, splits.val, outputs, run_dir,
+                            callbacks=callbacks(cfg) if callbacks is not None else None, ctx=ctx,
+                            target_std=splits.prep.target_std or None)
     return Recipe(cfg, splits, model, trainer, notes)
 
 
@@ -229,7 +246,7 @@ def check_fits(cfg: Config, splits: Splits, device: torch.device) -> None:
     free = free_memory(device)
     if free is None:
         return
-    n_classes = len(splits.prep.class_names)
+    n_classes = head_size(cfg, splits.prep)
     need, what = training_memory(cfg.model, splits.train.n_features, n_classes,
                                  min(cfg.train.batch_size, len(splits.train)), int(splits.train.X.shape[1]),
                                  min(cfg.train.eval_batch_size, max(len(splits.train), 1)))
@@ -270,7 +287,7 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
         barrier(ctx)
         if not ctx.is_main:
             return None
-        model = SequenceClassifier(splits.train.n_features, len(splits.prep.class_names), cfg.model)
+        model = SequenceClassifier(splits.train.n_features, head_size(cfg, splits.prep), cfg.model)
         last = checkpoint_path(trainer.ckpt_dir, "last")
         assert last is not None
         load_weights(model, last / "model.safetensors")
@@ -279,16 +296,36 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
     metrics = _final_metrics(cfg, splits, model, trainer, run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     _plots(run_dir, metrics, trainer.history, splits.prep.class_names)
+    if splits.prep.regression:
+        _regression_plot(run_dir, metrics, cfg, splits, model)
     after_training(cfg, run_dir, console)
     _summary(run_dir, metrics, console)
     return Run(run_dir, cfg, model, splits.prep)
+
+
+def regression_predictions(cfg: Config, splits: Splits, model: SequenceClassifier,
+                           data: SequenceData) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """(point predictions [N, k], quantiles [N, k, L], their levels) for prepared ``data``, in the target's units."""
+    outputs = regression_outputs(cfg.regress, len(splits.prep.target_names))
+    z = batched_head(model, to_tensors(data), cfg.train.eval_batch_size)
+    point = splits.prep.unscale_targets(outputs.point(z).numpy())
+    quant = splits.prep.unscale_targets(outputs.quantile_values(z).numpy())
+    return point, quant, outputs.levels
 
 
 def _final_metrics(cfg: Config, splits: Splits, model: SequenceClassifier, trainer: Trainer,
                    run_dir: Path | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, data in (("val", splits.val), ("test", splits.test)):
-        if data is not None and data.y is not None and len(data):
+        if data is not None and data.y is not None and len(data) and splits.prep.regression:
+            point, quant, levels = regression_predictions(cfg, splits, model, data)
+            truth = splits.prep.unscale_targets(data.y)
+            out[name] = regression_metrics(truth, point, splits.prep.target_names, levels, quant)
+            if run_dir is not None and cfg.diagnostics.enabled:
+                (run_dir / "diagnostics").mkdir(parents=True, exist_ok=True)
+                np.savez(run_dir / "diagnostics" / f"predictions_{name}.npz", pred=point, y=truth,
+                         quantiles=quant, levels=np.asarray(levels))
+        elif data is not None and data.y is not None and len(data):
             proba = batched_proba(model, to_tensors(data), cfg.train.eval_batch_size).numpy()
             out[name] = classification_metrics(data.y, proba, splits.prep.class_names)
             if run_dir is not None and cfg.diagnostics.enabled:  # for the report's reliability diagram
@@ -299,6 +336,9 @@ def _final_metrics(cfg: Config, splits: Splits, model: SequenceClassifier, train
     out["epochs_run"] = trainer.epoch
     src = cfg.data.source
     builtin = BUILTINS.get(src.removeprefix("builtin:")) if src.startswith("builtin:") else None
+    if builtin is not None and builtin.noise_floor is not None:
+        out["best_possible"] = {"rmse": builtin.noise_floor,
+                                "how": "the true conditional mean: its RMSE is the noise's standard deviation"}
     if builtin is not None and builtin.best_accuracy is not None:
         acc, se = builtin.best_accuracy(cfg.data.builtin.length)
         out["best_possible"] = {"accuracy": acc, "stderr": se,
@@ -310,20 +350,38 @@ def _plots(run_dir: Path, metrics: dict[str, Any], history: list[dict[str, float
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     split = "test" if "test" in metrics else "val" if "val" in metrics else None
-    if split:
+    if split and "confusion_matrix" in metrics[split]:
         confusion_matrix_png(metrics[split]["confusion_matrix"], names, plots / "confusion_matrix.png",
                              f"confusion matrix ({split})")
     if history:
         learning_curve_png(history, plots / "learning_curve.png")
 
 
+def _regression_plot(run_dir: Path, metrics: dict[str, Any], cfg: Config, splits: Splits,
+                     model: SequenceClassifier) -> None:
+    name = "test" if splits.test is not None and len(splits.test) else "val"
+    data = splits.test if name == "test" else splits.val
+    if data is None or data.y is None or not len(data):
+        return
+    point, _, _ = regression_predictions(cfg, splits, model, data)
+    predicted_vs_true_png(splits.prep.unscale_targets(data.y), point, run_dir / "plots" / "predicted_vs_true.png",
+                          f"predicted vs true ({name}, rmse {metrics[name]['rmse']:.4g})")
+
+
 def _summary(run_dir: Path, metrics: dict[str, Any], console: Console) -> None:
     for split in ("val", "test"):
-        if split in metrics:
+        if split in metrics and "rmse" in metrics[split]:
+            m = metrics[split]
+            extra = f"  coverage {m['coverage']:.3f} (nominal {m['coverage_nominal']:.2f})" if "coverage" in m else ""
+            console.print(f"{split}: rmse {m['rmse']:.4f}  mae {m['mae']:.4f}  r2 {m['r2']:.4f}{extra}  (n={m['n']})")
+        elif split in metrics:
             m = metrics[split]
             console.print(f"{split}: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  "
                           f"f1_weighted {m['f1_weighted']:.4f}  log_loss {m['log_loss']:.4f}  (n={m['n']})")
-    if "best_possible" in metrics:
+    if "best_possible" in metrics and "rmse" in metrics["best_possible"]:
+        console.print(f"best possible rmse on this dataset: {metrics['best_possible']['rmse']:.4f} (the true "
+                      "conditional mean)")
+    elif "best_possible" in metrics:
         b = metrics["best_possible"]
         console.print(f"best possible accuracy on this dataset: {b['accuracy']:.4f} ± {b['stderr']:.4f} "
                       "(Bayes-optimal classifier)")

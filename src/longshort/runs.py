@@ -31,11 +31,12 @@ from longshort.data.pairs import PairData, Vocab
 from longshort.data.pipeline import Preprocessor, load_for_model, prepare
 from longshort.data.types import SequenceData
 from longshort.errors import LongshortError, RunDirError, read_json_object
-from longshort.evaluate.metrics import classification_metrics
-from longshort.evaluate.predict import batched_proba
+from longshort.evaluate.metrics import classification_metrics, regression_metrics
+from longshort.evaluate.predict import batched_head, batched_proba
 from longshort.evaluate.seq_metrics import sequence_metrics
 from longshort.nn.classifier import SequenceClassifier
 from longshort.nn.decoding import decode_all
+from longshort.nn.regression import regression_outputs
 from longshort.nn.seq2seq import Seq2Seq
 from longshort.training.checkpoint import load_classifier as load_classifier
 from longshort.training.checkpoint import load_weights
@@ -119,7 +120,65 @@ def load(run_dir: str | Path) -> Any:
     cfg = load_config(d / "config.yaml")
     if cfg.task == "seq2seq":
         return Seq2SeqRun.load(d, config=cfg)
+    if cfg.task == "regress":
+        return RegressRun.load(d)
     return Run.load(d)
+
+
+class RegressRun(Run):
+    """A trained regressor (task regress): the classifier's backbone with a regression head, its preprocessing
+    (feature and target scaling) and config. Predictions are in the target's own units."""
+
+    task = "regress"
+
+    def read(self, path: str, labels: str = "require") -> SequenceData:
+        """A file read and preprocessed as the training data was (targets optional with ``labels="optional"``)."""
+        return load_for_model(path, self.config.data, self.prep, self.config.seed,
+                              labels="optional" if labels == "optional" else "require")
+
+    @torch.no_grad()
+    def predict_values(self, x: np.ndarray | SequenceData, lengths: np.ndarray | None = None,
+                       prepared: bool = False, batch_size: int = 256
+                       ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+        """(predictions [N, k], quantiles [N, k, L], their levels) for raw sequences ``x`` [N, T, C] or a
+        SequenceData (``prepared``: already through this run's preprocessing). ``L`` is 0 for the point losses;
+        regress.loss=quantile predicts its levels, gaussian_nll an 80% interval (0.1 and 0.9)."""
+        data = x if isinstance(x, SequenceData) else _raw_sequences(np.asarray(x, dtype=np.float32), lengths)
+        if not prepared:
+            data = self.prep.transform(data, labelled=False)
+        outputs = regression_outputs(self.config.regress, len(self.prep.target_names))
+        z = batched_head(self.model, to_tensors(data), batch_size)
+        return (self.prep.unscale_targets(outputs.point(z).numpy()),
+                self.prep.unscale_targets(outputs.quantile_values(z).numpy()), outputs.levels)
+
+    def predict(self, x: np.ndarray | SequenceData, lengths: np.ndarray | None = None) -> np.ndarray:
+        """Predicted values: [N] for one target, [N, k] for k."""
+        point = self.predict_values(x, lengths)[0]
+        return point[:, 0] if point.shape[1] == 1 else point
+
+    def predict_proba(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise LongshortError("a regress run predicts values, not class probabilities: use predict or "
+                             "predict_values")
+
+    def streamer(self, batch_size: int = 1) -> Any:
+        raise LongshortError("streaming covers classifier runs (task classify); a regress run predicts whole "
+                             "sequences: use predict")
+
+    def evaluate(self, data: str | None = None) -> dict[str, Any]:
+        """Regression metrics on a file (all of it), or on the run's own test split when ``data`` is None."""
+        if data is None:
+            test = prepare(self.config.data, self.config.seed, target="value",
+                           scale_target=self.config.regress.scale_target).test
+            if test is None:
+                raise LongshortError("this run has no test split (split.test=0): pass --data FILE")
+        else:
+            test = self.read(data)
+            if test.y is None:
+                raise LongshortError(f"{data} has no targets to evaluate against")
+        assert test.y is not None
+        point, quant, levels = self.predict_values(test, prepared=True,
+                                                   batch_size=self.config.train.eval_batch_size)
+        return regression_metrics(self.prep.unscale_targets(test.y), point, self.prep.target_names, levels, quant)
 
 
 def vocab_names(n_fields: int) -> list[str]:

@@ -124,7 +124,7 @@ def resolve(cfg: Any, shape: DataShape, *, need_validation: bool = False) -> tup
     """
     cfg = cfg.model_copy(deep=True)
     notes: list[str] = []
-    if cfg.task != "classify":
+    if cfg.task not in ("classify", "regress"):  # seq2seq sizes itself
         return cfg, notes
     m, t, split = cfg.model, cfg.train, cfg.data.split
     if cfg.data.scale == "auto":
@@ -165,7 +165,9 @@ def resolve(cfg: Any, shape: DataShape, *, need_validation: bool = False) -> tup
             notes.append("model size: auto for " + f"{n_train} training sequences of up to {shape.length} steps -> "
                          + ", ".join(f"{k} {v}" for k, v in chosen.items()) + " (model.size=seed: seed 000's model)")
 
-    if "augment" not in t.model_fields_set and n_train < AUGMENT_BELOW and t.recipe == "default":
+    # not for task regress: a warp of the magnitude or a shift in time may change the target itself
+    if ("augment" not in t.model_fields_set and n_train < AUGMENT_BELOW and t.recipe == "default"
+            and cfg.task == "classify"):
         # seed 000's augmentation: on 50 training series it took GunPoint from 0.953 to 0.987 test accuracy
         # (1,500 steps, docs/accuracy.md); large sets have the variety it imitates already
         # The shift is a circular roll: at most 2% of the length (and 5 steps), none on short series, where

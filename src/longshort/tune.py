@@ -20,6 +20,7 @@ from longshort.errors import ConfigError
 from longshort.tune_config import ParamSpace as ParamSpace
 from longshort.tune_config import TuneConfig as TuneConfig
 from longshort.tune_config import _default_space as _default_space
+from longshort.tune_config import tune_metric
 
 
 def _sample(trial: Any, space: dict[str, ParamSpace]) -> dict[str, Any]:
@@ -63,6 +64,7 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
     from longshort.config import save_config
     from longshort.run import setup
     from longshort.training.callbacks import Callback
+    from longshort.training.config import LOWER_IS_BETTER
 
     t = cfg.tune
     if n_trials is None and timeout is None:
@@ -85,7 +87,8 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.train.epochs),
         "none": optuna.pruners.NopPruner,
     }[t.pruner]()
-    direction = "minimize" if t.metric == "val_loss" else "maximize"
+    metric = tune_metric(t.metric, cfg.task)
+    direction = "minimize" if metric in LOWER_IS_BETTER else "maximize"
     study = optuna.create_study(study_name=study_name, storage=rdb, load_if_exists=True, direction=direction,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=t.startup_trials),
                                 pruner=pruner)
@@ -96,9 +99,9 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
             self.trial = trial
 
         def on_epoch_end(self, trainer: Any, row: dict[str, float]) -> None:
-            self.trial.report(row[t.metric], int(row["epoch"]))
+            self.trial.report(row[metric], int(row["epoch"]))
             if self.trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {int(row['epoch'])}: {t.metric} {row[t.metric]:.4f}")
+                raise optuna.TrialPruned(f"pruned at epoch {int(row['epoch'])}: {metric} {row[metric]:.4f}")
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -123,7 +126,7 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
         trainer = recipe.trainer
         trainer.fit()
         best = max if direction == "maximize" else min
-        return float(best(r[t.metric] for r in trainer.history))
+        return float(best(r[metric] for r in trainer.history))
 
     # n_trials counts the study's finished trials (complete or pruned), whichever worker ran them: every worker
     # started with the same command stops once the study has that many, retried trials included.

@@ -42,7 +42,7 @@ def _default_space() -> dict[str, ParamSpace]:
 class TuneConfig(BaseModel):
     """``tune:`` what ``longshort tune`` searches and how."""
 
-    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
+    TASKS: ClassVar[tuple[str, ...]] = ("classify", "regress")  # the tasks that read this section (others refuse it)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -51,8 +51,16 @@ class TuneConfig(BaseModel):
         description="KEY: {type, low, high, log, choices}; a combination the config refuses (e.g. model.num_heads "
         "not dividing model.hidden_dim) is pruned",
     )
-    metric: Literal["val_f1_macro", "val_accuracy", "val_loss"] = Field("val_f1_macro")
+    metric: Literal["auto", "val_f1_macro", "val_accuracy", "val_loss", "val_rmse", "val_mae"] = Field(
+        "auto", description="the validation metric trials are compared by (each trial's best epoch); auto: "
+        "val_f1_macro for task classify, val_rmse for regress (val_rmse and val_mae: task regress only; val_loss, "
+        "val_rmse and val_mae are minimised)")
     pruner: Literal["median", "hyperband", "none"] = Field("median")
     startup_trials: int = Field(5, ge=0, description="TPE's random start and the median pruner's warm-up trials")
     heartbeat_s: int = Field(60, ge=1, description="a trial without a heartbeat for 2 x this is failed and retried")
     max_retry: int = Field(2, ge=0, description="times a failed (killed) trial is queued again")
+
+
+def tune_metric(metric: str, task: str) -> str:
+    """``tune.metric`` with auto resolved for ``task``."""
+    return ("val_rmse" if task == "regress" else "val_f1_macro") if metric == "auto" else metric

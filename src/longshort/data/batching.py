@@ -21,7 +21,7 @@ from longshort.data.types import SequenceData
 class TensorData:
     X: Tensor  # float32 [N, T, C]
     lengths: Tensor  # int64 [N]
-    y: Tensor | None  # int64 [N] class indices
+    y: Tensor | None  # int64 [N] class indices, or float32 [N, k] scaled regression targets
     aux: Tensor | None  # float32 [N]
 
     def __len__(self) -> int:
@@ -40,11 +40,13 @@ class Batch:
 
 
 def to_tensors(data: SequenceData) -> TensorData:
-    """``data.y`` must already hold class indices (see :class:`longshort.data.pipeline.Preprocessor`)."""
+    """``data.y`` must already hold class indices or scaled float targets (see
+    :class:`longshort.data.pipeline.Preprocessor`)."""
     return TensorData(
         X=torch.from_numpy(np.ascontiguousarray(data.X, dtype=np.float32)),
         lengths=torch.from_numpy(np.asarray(data.lengths, dtype=np.int64)),
-        y=None if data.y is None else torch.from_numpy(np.asarray(data.y, dtype=np.int64)),
+        y=None if data.y is None else torch.from_numpy(
+            np.asarray(data.y, dtype=np.float32 if np.asarray(data.y).dtype.kind == "f" else np.int64)),
         aux=None if data.aux is None else torch.from_numpy(np.asarray(data.aux, dtype=np.float32)),
     )
 

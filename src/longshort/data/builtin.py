@@ -1,6 +1,7 @@
 """Built-in datasets, generated deterministically from a seed (nothing is downloaded).
 
-``regimes``: 9-feature, 3-class multivariate market-regime sequences.
+``regimes``: 9-feature, 3-class multivariate market-regime sequences (task classify).
+``signal``: 3-feature sequences with a numeric target of known noise (task regress); see :func:`signal`.
 
 Generating process. Each sequence belongs to one regime k in {bear, range, bull}, drawn uniformly. Its 9
 features follow a vector autoregression of order one,
@@ -118,11 +119,42 @@ def regimes(n: int = 4000, length: int = 50, seed: int = 0) -> SequenceData:
     )
 
 
+SIGNAL_NOISE = 0.5  # the std of the signal set's target noise: no model's RMSE can be below it (in expectation)
+SIGNAL_PHI = 0.8  # the features' AR(1) coefficient
+
+
+def signal(n: int = 4000, length: int = 50, seed: int = 0) -> SequenceData:
+    """``n`` sequences of ``length`` steps with a numeric target whose best possible RMSE is known.
+
+    Generating process. Three features, each an independent stationary AR(1) with coefficient 0.8 and unit
+    variance (``x_0 ~ N(0, 1)``, ``x_t = 0.8 x_{t-1} + 0.6 e_t``). The target is a fixed function of the whole
+    sequence plus independent noise::
+
+        y = 1.5 * mean_t(x0) + mean_t(x1 * x2) + 0.5 * x0[T-1] + eps,    eps ~ N(0, 0.5^2)
+
+    a level (the first feature's mean), an interaction (the co-movement of the other two) and the last step.
+    ``E[y | x]`` is the function itself, so the best any model can do is predict it, and its RMSE is the noise
+    std, 0.5 (``SIGNAL_NOISE``): the noise floor a trained regressor is measured against.
+    """
+    rng = np.random.default_rng([seed, 7])
+    x = np.empty((n, length, 3))
+    x[:, 0] = rng.normal(size=(n, 3))
+    innovations = rng.normal(size=(n, length, 3)) * np.sqrt(1 - SIGNAL_PHI**2)
+    for t in range(1, length):  # a recursion: each step needs the previous one
+        x[:, t] = SIGNAL_PHI * x[:, t - 1] + innovations[:, t]
+    mean = 1.5 * x[:, :, 0].mean(1) + (x[:, :, 1] * x[:, :, 2]).mean(1) + 0.5 * x[:, -1, 0]
+    y = mean + rng.normal(size=n) * SIGNAL_NOISE
+    return SequenceData(X=x.astype(np.float32), lengths=np.full(n, length, dtype=np.int64),
+                        y=y[:, None].astype(np.float32), feature_names=["x0", "x1", "x2"], source="builtin:signal")
+
+
 @dataclass(frozen=True)
 class Builtin:
     make: Callable[..., SequenceData]
     summary: str
     best_accuracy: Callable[[int], tuple[float, float]] | None = None
+    task: str = "classify"  # the task its targets are for: classify (class labels) or regress (numbers)
+    noise_floor: float | None = None  # regress: the best possible RMSE (the std of the target's noise)
 
 
 @functools.lru_cache(maxsize=16)
@@ -138,5 +170,12 @@ BUILTINS: dict[str, Builtin] = {
         summary="9 features, 3 market regimes (bear/range/bull) from a VAR(1) per regime; Bayes accuracy known; "
         "aux target: the 5-step forward move along the drift",
         best_accuracy=_regimes_best,
+    ),
+    "signal": Builtin(
+        make=signal,
+        summary="3 AR(1) features; numeric target = a fixed function of the sequence + noise of std 0.5 (task "
+        "regress; best possible RMSE 0.5)",
+        task="regress",
+        noise_floor=SIGNAL_NOISE,
     ),
 }

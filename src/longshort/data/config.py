@@ -12,6 +12,7 @@ _N_SPECIALS = 4  # <pad> <unk> <bos> <eos>: see longshort.data.pairs
 #: ``json_schema_extra`` of a field only one task reads: ``longshort.config`` refuses it, set, for the other
 ONLY_CLASSIFY = {"tasks": ["classify"]}
 ONLY_SEQ2SEQ = {"tasks": ["seq2seq"]}
+SEQUENCES = {"tasks": ["classify", "regress"]}  # the tasks that read sequences with a target each
 
 
 class _Strict(BaseModel):
@@ -32,7 +33,7 @@ def _check_aux_column(aux: str | None, features: list[str] | None, others: dict[
 class LongFormat(_Strict):
     """CSV/Parquet long format: one row per (sequence, time step)."""
 
-    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
+    TASKS: ClassVar[tuple[str, ...]] = ("classify", "regress")  # the tasks that read this section (others refuse it)
 
     series_id: str = "series_id"
     time: str | None = Field(
@@ -104,7 +105,7 @@ class BuiltinConfig(_Strict):
     """Size of a generated built-in dataset (``source: builtin:NAME``)."""
 
     n: int = Field(4000, ge=30, description="sequences (seq2seq: pairs) to generate")
-    length: int = Field(50, ge=2, description="time steps per sequence", json_schema_extra=ONLY_CLASSIFY)
+    length: int = Field(50, ge=2, description="time steps per sequence", json_schema_extra=SEQUENCES)
     min_len: int = Field(5, ge=1, description="seq2seq built-ins: shortest source (reverse, sort; cmudict letters)",
         json_schema_extra=ONLY_SEQ2SEQ,
     )
@@ -143,10 +144,10 @@ class PairFormat(BaseModel):
 class DataConfig(_Strict):
     source: str = Field("builtin:regimes", description="a file path or builtin:NAME (see `longshort datasets`)")
     test_source: str | None = Field(None, description="separate test file; no test split is cut when set")
-    format: Literal["auto", "npz", "csv", "parquet", "ts"] = Field("auto", json_schema_extra=ONLY_CLASSIFY)
+    format: Literal["auto", "npz", "csv", "parquet", "ts"] = Field("auto", json_schema_extra=SEQUENCES)
     layout: Literal["auto", "sequences", "long", "series"] = Field(
         "auto", description="sequences (npz/.ts), long (a row per sequence step), series (one continuous series)",
-        json_schema_extra=ONLY_CLASSIFY,
+        json_schema_extra=SEQUENCES,
     )
     long: LongFormat = LongFormat()
     series: SeriesFormat = SeriesFormat()
@@ -158,6 +159,6 @@ class DataConfig(_Strict):
         "differ in scale by orders of magnitude), then standard; auto: series when the standard deviations of "
         "the sequences read from data.source spread more than 10x (10th to 90th percentile, any feature), "
         "else standard (continuous series: standard); none: raw values",
-        json_schema_extra=ONLY_CLASSIFY,
+        json_schema_extra=SEQUENCES,
     )
     pairs: PairFormat = Field(PairFormat(), description="seq2seq (task: seq2seq): columns and tokenisation")

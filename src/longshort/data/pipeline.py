@@ -3,8 +3,9 @@
 Leakage rules enforced here:
 - a continuous series is split by time *before* windowing, with ``gap`` rows (default window + horizon)
   dropped between train, validation and test, so no window or label straddles two splits;
-- independent sequences are split at random, stratified by class, from the seed;
-- scaling statistics and class weights come from the training split alone;
+- independent sequences are split at random, stratified by class (a regression target: not stratified),
+  from the seed;
+- scaling statistics (features and a regression target) and class weights come from the training split alone;
 - the auxiliary regression target is read only from the training source: files read for prediction or
   evaluation (``load_for_model``) need no aux column, and the aux column is never a feature.
 """
@@ -22,7 +23,7 @@ import numpy as np
 from longshort.data.builtin import BUILTINS
 from longshort.data.config import DataConfig, SeriesFormat
 from longshort.data.scaling import scale_spread, series_normalise
-from longshort.data.sources import read_any
+from longshort.data.sources import Target, read_any
 from longshort.data.types import SequenceData, SeriesData
 from longshort.data.windows import make_windows
 from longshort.errors import ConfigError, DataError, RunDirError, read_json_object
@@ -40,14 +41,35 @@ class Preprocessor:
     aux_mean: float = 0.0
     aux_std: float = 1.0
     per_series: bool = False  # each sequence normalised over its own valid steps before mean/std (scale=series)
+    # task regress: the targets' names and the training split's mean and std of each (y is learnt standardised)
+    target_names: list[str] = field(default_factory=list)
+    target_mean: list[float] = field(default_factory=list)
+    target_std: list[float] = field(default_factory=list)
+
+    @property
+    def regression(self) -> bool:
+        """Whether ``y`` is a numeric target (task regress) rather than a class."""
+        return bool(self.target_names)
 
     # -- fitting --------------------------------------------------------------------------------------
 
     @classmethod
-    def fit(cls, train: SequenceData, layout: str, scale: str) -> Preprocessor:
-        names = train.class_names or _sorted_labels(train.y)
-        prep = cls(layout=layout, class_names=list(names), feature_names=list(train.feature_names),
-                   per_series=scale == "series")
+    def fit(cls, train: SequenceData, layout: str, scale: str, target: Target = "label",
+            target_names: list[str] | None = None, scale_target: bool = True) -> Preprocessor:
+        """``target="value"``: ``train.y`` is float [N, k], standardised per target when ``scale_target``."""
+        if target == "value":
+            y = np.asarray(train.y, dtype=np.float64)
+            k = y.shape[1]
+            std = y.std(0) if scale_target else np.ones(k)
+            prep = cls(layout=layout, class_names=[], feature_names=list(train.feature_names),
+                       per_series=scale == "series",
+                       target_names=target_names or (["target"] if k == 1 else [f"target_{j}" for j in range(k)]),
+                       target_mean=(y.mean(0) if scale_target else np.zeros(k)).tolist(),
+                       target_std=np.where(std > 1e-12, std, 1.0).tolist())
+        else:
+            names = train.class_names or _sorted_labels(train.y)
+            prep = cls(layout=layout, class_names=list(names), feature_names=list(train.feature_names),
+                       per_series=scale == "series")
         if scale in ("standard", "series", "auto"):  # auto unresolved (no longshort.sizing): standard
             valid = _valid_steps(replace(train, X=series_normalise(train.X, train.lengths)) if prep.per_series
                                  else train)
@@ -60,6 +82,20 @@ class Preprocessor:
         return prep
 
     # -- applying -------------------------------------------------------------------------------------
+
+    def scale_targets(self, y: np.ndarray, data: SequenceData) -> np.ndarray:
+        """A regression target [N, k] in the training split's standard units (a file's k must match)."""
+        y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        if y.shape[1] != len(self.target_names):
+            raise DataError(data.source, f"has {y.shape[1]} targets per sequence but the model was trained on "
+                                         f"{len(self.target_names)} ({', '.join(self.target_names)})")
+        return ((y - np.asarray(self.target_mean)) / np.asarray(self.target_std)).astype(np.float32)
+
+    def unscale_targets(self, z: np.ndarray) -> np.ndarray:
+        """Standard units back to the target's own: [N, k] (or [N, k, ...] with trailing axes, e.g. quantiles)."""
+        z = np.asarray(z, dtype=np.float64)
+        shape = (1, len(self.target_names)) + (1,) * (z.ndim - 2)
+        return z * np.asarray(self.target_std).reshape(shape) + np.asarray(self.target_mean).reshape(shape)
 
     def encode_labels(self, data: SequenceData) -> np.ndarray:
         """Class indices for ``data.y``; a label never seen in training is an error naming it and its row."""
@@ -94,7 +130,10 @@ class Preprocessor:
         if self.mean:
             mask = np.arange(x.shape[1])[None, :] < data.lengths[:, None]
             x = ((x - np.float32(self.mean)) / np.float32(self.std)) * mask[..., None]
-        y = self.encode_labels(data) if labelled and data.y is not None else None
+        if not labelled or data.y is None:
+            y = None
+        else:
+            y = self.scale_targets(data.y, data) if self.regression else self.encode_labels(data)
         aux = None if data.aux is None else (data.aux - self.aux_mean) / self.aux_std
         return SequenceData(
             X=x.astype(np.float32), lengths=data.lengths, y=y, feature_names=self.feature_names,
@@ -134,15 +173,26 @@ def _sorted_labels(y: np.ndarray | None) -> list[str]:
     return [str(v) for v in np.unique(y)]
 
 
+def target_kind(task: str) -> Target:
+    """What a sequence's target is for ``task``: numbers for regress, a class label otherwise."""
+    return "value" if task == "regress" else "label"
+
+
 def read_source(source: str, cfg: DataConfig, seed: int, require_label: bool = True,
-                with_aux: bool = True) -> SequenceData | SeriesData:
-    """A file or ``builtin:NAME``; ``with_aux=False`` skips a file's auxiliary target (see ``read_any``)."""
+                with_aux: bool = True, target: Target = "label") -> SequenceData | SeriesData:
+    """A file or ``builtin:NAME``; ``with_aux=False`` skips a file's auxiliary target (see ``read_any``);
+    ``target="value"``: a numeric target per sequence (task regress) instead of a class label."""
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
         if name not in BUILTINS:
             raise ConfigError(f"unknown built-in dataset '{name}' (available: {', '.join(BUILTINS)})")
-        return BUILTINS[name].make(n=cfg.builtin.n, length=cfg.builtin.length, seed=seed)
-    return read_any(Path(source), cfg, require_label=require_label, with_aux=with_aux)
+        builtin = BUILTINS[name]
+        if (target == "value") != (builtin.task == "regress"):
+            fits = [k for k, b in BUILTINS.items() if (b.task == "regress") == (target == "value")]
+            raise ConfigError(f"built-in dataset '{name}' is a {builtin.task} set; task "
+                              f"{'regress' if target == 'value' else 'classify'} has {', '.join(fits)}")
+        return builtin.make(n=cfg.builtin.n, length=cfg.builtin.length, seed=seed)
+    return read_any(Path(source), cfg, require_label=require_label, with_aux=with_aux, target=target)
 
 
 def layout_of(raw: SequenceData | SeriesData) -> str:
@@ -176,6 +226,22 @@ def _window_split(part: SeriesData, scfg: SeriesFormat, name: str) -> SequenceDa
         return make_windows(part, scfg)
     except DataError as exc:
         raise DataError(exc.path, f"{name} split: {exc.detail} (lower split fractions or window/horizon)") from None
+
+
+def _random_indices(n: int, fractions: list[float], seed: int, source: str) -> list[np.ndarray]:
+    """A random split of ``n`` sequences with a numeric target (nothing to stratify by), from the seed."""
+    sizes = [math.ceil(f * n) if f > 0 else 0 for f in fractions[1:]]
+    if n - sum(sizes) < 2:
+        raise DataError(source, f"has {n} sequences, too few for validation/test splits of "
+                                f"{', '.join(f'{f:g}' for f in fractions[1:])} and a training split of two or more "
+                                "(use more data, data.split.val=0 or --test-data FILE)")
+    order = np.random.default_rng(seed).permutation(n)
+    out, start = [], sum(sizes)
+    out.append(np.sort(order[start:]))
+    for size in sizes:
+        out.append(np.sort(order[start - size:start]))
+        start -= size
+    return out
 
 
 def _stratified_indices(y: np.ndarray, fractions: list[float], seed: int, source: str) -> list[np.ndarray]:
@@ -238,11 +304,13 @@ def data_shape(raw: SequenceData | SeriesData,
     return len(raw), int(raw.lengths.max()) if len(raw) else 0, raw.n_features, classes, spread, quantiles
 
 
-def prepare(cfg: DataConfig, seed: int, raw: SequenceData | SeriesData | None = None) -> Splits:
+def prepare(cfg: DataConfig, seed: int, raw: SequenceData | SeriesData | None = None, *,
+            target: Target = "label", scale_target: bool = True) -> Splits:
     """Read, split, window and scale the data named by ``cfg`` (and ``cfg.test_source`` when set); ``raw``: the
-    data already read from ``cfg.source`` (it is not read again)."""
+    data already read from ``cfg.source`` (it is not read again). ``target="value"``: task regress's numeric
+    targets, split at random and standardised on the training split when ``scale_target``."""
     if raw is None:
-        raw = read_source(cfg.source, cfg, seed)
+        raw = read_source(cfg.source, cfg, seed, target=target)
     layout = layout_of(raw)
     fractions = [1 - cfg.split.val - (0 if cfg.test_source else cfg.split.test), cfg.split.val]
     if not cfg.test_source:
@@ -256,6 +324,11 @@ def prepare(cfg: DataConfig, seed: int, raw: SequenceData | SeriesData | None = 
                  for i, (a, b) in enumerate(bounds)]
         notes.append(f"chronological split of {len(raw)} rows, gap {gap} rows: " +
                      ", ".join(f"{names[i]} rows {a}-{b - 1}" for i, (a, b) in enumerate(bounds)))
+    elif target == "value":
+        assert raw.y is not None
+        split = _random_indices(len(raw), fractions, seed, raw.source or cfg.source)
+        parts = [raw.subset(i) if len(i) else None for i in split]
+        notes.append(f"random split of independent sequences (seed {seed})")
     else:
         assert raw.y is not None
         split = _stratified_indices(raw.y, fractions, seed, raw.source or cfg.source)
@@ -263,7 +336,8 @@ def prepare(cfg: DataConfig, seed: int, raw: SequenceData | SeriesData | None = 
         notes.append(f"stratified random split of independent sequences (seed {seed})")
     train = parts[0]
     assert train is not None
-    prep = Preprocessor.fit(train, layout, cfg.scale)
+    names = [cfg.long.label] if layout == "long" and target == "value" else None
+    prep = Preprocessor.fit(train, layout, cfg.scale, target, names, scale_target)
     if cfg.test_source:
         test = load_for_model(cfg.test_source, cfg, prep, seed)
         notes.append(f"test set from {cfg.test_source}")
@@ -282,7 +356,8 @@ def load_for_model(source: str, cfg: DataConfig, prep: Preprocessor, seed: int,
     read here: a file without the aux column (or .npz ``aux`` array) is fine, and one with it is not checked.
     """
     required = labels == "require"
-    raw = read_source(source, cfg, seed, require_label=required, with_aux=False)
+    raw = read_source(source, cfg, seed, require_label=required, with_aux=False,
+                      target="value" if prep.regression else "label")
     if isinstance(raw, SeriesData):
         raw = make_windows(raw, cfg.series, labelled=required)
     return prep.transform(raw, labelled=raw.y is not None)

@@ -18,6 +18,7 @@ import csv
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ from longshort.errors import DataError
 
 SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet", ".ts": "ts"}
 CSV_FIRST_ROW = 2  # line number of the first data row of a CSV file (the header is line 1)
+Target = Literal["label", "value"]  # what a sequence's target is: a class label (classify) or numbers (regress)
 
 
 def check_file(path: Path) -> None:
@@ -57,10 +59,11 @@ def detect_format(path: Path, fmt: str) -> str:
 # ---------------------------------------------------------------------------------------------- npz
 
 
-def read_npz(path: Path, with_aux: bool = True) -> SequenceData:
+def read_npz(path: Path, with_aux: bool = True, target: Target = "label") -> SequenceData:
     """Sequences from an .npz archive with ``X`` [N, T, C], optional ``y`` [N], ``lengths`` [N] and ``aux`` [N].
 
-    ``aux`` (a float per sequence, the auxiliary regression target) is read only ``with_aux``.
+    ``aux`` (a float per sequence, the auxiliary regression target) is read only ``with_aux``. With
+    ``target="value"`` ``y`` holds numbers, [N] or [N, k] (k targets), returned as float32 [N, k].
     """
     arrays = _load_npz(path)
     if "X" not in arrays:
@@ -68,7 +71,7 @@ def read_npz(path: Path, with_aux: bool = True) -> SequenceData:
     X = _check_x(path, arrays["X"])
     n, t = X.shape[:2]
     lengths = _check_lengths(path, arrays.get("lengths"), n, t)
-    y = _check_y(path, arrays.get("y"), n)
+    y = _check_y(path, arrays.get("y"), n) if target == "label" else _check_values(path, arrays.get("y"), n)
     aux = _check_aux(path, arrays.get("aux"), n) if with_aux else None
     valid = np.arange(t)[None, :] < lengths[:, None]
     X = np.where(valid[:, :, None], X, np.float32(0))
@@ -143,6 +146,26 @@ def _check_y(path: Path, y: np.ndarray | None, n: int) -> np.ndarray | None:
     raise DataError(path, f"array 'y' has dtype {y.dtype}; store class labels as ints or strings")
 
 
+def _check_values(path: Path, y: np.ndarray | None, n: int) -> np.ndarray | None:
+    """A numeric target: [N] or [N, k] finite numbers -> float32 [N, k]."""
+    if y is None:
+        return None
+    if y.ndim not in (1, 2) or len(y) != n:
+        raise DataError(path, f"array 'y' has shape {y.shape}, expected ({n},) or ({n}, k): a target (or k) per "
+                              "sequence in 'X'")
+    if y.dtype.kind not in "fiub":
+        raise DataError(path, f"array 'y' has non-numeric dtype {y.dtype}: task regress needs numbers (a class "
+                              "label per sequence is task classify)")
+    y2 = y.reshape(n, -1).astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(y2).all(1))
+    if bad.size:
+        i = int(bad[0])
+        j = int(np.argmin(np.isfinite(y2[i])))
+        raise DataError(path, f"array 'y': {_describe(y2[i, j])} at index {i}" + (f", target {j}" if y.ndim == 2
+                                                                                     else ""))
+    return y2.astype(np.float32)
+
+
 def _check_aux(path: Path, aux: np.ndarray | None, n: int) -> np.ndarray | None:
     if aux is None:
         return None
@@ -179,15 +202,20 @@ def _describe(value: float) -> str:
 _TS_FLAGS = {"timestamps", "missing", "univariate", "equallength", "classlabel", "targetlabel"}
 
 
-def read_ts(path: Path) -> SequenceData:
+def read_ts(path: Path, target: Target = "label") -> SequenceData:
     """Sequences from an sktime/aeon ``.ts`` file (equal or unequal length, no timestamps).
 
+    A ``@targetLabel true`` file's numbers are the auxiliary target for a classifier (``target="label"``) and
+    ``y`` (float32 [N, 1]) for a regressor (``target="value"``), which refuses a ``@classLabel`` file.
     Line, dimension and value positions in messages are 1-based.
     """
     lines = _read_text(path)
     header, data_start = _ts_header(path, lines)
     classes: list[str] | None = header.get("classlabel")  # type: ignore[assignment]
     has_target = bool(header.get("targetlabel"))
+    if target == "value" and classes is not None:
+        raise DataError(path, "holds class labels (@classLabel): task regress needs a numeric target "
+                              "(@targetLabel true); class labels are task classify")
     cases: list[list[np.ndarray]] = []
     labels: list[str] = []
     line_nos: list[int] = []
@@ -209,6 +237,8 @@ def read_ts(path: Path) -> SequenceData:
     lengths = _ts_lengths(path, cases, line_nos, header)
     X = _ts_pad(cases, lengths)
     y, aux = _ts_labels(path, labels, line_nos, classes, has_target)
+    if target == "value" and aux is not None:
+        y, aux = aux[:, None], None
     names = [f"dim{i}" for i in range(X.shape[2])]
     return SequenceData(X=X, lengths=lengths, y=y, feature_names=names, source=str(path), aux=aux,
                         class_names=classes)
@@ -474,11 +504,12 @@ def _stable_order(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
 
 
 def read_long(df: pd.DataFrame, cfg: LongFormat, path: Path, require_label: bool,
-              with_aux: bool = True) -> SequenceData:
+              with_aux: bool = True, target: Target = "label") -> SequenceData:
     """One sequence per ``series_id`` (first-appearance order), rows ordered by ``time`` when given.
 
     ``with_aux`` reads the auxiliary target column ``cfg.aux`` (when set), which must then be there;
-    without it the column is ignored. It is never a feature.
+    without it the column is ignored. It is never a feature. ``target="value"``: the label column holds a
+    number per series (float32 [N, 1]), the same on each of its rows.
     """
     has_label = cfg.label in df.columns
     if require_label and not has_label:
@@ -495,8 +526,13 @@ def read_long(df: pd.DataFrame, cfg: LongFormat, path: Path, require_label: bool
     features = cfg.features or [c for c in df.columns if c not in not_features]
     values = _features_matrix(df, features, path)
     codes, uniques = pd.factorize(df[cfg.series_id], sort=False)
-    y = _long_labels(df, cfg, codes, path) if has_label else None
-    aux = None if aux_col is None else _long_aux(df, cfg.series_id, aux_col, codes, path)
+    if not has_label:
+        y = None
+    elif target == "value":
+        y = _per_series_value(df, cfg.series_id, cfg.label, codes, path, "target")[:, None]
+    else:
+        y = _long_labels(df, cfg, codes, path)
+    aux = None if aux_col is None else _per_series_value(df, cfg.series_id, aux_col, codes, path, "aux")
 
     order = _time_then_series_order(df, time, codes, path)
     codes_sorted = codes[order]
@@ -528,8 +564,9 @@ def _long_labels(df: pd.DataFrame, cfg: LongFormat, codes: np.ndarray, path: Pat
     return _label_array(labels[first])
 
 
-def _long_aux(df: pd.DataFrame, series_id: str, col: str, codes: np.ndarray, path: Path) -> np.ndarray:
-    """The auxiliary target of each series (column ``col``): a finite number, the same on every row."""
+def _per_series_value(df: pd.DataFrame, series_id: str, col: str, codes: np.ndarray, path: Path,
+                      role: str) -> np.ndarray:
+    """The ``role`` (aux or target) of each series, column ``col``: a finite number, the same on every row."""
     values = _numeric_column(df, col, path, series_id=series_id)
     _, first = np.unique(codes, return_index=True)
     expected = values[first][codes]
@@ -537,9 +574,10 @@ def _long_aux(df: pd.DataFrame, series_id: str, col: str, codes: np.ndarray, pat
     if differs.size:
         i = int(differs[0])
         series = df[series_id].iloc[i]
-        raise DataError(path, f"series '{series}' has more than one value in aux column '{col}': row "
+        what = "the auxiliary target" if role == "aux" else "a sequence's target"
+        raise DataError(path, f"series '{series}' has more than one value in {role} column '{col}': row "
                               f"{df.index[i]} has {float(values[i])}, earlier rows have {float(expected[i])} "
-                              "(the auxiliary target must be constant within each series)")
+                              f"({what} must be constant within each series)")
     return values[first].astype(np.float32)
 
 
@@ -601,12 +639,12 @@ def _looks_numeric(s: pd.Series) -> bool:
 
 
 def read_any(path: Path, cfg: DataConfig, require_label: bool = True,
-             with_aux: bool = True) -> SequenceData | SeriesData:
+             with_aux: bool = True, target: Target = "label") -> SequenceData | SeriesData:
     """Read ``path`` as ``cfg`` describes: sequences (npz, .ts, long tables) or one continuous series.
 
     ``with_aux=False`` (prediction, evaluation) skips the auxiliary training target: the .npz ``aux``
     array, the ``data.long.aux`` / ``data.series.aux`` column (still never a feature), a .ts
-    ``@targetLabel``.
+    ``@targetLabel``. ``target="value"`` (task regress) reads numeric targets instead of class labels.
     """
     path = Path(path)
     fmt = detect_format(path, cfg.format)
@@ -614,12 +652,17 @@ def read_any(path: Path, cfg: DataConfig, require_label: bool = True,
         if cfg.layout not in ("auto", "sequences"):
             raise DataError(path, f"layout '{cfg.layout}' needs a CSV or Parquet table; a .{fmt} file holds "
                                   "sequences (use layout 'sequences' or 'auto')")
-        data = read_npz(path, with_aux=with_aux) if fmt == "npz" else read_ts(path)
+        data = read_npz(path, with_aux=with_aux, target=target) if fmt == "npz" else read_ts(path, target)
         if not with_aux:
             data.aux = None
         if require_label and data.y is None:
+            if target == "value":
+                where = "no array 'y'" if fmt == "npz" else "no numeric target (@targetLabel true)"
+                raise DataError(path, f"has {where}; task regress needs a target per sequence")
             where = "no array 'y'" if fmt == "npz" else "no class labels (@classLabel true)"
-            raise DataError(path, f"has {where}; labels are needed here")
+            hint = " (its @targetLabel numbers are task regress: --task regress)" if (
+                fmt == "ts" and data.aux is not None) else ""
+            raise DataError(path, f"has {where}; labels are needed here{hint}")
         return data
     df = read_table(path, fmt)
     layout = cfg.layout
@@ -630,5 +673,9 @@ def read_any(path: Path, cfg: DataConfig, require_label: bool = True,
                               f"layout 'long' (a row per sequence step, with a '{cfg.long.series_id}' column) "
                               "or 'series' (one continuous series cut into windows)")
     if layout == "long":
-        return read_long(df, cfg.long, path, require_label, with_aux=with_aux)
+        return read_long(df, cfg.long, path, require_label, with_aux=with_aux, target=target)
+    if target == "value":
+        raise DataError(path, f"is one continuous series (no '{cfg.long.series_id}' column): task regress reads "
+                              "a target per sequence, from .npz, .ts or a long table with a "
+                              f"'{cfg.long.series_id}' column (data.long.series_id)")
     return read_series(df, cfg.series, path, with_aux=with_aux)

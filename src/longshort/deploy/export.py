@@ -85,8 +85,9 @@ def load_run(run_dir: str | Path) -> Run:
     d = Path(run_dir)
     if not (d / "config.yaml").is_file():
         raise RunDirError(f"{d} is not a finished run directory: config.yaml is missing")
-    if load_config(d / "config.yaml").task != "classify":
-        raise ExportError(f"{d} is a seq2seq run: longshort export covers classifier runs")
+    task = load_config(d / "config.yaml").task
+    if task != "classify":
+        raise ExportError(f"{d} is a {task} run: longshort export covers classifier runs (task classify)")
     return Run.load(d)
 
 

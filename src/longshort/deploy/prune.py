@@ -191,6 +191,8 @@ def prune_run(run_dir: str | Path, amount: float = 0.2, structured: bool = False
         raise LongshortError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     run = Run.load(src)
     cfg = run.config
+    if cfg.task != "classify":
+        raise LongshortError(f"{src} is a {cfg.task} run: longshort prune covers classifier runs (task classify)")
     threads = torch.get_num_threads()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

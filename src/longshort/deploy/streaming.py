@@ -297,7 +297,9 @@ class RunStreamer:
     """
 
     _PER_FEATURE: ClassVar[frozenset[str]] = frozenset(
-        {"layout", "class_names", "feature_names", "mean", "std", "aux_mean", "aux_std", "per_series"})
+        {"layout", "class_names", "feature_names", "mean", "std", "aux_mean", "aux_std", "per_series",
+         # task regress's target scaling: always empty in a classifier run (the only kind that streams)
+         "target_names", "target_mean", "target_std"})
 
     def __init__(self, run: Any, batch_size: int = 1) -> None:
         if getattr(run, "task", None) != "classify":

@@ -156,8 +156,9 @@ def analyse_run(run_dir: str | Path, n_batches: int = 2, seed: int = 0, *, batch
     d = Path(run_dir)
     if not (d / "config.yaml").is_file():
         raise RunDirError(f"{d} is not a finished run directory: config.yaml is missing")
-    if load_config(d / "config.yaml").task != "classify":
-        raise LongshortError("diagnostics analyse a classifier run; this run's task is seq2seq")
+    task = load_config(d / "config.yaml").task
+    if task != "classify":
+        raise LongshortError(f"diagnostics analyse a classifier run; this run's task is {task}")
     run = Run.load(d)
     cfg, model = run.config, run.model
     splits = prepare(cfg.data, cfg.seed)

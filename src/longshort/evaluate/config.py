@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class CVConfig(BaseModel):
     """``cv:`` how ``longshort cv`` folds the data."""
 
-    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
+    TASKS: ClassVar[tuple[str, ...]] = ("classify", "regress")  # the tasks that read this section (others refuse it)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

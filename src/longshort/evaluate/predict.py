@@ -38,3 +38,19 @@ def batched_proba(model: nn.Module, data: TensorData, batch_size: int,
                   ) -> Tensor:
     """Class probabilities [N, K] (float32, CPU) in data order, with the model in eval mode."""
     return batched_outputs(model, data, batch_size, autocast)[0]
+
+
+@torch.no_grad()
+def batched_head(model: nn.Module, data: TensorData, batch_size: int,
+                 autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> Tensor:
+    """The head's raw outputs [N, K] (float32, CPU) in data order, eval mode: what task regress reads
+    (:class:`longshort.nn.regression.RegressionOutputs`)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for batch in sequential_batches(data, batch_size, device):
+        with autocast():
+            out.append(model(batch.x, batch.lengths).logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, getattr(model, "num_classes", 0))

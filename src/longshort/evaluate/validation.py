@@ -13,7 +13,8 @@ stopping), with the same purge between them (``cv.embargo``, default ``window + 
 stopping nor scaling sees a row that a later part labels.
 
 Independent sequences: ``StratifiedKFold`` (scikit-learn, shuffled by the seed); a stratified validation part is
-cut from each fold's training part.
+cut from each fold's training part. Task regress: ``KFold`` (shuffled by the seed) and a random validation part,
+scored by RMSE, MAE and R² beside the RMSE of predicting the fold's training mean.
 """
 
 from __future__ import annotations
@@ -100,22 +101,45 @@ def stratified_folds(y: np.ndarray, cfg: CVConfig, seed: int) -> list[Fold]:
     return folds
 
 
+def random_folds(n: int, cfg: CVConfig, seed: int) -> list[Fold]:
+    """K shuffled folds of ``n`` independent sequences with a numeric target (task regress)."""
+    from sklearn.model_selection import KFold, train_test_split
+
+    if cfg.scheme in ("expanding", "sliding"):
+        raise ConfigError(f"cv.scheme={cfg.scheme} is for one continuous series; independent sequences use kfold")
+    if n < 2 * cfg.folds:
+        raise DataError("cv", f"{n} sequences are too few for {cfg.folds} folds")
+    folds = []
+    for k, (tr, te) in enumerate(KFold(cfg.folds, shuffle=True, random_state=seed).split(np.arange(n))):
+        val = np.array([], dtype=np.int64)
+        if cfg.val_fraction > 0:
+            tr, val = train_test_split(tr, test_size=cfg.val_fraction, random_state=seed + k)
+        folds.append(Fold(np.sort(tr), np.sort(val), np.sort(te), f"fold {k + 1} of {cfg.folds}"))
+    return folds
+
+
+# the per-fold columns of each task: (metric, baseline, what the baseline is)
+_COLUMNS = {"classify": (("accuracy", "f1_macro", "log_loss"), "majority_share", "majority class share"),
+            "regress": (("rmse", "mae", "r2"), "mean_rmse", "rmse of the training mean")}
+
+
 def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any]:
     """Train and test one fresh model per fold; write ``out/cv.json``, ``out/folds.csv``, ``out/cv.png``."""
 
     from longshort.config import save_config
     from longshort.data.batching import to_tensors
-    from longshort.data.pipeline import Preprocessor, Splits, layout_of, read_source
+    from longshort.data.pipeline import Preprocessor, Splits, layout_of, read_source, target_kind
     from longshort.data.types import SeriesData
     from longshort.data.windows import make_windows
-    from longshort.evaluate.metrics import classification_metrics
+    from longshort.evaluate.metrics import classification_metrics, regression_metrics
     from longshort.evaluate.predict import batched_proba
-    from longshort.run import setup
+    from longshort.run import regression_predictions, setup
 
     console = console or Console(stderr=True)
-    if cfg.task != "classify":
-        raise ConfigError("longshort cv covers task classify")
-    raw = read_source(cfg.data.source, cfg.data, cfg.seed)
+    if cfg.task not in _COLUMNS:
+        raise ConfigError(f"longshort cv covers tasks classify and regress, not {cfg.task}")
+    target = target_kind(cfg.task)
+    raw = read_source(cfg.data.source, cfg.data, cfg.seed, target=target)
     from longshort.data.pipeline import data_shape
     from longshort.sizing import DataShape, resolve
 
@@ -128,15 +152,21 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
         seqs = make_windows(raw, s)
         assert seqs.order is not None
         folds = walk_forward(np.asarray(seqs.order), cfg.cv, s.window, s.horizon)
+    elif target == "value":
+        seqs = raw
+        folds = random_folds(len(seqs), cfg.cv, cfg.seed)
     else:
         seqs = raw
         assert seqs.y is not None
         folds = stratified_folds(seqs.y, cfg.cv, cfg.seed)
+    metrics, baseline, _ = _COLUMNS[cfg.task]
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     rows: list[dict[str, Any]] = []
     for k, fold in enumerate(folds):
-        prep = Preprocessor.fit(seqs.subset(fold.train), layout, cfg.data.scale)  # this fold's training part only
+        # this fold's training part only
+        prep = Preprocessor.fit(seqs.subset(fold.train), layout, cfg.data.scale, target,
+                                scale_target=cfg.regress.scale_target)
         val = prep.transform(seqs.subset(fold.val)) if len(fold.val) else None
         test = prep.transform(seqs.subset(fold.test))
         fold_splits = Splits(train=prep.transform(seqs.subset(fold.train)), val=val, test=test, prep=prep)
@@ -146,24 +176,31 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
         trainer.fit()
         model = recipe.load_best()
         assert test.y is not None
-        proba = batched_proba(model, to_tensors(test), cfg.train.eval_batch_size).numpy()
-        m = classification_metrics(test.y, proba, prep.class_names)
-        counts = np.bincount(test.y, minlength=len(prep.class_names))
+        if target == "value":
+            truth = prep.unscale_targets(test.y)
+            point, quant, levels = regression_predictions(cfg, fold_splits, model, test)
+            m = regression_metrics(truth, point, prep.target_names, levels, quant)
+            train_mean = prep.unscale_targets(np.zeros((1, len(prep.target_names))))
+            base = float(np.sqrt(np.mean((truth - train_mean) ** 2)))
+        else:
+            proba = batched_proba(model, to_tensors(test), cfg.train.eval_batch_size).numpy()
+            m = classification_metrics(test.y, proba, prep.class_names)
+            counts = np.bincount(test.y, minlength=len(prep.class_names))
+            base = float(counts.max() / counts.sum())
         row = {"fold": k + 1, "train": len(fold.train), "val": len(fold.val), "test": len(fold.test),
-               "accuracy": m["accuracy"], "f1_macro": m["f1_macro"], "log_loss": m["log_loss"],
-               "majority_share": float(counts.max() / counts.sum()), "best_epoch": trainer.early.best_epoch,
+               **{key: m[key] for key in metrics}, baseline: base, "best_epoch": trainer.early.best_epoch,
                "split": fold.describe}
         rows.append(row)
-        console.print(f"fold {k + 1}/{len(folds)}: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  "
-                      f"(train {row['train']}, val {row['val']}, test {row['test']}; {fold.describe})")
+        console.print(f"fold {k + 1}/{len(folds)}: " + "  ".join(f"{key} {m[key]:.4f}" for key in metrics[:2])
+                      + f"  (train {row['train']}, val {row['val']}, test {row['test']}; {fold.describe})")
     summary = {key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
-               for key in ("accuracy", "f1_macro", "log_loss", "majority_share")}
+               for key in (*metrics, baseline)}
     result = {"scheme": cfg.cv.scheme if cfg.cv.scheme != "auto" else ("expanding" if layout == "series" else
                                                                         "kfold"),
               "folds": rows, "summary": summary}
     (out / "cv.json").write_text(json.dumps(result, indent=1))
-    _fold_table(rows, summary, console)
-    _fold_plot(rows, out / "cv.png")
+    _fold_table(rows, summary, console, cfg.task)
+    _fold_plot(rows, out / "cv.png", cfg.task)
     import csv
 
     with open(out / "folds.csv", "w", newline="") as f:
@@ -174,33 +211,35 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
     return result
 
 
-def _fold_table(rows: list[dict[str, Any]], summary: dict[str, Any], console: Console) -> None:
+def _fold_table(rows: list[dict[str, Any]], summary: dict[str, Any], console: Console,
+                task: str = "classify") -> None:
+    metrics, baseline, _ = _COLUMNS[task]
     t = Table(title="cross-validation", show_edge=False)
-    for col in ("fold", "train", "val", "test", "accuracy", "f1_macro", "log_loss", "majority"):
+    for col in ("fold", "train", "val", "test", *metrics, baseline.replace("_share", "")):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(str(r["fold"]), str(r["train"]), str(r["val"]), str(r["test"]), f"{r['accuracy']:.4f}",
-                  f"{r['f1_macro']:.4f}", f"{r['log_loss']:.4f}", f"{r['majority_share']:.4f}")
+        t.add_row(str(r["fold"]), str(r["train"]), str(r["val"]), str(r["test"]),
+                  *[f"{r[k]:.4f}" for k in (*metrics, baseline)])
     s = summary
-    t.add_row("mean ± sd", "", "", "", f"{s['accuracy']['mean']:.4f} ± {s['accuracy']['std']:.4f}",
-              f"{s['f1_macro']['mean']:.4f} ± {s['f1_macro']['std']:.4f}",
-              f"{s['log_loss']['mean']:.4f} ± {s['log_loss']['std']:.4f}", f"{s['majority_share']['mean']:.4f}",
-              style="bold")
+    t.add_row("mean ± sd", "", "", "", *[f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" for k in metrics],
+              f"{s[baseline]['mean']:.4f}", style="bold")
     console.print(t)
 
 
-def _fold_plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _fold_plot(rows: list[dict[str, Any]], path: Path, task: str = "classify") -> None:
     from longshort.report.plots import plt
 
+    metrics, baseline, what = _COLUMNS[task]
     fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(rows), 3.5))
     x = [r["fold"] for r in rows]
-    ax.bar(x, [r["accuracy"] for r in rows], color="#4c72b0", label="accuracy")
-    ax.plot(x, [r["majority_share"] for r in rows], "k_", markersize=22, mew=2, label="majority class share")
+    ax.bar(x, [r[metrics[0]] for r in rows], color="#4c72b0", label=metrics[0])
+    ax.plot(x, [r[baseline] for r in rows], "k_", markersize=22, mew=2, label=what)
     ax.set_xticks(x)
     ax.set_xlabel("fold")
-    ax.set_ylim(0, 1)
+    if task == "classify":
+        ax.set_ylim(0, 1)
     ax.legend(loc="lower right")
-    ax.set_title("cross-validation: test accuracy per fold")
+    ax.set_title(f"cross-validation: test {metrics[0]} per fold")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -212,4 +251,4 @@ def chance_gap(result: dict[str, Any]) -> float:
     return 100 * (s["accuracy"]["mean"] - s["majority_share"]["mean"])
 
 
-__all__ = ["CVConfig", "Fold", "chance_gap", "run_cv", "stratified_folds", "walk_forward"]
+__all__ = ["CVConfig", "Fold", "chance_gap", "random_folds", "run_cv", "stratified_folds", "walk_forward"]

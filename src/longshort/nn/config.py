@@ -139,7 +139,7 @@ class AttentionConfig(BaseModel):
 class ClassifierConfig(BaseModel):
     """Architecture of :class:`SequenceClassifier`; ``input_dim`` and ``num_classes`` come from the data."""
 
-    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
+    TASKS: ClassVar[tuple[str, ...]] = ("classify", "regress")  # the tasks that read this section (others refuse it)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -93,8 +93,14 @@ SEQ2SEQ_NOTES: dict[str, str] = {  # what a seq2seq run never records, said as s
     "predictions": "not recorded: a seq2seq run has no class probabilities to calibrate",
 }
 
+REGRESS_NOTES: dict[str, str] = {  # the same for a regress run
+    "landscape": "not recorded: the after-training analysis runs for classifier runs only",
+    "information": "not recorded: the after-training analysis runs for classifier runs only",
+}
+
 GATES = ("input", "forget", "output")
-LOWER_IS_BETTER = ("loss", "log_loss", "free_loss", "edit_error_rate", "ece", "aux_mse")
+LOWER_IS_BETTER = ("loss", "log_loss", "free_loss", "edit_error_rate", "ece", "aux_mse", "rmse", "mae", "mape",
+                   "pinball")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
@@ -292,6 +298,8 @@ def missing(run: RunData, key: str) -> str:
     """The note for a section whose input is absent: what a seq2seq run never has, or how to record it."""
     if run.task == "seq2seq" and key in SEQ2SEQ_NOTES:
         return f'<p class="absent">{esc(SEQ2SEQ_NOTES[key])}</p>'
+    if run.task == "regress" and key in REGRESS_NOTES:
+        return f'<p class="absent">{esc(REGRESS_NOTES[key])}</p>'
     return absent(HINTS[key])
 
 
@@ -386,9 +394,12 @@ def _step_x(ax: Any) -> None:
 
 _CLASSIFY_HEADLINE = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "log_loss", "n")
 _SEQ2SEQ_HEADLINE = ("exact_match", "token_accuracy", "edit_error_rate", "bleu", "exposure_gap", "loss", "n")
+_REGRESS_HEADLINE = ("rmse", "mae", "r2", "mape", "coverage", "coverage_nominal", "pinball", "n")
 
 
 def _headline_keys(run: RunData) -> tuple[str, ...]:
+    if run.task == "regress":
+        return _REGRESS_HEADLINE
     return _SEQ2SEQ_HEADLINE if run.is_seq2seq_metrics() or run.task == "seq2seq" else _CLASSIFY_HEADLINE
 
 
@@ -744,6 +755,9 @@ def confusion_section(run: RunData) -> str:
     if not splits:
         if run.task == "seq2seq" or run.is_seq2seq_metrics():
             return "<p>Not applicable: a seq2seq run has no classes (its metrics are in the summary).</p>"
+        if run.task == "regress":
+            return ("<p>Not applicable: a regress run has no classes (its metrics are in the summary; predicted "
+                    "against true values under Reliability).</p>")
         return absent("metrics.json has no confusion_matrix")
     panels = [(np.asarray(met[s]["confusion_matrix"]),
                [str(n) for n in met[s].get("class_names") or range(len(met[s]["confusion_matrix"]))],
@@ -785,9 +799,47 @@ def _check_predictions(name: str, pred: dict[str, np.ndarray]) -> str | None:
     return None
 
 
+def regression_figure(panels: list[tuple[np.ndarray, np.ndarray, str]]) -> Figure:
+    """Predicted against true values (the first target), one panel per (true, predicted, title), with y = x."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.2), squeeze=False)
+    for ax, (y, pred, title) in zip(axes[0], panels, strict=True):
+        ax.scatter(y, pred, s=5, alpha=0.5)
+        lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1)
+        ax.set_xlabel("true")
+        ax.set_ylabel("predicted")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _regression_reliability(run: RunData) -> str:
+    panels, rows = [], []
+    for split, pred in run.predictions.items():
+        if "pred" not in pred or "y" not in pred:
+            continue
+        y, p = np.asarray(pred["y"], float), np.asarray(pred["pred"], float)
+        y, p = y.reshape(len(y), -1)[:, 0], p.reshape(len(p), -1)[:, 0]
+        if not len(y):
+            continue
+        panels.append((y, p, f"{split} (n={len(y)})"))
+        m = (run.metrics or {}).get(split, {})
+        if "coverage" in m:
+            rows.append([split, f"{m['interval'][0]:g}-{m['interval'][1]:g}", m["coverage_nominal"], m["coverage"]])
+    if not panels:
+        return absent("diagnostics/predictions_test.npz lacks the arrays 'pred' and 'y'")
+    body = img(regression_figure(panels), "predicted against true values")
+    if rows:
+        body += "<h3>Interval coverage</h3>" + html_table(["split", "quantiles", "nominal", "observed"], rows)
+    return body
+
+
 def reliability_section(run: RunData) -> str:
     if not run.predictions:
         return missing(run, "predictions")
+    if run.task == "regress":
+        return _regression_reliability(run)
     files = {s: (f"diagnostics/predictions_{s}.npz" if s in ("val", "test") else "diagnostics/predictions.npz")
              for s in run.predictions}
     problems = [p for s, pred in run.predictions.items() if (p := _check_predictions(files[s], pred))]

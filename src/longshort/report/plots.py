@@ -33,7 +33,8 @@ def confusion_matrix_png(cm: list[list[int]], class_names: list[str], path: Path
 def learning_curve_png(history: list[dict[str, float]], path: Path) -> None:
     epochs = [r["epoch"] for r in history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, ax in (("loss", a1), ("accuracy", a2)):
+    second = "accuracy" if any("train_accuracy" in r for r in history) else "rmse"  # task regress: rmse
+    for key, ax in (("loss", a1), (second, a2)):
         for split in ("train", "val"):
             pts = [(e, r[f"{split}_{key}"]) for e, r in zip(epochs, history, strict=True) if f"{split}_{key}" in r]
             if pts:
@@ -43,6 +44,22 @@ def learning_curve_png(history: list[dict[str, float]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("learning curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def predicted_vs_true_png(y: np.ndarray, pred: np.ndarray, path: Path, title: str = "") -> None:
+    """Task regress: each sequence's prediction against its target (the first target), with the diagonal."""
+    y, pred = np.asarray(y).reshape(len(y), -1)[:, 0], np.asarray(pred).reshape(len(pred), -1)[:, 0]
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.scatter(y, pred, s=6, alpha=0.5)
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "predicted vs true")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -48,7 +48,8 @@ class ProgressBar(Callback):
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  {task.fields[sps]:.0f} samples/s"),
+            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[metric]} {task.fields[acc]:.3f}  "
+                       "{task.fields[sps]:.0f} samples/s"),
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
@@ -63,11 +64,12 @@ class ProgressBar(Callback):
             self.progress.remove_task(self.task)
         label = f"{epoch + 1}/{trainer.cfg.epochs}"
         self.task = self.progress.add_task("", total=n_batches, completed=start_batch, epoch=label, loss=0.0, acc=0.0,
-                                           sps=0.0)
+                                           sps=0.0, metric="acc")
 
     def on_step(self, trainer: Trainer, stats: dict[str, float]) -> None:
+        metric = {"accuracy": "acc"}.get(str(stats.get("metric", "accuracy")), str(stats.get("metric")))
         self.progress.update(self.task, completed=stats["batch"], loss=stats["loss"], acc=stats["accuracy"],
-                             sps=stats["samples_per_s"])
+                             sps=stats["samples_per_s"], metric=metric)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
         shown = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))

@@ -23,6 +23,7 @@ from longshort.config import Config, load_config
 from longshort.data.pipeline import Preprocessor
 from longshort.errors import RunDirError
 from longshort.nn.classifier import SequenceClassifier
+from longshort.nn.regression import regression_outputs
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -266,6 +267,13 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu"
             raise RunDirError(f"{d} is not a finished run directory: {name} is missing")
     cfg = load_config(d / "config.yaml")
     prep = Preprocessor.load(d / "preprocess.json")
-    model = SequenceClassifier(len(prep.feature_names), len(prep.class_names), cfg.model).to(device)
+    model = SequenceClassifier(len(prep.feature_names), head_size(cfg, prep), cfg.model).to(device)
     load_weights(model, d / "model.safetensors")
     return cfg, prep, model
+
+
+def head_size(cfg: Config, prep: Preprocessor) -> int:
+    """The classifier's output width for this run: its classes, or task regress's targets x outputs per target."""
+    if prep.regression:
+        return regression_outputs(cfg.regress, len(prep.target_names)).size
+    return len(prep.class_names)

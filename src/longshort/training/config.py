@@ -9,6 +9,7 @@ sections from here, so reading or validating a config never imports torch.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -19,6 +20,7 @@ from longshort.training.recipes import PhaseConfig, RecipeName, merge_under, pre
 #: ``json_schema_extra`` of a field only one task reads: ``longshort.config`` refuses it, set, for the other
 ONLY_CLASSIFY = {"tasks": ["classify"]}
 ONLY_SEQ2SEQ = {"tasks": ["seq2seq"]}
+SEQUENCES = {"tasks": ["classify", "regress"]}  # the tasks that read sequences with a target each
 
 
 # -- from training/optim.py ----------
@@ -134,7 +136,7 @@ class CurriculumConfig(BaseModel):
         "crop",
         description="length: crop keeps the last L steps of longer sequences; filter uses only sequences of "
         "length <= L (the shortest ones, cropped, if none is that short)",
-        json_schema_extra=ONLY_CLASSIFY,
+        json_schema_extra=SEQUENCES,
     )
     # -- difficulty and adaptive
     scorer: str = Field(
@@ -302,7 +304,7 @@ class AugmentConfig(BaseModel):
     magnitude_warp, noise.
     """
 
-    TASKS: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks that read this section (others refuse it)
+    TASKS: ClassVar[tuple[str, ...]] = ("classify", "regress")  # the tasks that read this section (others refuse it)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -361,7 +363,8 @@ class ObjectiveConfig(BaseModel):
 
 # -- from training/callbacks.py ----------
 
-LOWER_IS_BETTER = {"val_loss", "val_edit_error_rate"}
+LOWER_IS_BETTER = {"val_loss", "val_edit_error_rate", "val_rmse", "val_mae"}
+REGRESS_METRICS = ("val_loss", "val_rmse", "val_mae")  # what task regress measures each epoch
 
 
 class EarlyStoppingConfig(BaseModel):
@@ -369,12 +372,13 @@ class EarlyStoppingConfig(BaseModel):
 
     metric: Literal[
         "auto", "val_loss", "val_accuracy", "val_f1_macro", "val_exact_match", "val_token_accuracy",
-        "val_edit_error_rate", "val_bleu",
+        "val_edit_error_rate", "val_bleu", "val_rmse", "val_mae",
     ] = Field(
         # Not val_loss: log-loss rises as a model grows confident while its accuracy still improves, and
         # picking by it chose an epoch-2 checkpoint 5 points worse on test in the built-in ablation.
         "auto", description="validation metric that picks the best checkpoint and stops training; auto: "
-        "val_f1_macro for task classify, val_exact_match for seq2seq (val_* seq2seq metrics need task seq2seq)"
+        "val_f1_macro for task classify, val_exact_match for seq2seq, val_rmse for regress (val_rmse and val_mae "
+        "need task regress, the seq2seq metrics task seq2seq)"
     )
     patience: int | None = Field(5, ge=1, description="epochs without improvement before stopping; null = never")
     min_delta: float = Field(0.0, ge=0)
@@ -399,7 +403,7 @@ class TrainConfig(BaseModel):
     steps: int | None = Field(
         None, ge=1, description="training budget in optimizer steps, turned into whole epochs when the data is "
         "read; null: train.epochs if set, else an automatic budget (see docs/training.md)",
-        json_schema_extra=ONLY_CLASSIFY,
+        json_schema_extra=SEQUENCES,
     )
     batch_size: int = Field(
         64, ge=1, description="unset: about a tenth of the training sequences, between 8 and 64, chosen by a run"
@@ -409,7 +413,7 @@ class TrainConfig(BaseModel):
         "train.early_stopping.metric on the validation split (and early stopping); last = no validation split, "
         "all sequences train, the final weights are kept; auto = val when the validation split holds at "
         "least 200 sequences, else last",
-        json_schema_extra=ONLY_CLASSIFY,
+        json_schema_extra=SEQUENCES,
     )
     eval_batch_size: int = Field(256, ge=1)
     optim: OptimConfig = OptimConfig()
@@ -585,3 +589,38 @@ class Seq2SeqSection(_Strict):
     exposure_gap: bool = Field(
         True, description="each epoch, also the free-running validation loss (fed own predictions) and its gap"
     )
+
+
+# -- from training/regress.py ----------
+
+RegressLoss = Literal["mse", "mae", "huber", "quantile", "gaussian_nll"]
+
+
+class RegressSection(_Strict):
+    """``regress:`` everything specific to ``task: regress`` (a number, or several, per sequence)."""
+
+    TASKS: ClassVar[tuple[str, ...]] = ("regress",)  # the tasks that read this section (others refuse it)
+
+    loss: RegressLoss = Field(
+        "mse", description="mse; mae; huber (quadratic within huber_delta, linear beyond); quantile (pinball loss "
+        "over regress.quantiles, the median or the middle quantile is the point prediction); gaussian_nll (a "
+        "mean and a variance per target, torch's gaussian_nll_loss; predict adds an 80% interval)",
+    )
+    huber_delta: float = Field(1.0, gt=0, description="huber: the threshold, in units of the scaled target")
+    quantiles: list[float] = Field(
+        [0.1, 0.5, 0.9], min_length=1, description="quantile: the levels predicted, each in (0, 1), increasing")
+    scale_target: bool = Field(
+        True, description="standardise each target with the training split's mean and std (the model learns in "
+        "those units; every output and metric is in the target's own units)")
+
+    @model_validator(mode="after")
+    def _levels(self) -> RegressSection:
+        q = self.quantiles
+        if any(not 0 < v < 1 for v in q) or any(b <= a for a, b in itertools.pairwise(q)):
+            raise ValueError(f"regress.quantiles must be increasing levels in (0, 1), got {q}")
+        return self
+
+    @property
+    def outputs_per_target(self) -> int:
+        """Model outputs for each target: 1 (point losses), one per quantile, or 2 (mean and log-variance)."""
+        return {"quantile": len(self.quantiles), "gaussian_nll": 2}.get(self.loss, 1)

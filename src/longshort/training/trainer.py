@@ -422,7 +422,9 @@ class Trainer:
                 self.monitor.maybe_sample_gates(self.step)
             if self.batch % cfg.log_every == 0 or self.batch == self.steps_per_epoch:
                 row = self.task.summary(totals(sums), totals(fresh), time.perf_counter() - t0)
-                progress = {"batch": self.batch, "loss": row["train_loss"], "accuracy": row["train_accuracy"],
+                key = getattr(self.task, "progress_metric", "train_accuracy")  # the bar's second figure
+                progress = {"batch": self.batch, "loss": row["train_loss"], "accuracy": row[key],
+                            "metric": key.removeprefix("train_"),
                             "samples_per_s": float(fresh["n"]) / (time.perf_counter() - t0)}
                 for cb in self.callbacks:
                     cb.on_step(self, progress)
