@@ -77,9 +77,9 @@ def test_folds_share_no_model_optimizer_or_scaling_state(tmp_path: Path, monkeyp
     fitted: list[int] = []
     fit = pipeline.Preprocessor.fit.__func__  # type: ignore[attr-defined]
 
-    def fit_spy(cls: Any, train: Any, layout: str, scale: str) -> Any:
+    def fit_spy(cls: Any, train: Any, *args: Any, **kwargs: Any) -> Any:
         fitted.append(len(train))
-        return fit(cls, train, layout, scale)
+        return fit(cls, train, *args, **kwargs)
 
     monkeypatch.setattr(trainer_mod.Trainer, "__init__", spy)
     monkeypatch.setattr(pipeline.Preprocessor, "fit", classmethod(fit_spy))
