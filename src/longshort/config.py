@@ -22,7 +22,15 @@ from longshort.diagnostics.config import DiagnosticsConfig
 from longshort.errors import ConfigError
 from longshort.evaluate.config import CVConfig
 from longshort.nn.config import ClassifierConfig
-from longshort.training.config import REGRESS_METRICS, DistributedConfig, RegressSection, Seq2SeqSection, TrainConfig
+from longshort.training.config import (
+    FORECAST_METRICS,
+    REGRESS_METRICS,
+    DistributedConfig,
+    ForecastSection,
+    RegressSection,
+    Seq2SeqSection,
+    TrainConfig,
+)
 from longshort.tune_config import TuneConfig
 
 
@@ -31,9 +39,10 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    task: Literal["classify", "regress", "seq2seq"] = Field(
+    task: Literal["classify", "regress", "seq2seq", "forecast"] = Field(
         "classify", description="classify: sequence -> class (model.*); regress: sequence -> a number, or several "
-        "(model.*, regress.*); seq2seq: token sequence -> token sequence (seq2seq.*, data.pairs.*)"
+        "(model.*, regress.*); seq2seq: token sequence -> token sequence (seq2seq.*, data.pairs.*); forecast: a "
+        "series' history -> its next forecast.horizon steps (forecast.*)"
     )
     seed: int = Field(0, description="fixes data order, splits, initial weights, dropout and augmentation")
     data: DataConfig = DataConfig()
@@ -41,6 +50,7 @@ class Config(BaseModel):
     train: TrainConfig = TrainConfig()
     regress: RegressSection = RegressSection()
     seq2seq: Seq2SeqSection = Seq2SeqSection()
+    forecast: ForecastSection = ForecastSection()
     distributed: DistributedConfig = DistributedConfig()
     cv: CVConfig = CVConfig()
     tune: TuneConfig = TuneConfig()
@@ -78,6 +88,8 @@ class Config(BaseModel):
             raise ValueError(f"task is {self.task}, which does not read {', '.join(bad)} ({where})")
         if self.task == "regress":
             return self._regress_options()
+        if self.task == "forecast":
+            return self._forecast_options()
         if self.task != "seq2seq":
             if self.train.early_stopping.metric in ("val_rmse", "val_mae"):
                 raise ValueError(f"train.early_stopping.metric={self.train.early_stopping.metric} is a regression "
@@ -98,6 +110,17 @@ class Config(BaseModel):
             self.data.source = "builtin:reverse"  # the classifier's default dataset; seq2seq's is reverse
         return self
 
+    def _forecast_options(self) -> Config:
+        t = self.train
+        self.forecast.decoder_options()
+        if t.early_stopping.metric not in ("auto", *FORECAST_METRICS):
+            raise ValueError(f"train.early_stopping.metric={t.early_stopping.metric} is not measured by task "
+                             f"forecast; it has {', '.join(FORECAST_METRICS)}")
+        if self.distributed.strategy != "none":
+            raise ValueError("task forecast trains in one process (distributed.strategy=none)")
+        if "source" not in self.data.model_fields_set:
+            self.data.source = "builtin:seasonal_ar"  # the classifier's default dataset; forecast's is seasonal_ar
+        return self
 
     def _regress_options(self) -> Config:
         t = self.train

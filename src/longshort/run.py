@@ -127,6 +127,10 @@ def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: st
 
             callbacks = _callbacks(cfg, run_dir, console) if ctx.is_main else []
             return train_seq2seq(cfg, run_dir, resume is not None, console, callbacks, ctx)
+        if cfg.task == "forecast":
+            from longshort.forecast_run import train_forecast
+
+            return train_forecast(cfg, run_dir, resume is not None, console, lambda c: _callbacks(c, run_dir, console))
         return _train_classifier(cfg, run_dir, resume is not None, console, ctx)
     finally:
         lock.release()

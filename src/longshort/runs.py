@@ -122,6 +122,8 @@ def load(run_dir: str | Path) -> Any:
         return Seq2SeqRun.load(d, config=cfg)
     if cfg.task == "regress":
         return RegressRun.load(d)
+    if cfg.task == "forecast":
+        return ForecastRun.load(d, config=cfg)
     return Run.load(d)
 
 
@@ -249,3 +251,90 @@ class Seq2SeqRun:
         assert test.target is not None
         pred = self.translate(test, beam_size)
         return sequence_metrics(pred, test.target)
+
+
+class ForecastRun:
+    """A trained forecaster (task forecast) with its column roles, scaling, lookback and horizon."""
+
+    task = "forecast"
+
+    def __init__(self, run_dir: Path, config: Config, model: Any, scaler: Any) -> None:
+        self.dir, self.config, self.model, self.scaler = Path(run_dir), config, model, scaler
+        self.model.eval()
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu", config: Config | None = None) -> ForecastRun:
+        from longshort.data.forecast_data import FeatureScaler
+        from longshort.nn.forecaster import build_forecaster
+
+        d = Path(run_dir)
+        cfg = config or load_config(d / "config.yaml")
+        for name in ("preprocess.json", "model.safetensors"):
+            if not (d / name).is_file():
+                raise RunDirError(f"{d} is not a finished forecast run directory: {name} is missing")
+        scaler = FeatureScaler.from_json(read_json_object(d / "preprocess.json"))
+        model = build_forecaster(cfg.forecast, len(scaler.target_names), len(scaler.past_names),
+                                 len(scaler.known_names)).to(device)
+        load_weights(model, d / "model.safetensors")
+        return cls(d, cfg, model, scaler)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        p = self.dir / "metrics.json"
+        return read_json_object(p) if p.is_file() else {}
+
+    def read(self, path: str | Path) -> Any:
+        """The series of a file, checked to have the model's columns."""
+        from longshort.data.forecast_data import check_like, read_forecast_source
+
+        data = read_forecast_source(str(path), self.config.forecast, 0, 0, self.config.seed)
+        check_like(data, self.scaler, str(path))
+        return data
+
+    def forecast(self, history: str | Path | Any, future: str | Path | Any | None = None
+                 ) -> tuple[Any, Any, np.ndarray, np.ndarray, tuple[float, ...]]:
+        """The next ``horizon`` steps after the end of every series of ``history`` (a file or a SeriesSet):
+        (series, windows, point [S, H, k], quantiles [S, H, k, Q], levels), in the series' own units.
+        ``future`` (a file or SeriesSet with the same series ids) gives the next ``horizon`` rows of the
+        known-future columns; calendar features are extended from the time column's own spacing."""
+        from longshort.data.forecast_data import extend_future
+        from longshort.evaluate.forecast_predict import predict_windows
+
+        data = history if not isinstance(history, str | Path) else self.read(history)
+        fut = None
+        if future is not None:
+            from longshort.data.forecast_data import read_forecast_source
+
+            fut = future if not isinstance(future, str | Path) else read_forecast_source(
+                str(future), self.config.forecast.model_copy(update={"target": [], "past_covariates": []}), 0, 0, 0,
+                need_target=False)
+        extended, ws = extend_future(data, fut, self.scaler, self.config.forecast)
+        point, quant, levels = predict_windows(self.model, ws, self.config.forecast, torch.device("cpu"),
+                                               self.config.train.eval_batch_size, self.config.seed)
+        return extended, ws, point, quant, levels
+
+    def evaluate(self, path: str | Path | None = None) -> dict[str, Any]:
+        """Metrics of the last ``horizon`` steps of every series of ``path`` (forecast from the steps before them);
+        no path: the metrics the run recorded for its test split."""
+        if path is None:
+            m = self.metrics.get("test")
+            if m is None:
+                raise RunDirError(f"{self.dir}/metrics.json has no test metrics; give --data")
+            return m
+        from longshort.data.forecast_data import build_windows
+        from longshort.errors import DataError
+        from longshort.evaluate.forecast_metrics import forecast_metrics
+        from longshort.evaluate.forecast_predict import predict_windows
+
+        data = self.read(path)
+        h = self.scaler.horizon
+        short = [(sid, n) for sid, n in zip(data.ids, data.lengths, strict=True) if n < h + 1]
+        if short:
+            raise DataError(path, f"series '{short[0][0]}' has {short[0][1]} steps; evaluating needs "
+                                  f"forecast.horizon={h} of them and at least 1 step of history")
+        ws = build_windows(data, self.scaler, [np.array([n - h]) for n in data.lengths], with_baselines=True)
+        point, quant, levels = predict_windows(self.model, ws, self.config.forecast, torch.device("cpu"),
+                                               self.config.train.eval_batch_size, self.config.seed)
+        rows = ws.gather(np.arange(len(ws)))
+        actual = rows[:, ws.lookback:, : ws.k].astype(np.float64)
+        return forecast_metrics(actual, point, ws.mase_scale, self.scaler.target_names, levels, quant, ws.baselines)

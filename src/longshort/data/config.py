@@ -13,6 +13,8 @@ _N_SPECIALS = 4  # <pad> <unk> <bos> <eos>: see longshort.data.pairs
 ONLY_CLASSIFY = {"tasks": ["classify"]}
 ONLY_SEQ2SEQ = {"tasks": ["seq2seq"]}
 SEQUENCES = {"tasks": ["classify", "regress"]}  # the tasks that read sequences with a target each
+# task forecast holds out the last forecast.horizon steps of each series instead of shares of the data
+NOT_FORECAST = {"tasks": ["classify", "regress", "seq2seq"]}
 
 
 class _Strict(BaseModel):
@@ -87,8 +89,10 @@ class SeriesFormat(_Strict):
 
 
 class SplitConfig(_Strict):
-    val: float = Field(0.15, ge=0, lt=1, description="fraction of the data for validation")
-    test: float = Field(0.15, ge=0, lt=1, description="fraction for test (ignored when --test-data is given)")
+    val: float = Field(0.15, ge=0, lt=1, description="fraction of the data for validation",
+                       json_schema_extra=NOT_FORECAST)
+    test: float = Field(0.15, ge=0, lt=1, description="fraction for test (ignored when --test-data is given)",
+                        json_schema_extra=NOT_FORECAST)
     gap: int | None = Field(
         None, ge=0, description="rows dropped between chronological splits; default window + horizon",
         json_schema_extra=ONLY_CLASSIFY,
@@ -104,8 +108,9 @@ class SplitConfig(_Strict):
 class BuiltinConfig(_Strict):
     """Size of a generated built-in dataset (``source: builtin:NAME``)."""
 
-    n: int = Field(4000, ge=30, description="sequences (seq2seq: pairs) to generate")
-    length: int = Field(50, ge=2, description="time steps per sequence", json_schema_extra=SEQUENCES)
+    n: int = Field(4000, ge=30, description="sequences (seq2seq: pairs; forecast: series, unset 64) to generate")
+    length: int = Field(50, ge=2, description="time steps per sequence (forecast: per series; unset 360)",
+                        json_schema_extra={"tasks": ["classify", "regress", "forecast"]})
     min_len: int = Field(5, ge=1, description="seq2seq built-ins: shortest source (reverse, sort; cmudict letters)",
         json_schema_extra=ONLY_SEQ2SEQ,
     )

@@ -187,10 +187,10 @@ def read_source(source: str, cfg: DataConfig, seed: int, require_label: bool = T
         if name not in BUILTINS:
             raise ConfigError(f"unknown built-in dataset '{name}' (available: {', '.join(BUILTINS)})")
         builtin = BUILTINS[name]
-        if (target == "value") != (builtin.task == "regress"):
-            fits = [k for k, b in BUILTINS.items() if (b.task == "regress") == (target == "value")]
-            raise ConfigError(f"built-in dataset '{name}' is a {builtin.task} set; task "
-                              f"{'regress' if target == 'value' else 'classify'} has {', '.join(fits)}")
+        wanted = "regress" if target == "value" else "classify"
+        if builtin.task != wanted:
+            fits = [k for k, b in BUILTINS.items() if b.task == wanted]
+            raise ConfigError(f"built-in dataset '{name}' is a {builtin.task} set; task {wanted} has {', '.join(fits)}")
         return builtin.make(n=cfg.builtin.n, length=cfg.builtin.length, seed=seed)
     return read_any(Path(source), cfg, require_label=require_label, with_aux=with_aux, target=target)
 

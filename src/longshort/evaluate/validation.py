@@ -120,7 +120,8 @@ def random_folds(n: int, cfg: CVConfig, seed: int) -> list[Fold]:
 
 # the per-fold columns of each task: (metric, baseline, what the baseline is)
 _COLUMNS = {"classify": (("accuracy", "f1_macro", "log_loss"), "majority_share", "majority class share"),
-            "regress": (("rmse", "mae", "r2"), "mean_rmse", "rmse of the training mean")}
+            "regress": (("rmse", "mae", "r2"), "mean_rmse", "rmse of the training mean"),
+            "forecast": (("mase", "smape", "mae"), "seasonal_naive_mase", "seasonal-naive MASE")}
 
 
 def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any]:
@@ -137,7 +138,13 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
 
     console = console or Console(stderr=True)
     if cfg.task not in _COLUMNS:
-        raise ConfigError(f"longshort cv covers tasks classify and regress, not {cfg.task}")
+        raise ConfigError(f"longshort cv covers tasks classify, regress and forecast, not {cfg.task}")
+    if cfg.task == "forecast":  # a walk-forward backtest over every series (forecast_run.fold_splits)
+        from longshort.forecast_run import forecast_cv
+
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        return _finish(forecast_cv(cfg, out, console), cfg, out, console, "expanding")
     target = target_kind(cfg.task)
     raw = read_source(cfg.data.source, cfg.data, cfg.seed, target=target)
     from longshort.data.pipeline import data_shape
@@ -193,11 +200,16 @@ def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any
         rows.append(row)
         console.print(f"fold {k + 1}/{len(folds)}: " + "  ".join(f"{key} {m[key]:.4f}" for key in metrics[:2])
                       + f"  (train {row['train']}, val {row['val']}, test {row['test']}; {fold.describe})")
+    scheme = cfg.cv.scheme if cfg.cv.scheme != "auto" else ("expanding" if layout == "series" else "kfold")
+    return _finish(rows, cfg, out, console, scheme)
+
+
+def _finish(rows: list[dict[str, Any]], cfg: Any, out: Path, console: Console, scheme: str) -> dict[str, Any]:
+    """The summary of the folds' ``rows``: cv.json, the table, cv.png and folds.csv."""
+    metrics, baseline, _ = _COLUMNS[cfg.task]
     summary = {key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
                for key in (*metrics, baseline)}
-    result = {"scheme": cfg.cv.scheme if cfg.cv.scheme != "auto" else ("expanding" if layout == "series" else
-                                                                        "kfold"),
-              "folds": rows, "summary": summary}
+    result = {"scheme": scheme, "folds": rows, "summary": summary}
     (out / "cv.json").write_text(json.dumps(result, indent=1))
     _fold_table(rows, summary, console, cfg.task)
     _fold_plot(rows, out / "cv.png", cfg.task)

@@ -265,3 +265,27 @@ SCHEDULES: dict[str, Callable[..., float]] = {
     "exponential": exponential,
 }
 """Teacher-forcing probability schedules by name; each takes ``step`` first and returns ``eps``."""
+
+
+# -- from nn/forecaster.py ----------
+
+class ForecasterConfig(BaseModel):
+    """Sizes and options of :class:`~longshort.nn.forecaster.Forecaster` (``forecast.model``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    decoder: Literal["direct", "autoregressive"] = Field(
+        "direct", description="direct: all horizon steps at once from the encoding (an MLP, like neuralforecast's "
+        "LSTM); autoregressive: an LSTM decoder fed its own previous prediction (teacher forcing / scheduled "
+        "sampling while training, sample paths for distribution losses)",
+    )
+    hidden_dim: int = Field(64, ge=1, description="encoder (and decoder) LSTM width")
+    layers: int = Field(2, ge=1, description="encoder LSTM layers (the autoregressive decoder has as many)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout between layers and before the output")
+    cell: CellConfig = Field(default_factory=CellConfig, description="encoder cell options")
+    stack: StackConfig = Field(default_factory=StackConfig, description="encoder stack options")
+    attend: bool = Field(
+        False, description="attend over the encoder's outputs (forecast.model.attention): the direct decoder once, "
+        "from the final state; the autoregressive decoder at every step"
+    )
+    attention: AttentionConfig = Field(default_factory=AttentionConfig, description="the attention when attend")

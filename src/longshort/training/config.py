@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from longshort.nn.config import SCHEDULES, Seq2SeqConfig
+from longshort.nn.config import SCHEDULES, ForecasterConfig, Seq2SeqConfig
 from longshort.training.recipes import PhaseConfig, RecipeName, merge_under, preset_phases, recipe_values
 
 #: ``json_schema_extra`` of a field only one task reads: ``longshort.config`` refuses it, set, for the other
@@ -363,7 +363,7 @@ class ObjectiveConfig(BaseModel):
 
 # -- from training/callbacks.py ----------
 
-LOWER_IS_BETTER = {"val_loss", "val_edit_error_rate", "val_rmse", "val_mae"}
+LOWER_IS_BETTER = {"val_loss", "val_edit_error_rate", "val_rmse", "val_mae", "val_mase"}
 REGRESS_METRICS = ("val_loss", "val_rmse", "val_mae")  # what task regress measures each epoch
 
 
@@ -421,7 +421,9 @@ class TrainConfig(BaseModel):
     loss: LossConfig = LossConfig()
     augment: AugmentConfig = AugmentConfig()
     mixup: MixupConfig = MixupConfig()
-    curriculum: CurriculumConfig = CurriculumConfig()
+    curriculum: CurriculumConfig = Field(
+        CurriculumConfig(), json_schema_extra={"tasks": ["classify", "regress", "seq2seq"]},
+        description="which examples each epoch trains on (task forecast: forecast.horizon_curriculum)")
     tasks: TaskConfig = TaskConfig()
     phases: list[PhaseConfig] = Field([], description="consecutive phases with their own lr, dropout, clip, batch")
     phase_preset: Literal["none", "seed"] = Field(
@@ -624,3 +626,82 @@ class RegressSection(_Strict):
     def outputs_per_target(self) -> int:
         """Model outputs for each target: 1 (point losses), one per quantile, or 2 (mean and log-variance)."""
         return {"quantile": len(self.quantiles), "gaussian_nll": 2}.get(self.loss, 1)
+
+
+# -- from training/forecast_task.py ----------
+
+ForecastLoss = Literal["mse", "mae", "quantile", "gaussian_nll", "student_t"]
+CalendarFeature = Literal["hour", "dayofweek", "day", "month", "dayofyear"]
+FORECAST_METRICS = ("val_loss", "val_mae", "val_rmse", "val_mase")  # what task forecast measures each epoch
+
+
+class ForecastSection(_Strict):
+    """``forecast:`` everything specific to ``task: forecast`` (the next ``horizon`` steps of one or more series)."""
+
+    TASKS: ClassVar[tuple[str, ...]] = ("forecast",)  # the tasks that read this section (others refuse it)
+
+    horizon: int = Field(12, ge=1, description="H: steps ahead to predict")
+    lookback: int = Field(
+        0, ge=0, description="steps of history the encoder reads; 0: max(3 H, 2 season, 24), at most what the "
+        "shortest training part holds")
+    season: int = Field(
+        0, ge=0, description="m: the seasonal period (seasonal-naive baseline, MASE scale); 0: the built-in's, "
+        "the .tsf frequency's, else the lag (2..lookback) of the largest autocorrelation above 0.3, else 1")
+    target: list[str] = Field(
+        [], description="columns to forecast; default: every numeric column that is not a covariate, the id or "
+        "the time")
+    past_covariates: list[str] = Field([], description="columns known only up to the forecast origin (encoder input)")
+    known_future: list[str] = Field(
+        [], description="columns known for the horizon too (encoder and decoder input; predict needs their next H "
+        "rows)")
+    calendar: list[CalendarFeature] = Field(
+        [], description="calendar features from the parsed time column, known for the future (sin/cos)")
+    id_column: str = Field("series_id", description="column naming the series of a long table (many series)")
+    time_column: str = Field(
+        "time", description="column ordering each series' rows (and giving the calendar); absent: file order")
+    loss: ForecastLoss = Field(
+        "gaussian_nll", description="mse; mae; quantile (pinball over forecast.quantiles); gaussian_nll (a mean and "
+        "a variance per step); student_t (location, scale, degrees of freedom per step)")
+    quantiles: list[float] = Field(
+        [0.1, 0.5, 0.9], min_length=1, description="quantile: the levels predicted, each in (0, 1), increasing; "
+        "every loss reports the 80% interval [0.1, 0.9] when it has one")
+    samples: int = Field(
+        200, ge=10, description="sample paths drawn by the autoregressive decoder under a distribution loss "
+        "(its quantiles are those paths' per-step quantiles)")
+    max_windows: int = Field(
+        20000, ge=1, description="training windows per epoch at most (a seeded draw from all origins when more)")
+    sampling: SamplingConfig = Field(
+        SamplingConfig(), description="autoregressive: scheduled sampling of the previous value (real-valued: "
+        "each step of each window is fed its own previous prediction with probability 1 - eps)")
+    exposure_gap: bool = Field(
+        True, description="autoregressive: each epoch, also the free-running validation loss and its gap to the "
+        "teacher-forced one")
+    horizon_curriculum: float = Field(
+        0.0, ge=0, le=1, description="autoregressive: the trained horizon grows linearly from 1 to H over this "
+        "share of the epochs (0: off)")
+    model: ForecasterConfig = ForecasterConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ForecastSection:
+        q = self.quantiles
+        if any(not 0 < v < 1 for v in q) or any(b <= a for a, b in itertools.pairwise(q)):
+            raise ValueError(f"forecast.quantiles must be increasing levels in (0, 1), got {q}")
+        roles = {"target": self.target, "past_covariates": self.past_covariates, "known_future": self.known_future}
+        seen: dict[str, str] = {}
+        for role, cols in roles.items():
+            for c in cols:
+                if c in seen:
+                    raise ValueError(f"column '{c}' is in both forecast.{seen[c]} and forecast.{role}")
+                if c in (self.id_column, self.time_column):
+                    raise ValueError(f"column '{c}' of forecast.{role} is the id or time column")
+                seen[c] = role
+        return self
+
+    def decoder_options(self) -> None:
+        """What only the autoregressive decoder reads is refused with the direct one (checked by the config
+        when the task is forecast, so another task's refusal of the whole section comes first)."""
+        if self.model.decoder == "direct" and self.sampling.schedule != "none":
+            raise ValueError("forecast.sampling (scheduled sampling) needs forecast.model.decoder=autoregressive; "
+                             "the direct decoder feeds no previous value")
+        if self.model.decoder == "direct" and self.horizon_curriculum > 0:
+            raise ValueError("forecast.horizon_curriculum needs forecast.model.decoder=autoregressive")

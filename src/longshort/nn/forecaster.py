@@ -1,0 +1,131 @@
+"""The LSTM forecaster: an encoder over a lookback window, then a direct or an autoregressive decoder.
+
+Encoder: :class:`~longshort.nn.lstm.LSTM` (unidirectional: a forecast reads the past in order; any
+:class:`CellConfig` and :class:`StackConfig` option) over ``past`` [B, L, k + p + f] (scaled targets, past
+covariates, known-future columns) -> outputs [B, L, D] and final states.
+
+Decoder (``cfg.decoder``):
+
+- ``direct``: ``[h_L; context; known_future flattened]`` -> MLP -> all ``H`` steps' outputs at once (the
+  MQ-RNN / neuralforecast-LSTM shape: no error feeds back, every step is trained on the truth);
+- ``autoregressive``: a ``torch.nn.LSTM`` of the encoder's width and depth, started from the encoder's final
+  states, fed at step ``t`` ``[y_{t-1}; known_t (; context_{t-1}: attention's input feeding)]``; ``y_{t-1}`` is the
+  truth (teacher forcing) or, with probability ``sampling_prob`` per window and step (scheduled sampling, Bengio
+  et al. 2015, on real values), the model's own previous point prediction, detached. ``y_{-1}`` is the last
+  observed value. Free running (``sampling_prob = 1``) is what predict does; under a distribution loss,
+  :meth:`sample_paths` feeds draws instead of point predictions (DeepAR's ancestral sampling).
+
+Attention (``cfg.attend``): :class:`~longshort.nn.attention.Attention` (any kind of the seq2seq side) of the
+decoder state over the encoder outputs; the direct decoder attends once, from the final state.
+
+Every output is per target ``RegressionOutputs.width`` numbers (point, quantiles, or a distribution's
+parameters), in the window's scaled units; the run maps them back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from longshort.nn.attention import Attention
+from longshort.nn.config import ForecasterConfig
+from longshort.nn.lstm import LSTM
+from longshort.nn.regression import RegressionOutputs
+
+
+class Forecaster(nn.Module):
+    def __init__(self, k: int, p: int, f: int, horizon: int, cfg: ForecasterConfig, outputs: RegressionOutputs):
+        super().__init__()
+        self.k, self.p, self.f, self.horizon = k, p, f, horizon
+        self.cfg, self.outputs = cfg.model_copy(), outputs
+        d, layers = cfg.hidden_dim, cfg.layers
+        self.encoder = LSTM(k + p + f, d, layers, batch_first=True, dropout=cfg.dropout if layers > 1 else 0.0,
+                            cell=cfg.cell, stack=cfg.stack)
+        self.attention = Attention(d, d, cfg.attention) if cfg.attend else None
+        ctx = d if cfg.attend else 0
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.decoder == "direct":
+            self.head = nn.Sequential(nn.Linear(d + ctx + horizon * f, 2 * d), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                      nn.Linear(2 * d, horizon * outputs.size))
+        else:
+            self.feed = cfg.attend and cfg.attention.input_feeding  # the previous context enters each step
+            self.decoder = nn.LSTM(k + f + (d if self.feed else 0), d, layers, batch_first=True,
+                                   dropout=cfg.dropout if layers > 1 else 0.0)
+            self.out = nn.Linear(d + ctx, outputs.size)
+
+    def encode(self, past: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, state = self.encoder(past)
+        assert isinstance(out, Tensor)
+        return out, state
+
+    def forward(self, past: Tensor, known: Tensor, y: Tensor | None = None, sampling_prob: float = 0.0,
+                generator: torch.Generator | None = None, steps: int | None = None) -> Tensor:
+        """Outputs [B, steps, k * width] (``steps`` defaults to the horizon) for ``past`` [B, L, k + p + f] and the
+        horizon's ``known`` [B, H, f]; the autoregressive decoder is teacher-forced on ``y`` [B, H, k] (scaled)
+        except where scheduled sampling (``sampling_prob``) feeds its own predictions; ``y=None`` runs free."""
+        steps = steps or self.horizon
+        enc, state = self.encode(past)
+        if self.cfg.decoder == "direct":
+            h = state[0][-1]
+            parts = [h]
+            if self.attention is not None:
+                parts.append(self.attention(h, enc).context)
+            parts.append(known.flatten(1))
+            z = self.head(self.drop(torch.cat(parts, -1)))
+            return z.view(len(past), self.horizon, -1)[:, :steps]
+        return self._decode(enc, state, past[:, -1, : self.k], known, y, sampling_prob, generator, steps)
+
+    def _step(self, enc: Tensor, state: tuple[Tensor, Tensor], prev: Tensor, known_t: Tensor, ctx: Tensor | None,
+              prepared: Tensor | None) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:
+        inp = [prev, known_t] + ([ctx] if ctx is not None and self.feed else [])
+        out, state = self.decoder(torch.cat(inp, -1).unsqueeze(1), state)
+        h = out[:, 0]
+        if self.attention is not None:
+            ctx = self.attention(h, enc, prepared=prepared).context
+            h = torch.cat([h, ctx], -1)
+        return self.out(self.drop(h)), state, ctx
+
+    def _decode(self, enc: Tensor, state: tuple[Tensor, Tensor], prev: Tensor, known: Tensor, y: Tensor | None,
+                sampling_prob: float, generator: torch.Generator | None, steps: int) -> Tensor:
+        ctx = enc.new_zeros(len(enc), enc.shape[-1]) if self.attention is not None else None
+        prepared = self.attention.prepare(enc) if self.attention is not None else None
+        zs = []
+        for t in range(steps):
+            z, state, ctx = self._step(enc, state, prev, known[:, t], ctx, prepared)
+            zs.append(z)
+            own = self.outputs.point(z.detach()).to(prev.dtype)
+            if y is None or sampling_prob >= 1.0:
+                prev = own
+            elif sampling_prob <= 0.0:
+                prev = y[:, t]
+            else:  # per window: its own prediction with probability sampling_prob (drawn on the CPU)
+                u = torch.rand(len(prev), generator=generator).to(prev.device)
+                prev = torch.where((u < sampling_prob)[:, None], own, y[:, t])
+        return torch.stack(zs, 1)
+
+    @torch.no_grad()
+    def sample_paths(self, past: Tensor, known: Tensor, n: int, seed: int) -> Tensor:
+        """[B, n, H, k] sample paths of the autoregressive decoder under a distribution loss: each step draws from
+        the predicted distribution and feeds the draw to the next (seeded by ``seed``: the same paths every
+        call)."""
+        b = len(past)
+        enc, (h, c) = self.encode(past)
+        rep = lambda x: x.repeat_interleave(n, dim=0)  # noqa: E731
+        enc, state = rep(enc), (h.repeat_interleave(n, dim=1), c.repeat_interleave(n, dim=1))
+        prev, known = rep(past[:, -1, : self.k]), rep(known)
+        ctx = enc.new_zeros(len(enc), enc.shape[-1]) if self.attention is not None else None
+        prepared = self.attention.prepare(enc) if self.attention is not None else None
+        draws = []
+        for t in range(self.horizon):
+            z, state, ctx = self._step(enc, state, prev, known[:, t], ctx, prepared)
+            prev = self.outputs.sample(z, seed * 1000 + t).to(prev.dtype)
+            draws.append(prev)
+        return torch.stack(draws, 1).view(b, n, self.horizon, self.k)
+
+
+def build_forecaster(fc: Any, k: int, p: int, f: int) -> Forecaster:
+    """The forecaster of section ``forecast.*`` (``fc``: loss, quantiles, horizon, model) for ``k`` targets, ``p``
+    past covariates and ``f`` known-future columns."""
+    return Forecaster(k, p, f, fc.horizon, fc.model, RegressionOutputs(fc.loss, k, tuple(fc.quantiles)))
