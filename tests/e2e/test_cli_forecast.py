@@ -124,3 +124,12 @@ def test_bad_forecast_input_is_one_line(cli, tmp_path: Path, content: str | None
     res = cli("train", "--task", "forecast", "--data", path, "--out", tmp_path / "run", *args, *TINY)
     assert res.code == 2 and message in res.err and len(res.err.strip().splitlines()) == 1, res.err
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_report_shows_the_forecast_model_metrics_and_fan_charts(tsf_run: Path) -> None:
+    from longshort.report.html import build_report
+
+    html = build_report(tsf_run, tsf_run / "r.html").read_text()
+    assert "decoder direct" in html and "horizon 6" in html and "forecast fan charts" in html
+    assert "num_lstm_layers" not in html.split("Headline metrics")[0]  # not the classifier's model
+    assert ">mase<" in html and ">skill_seasonal_naive<" in html

@@ -98,6 +98,11 @@ REGRESS_NOTES: dict[str, str] = {  # the same for a regress run
     "information": "not recorded: the after-training analysis runs for classifier runs only",
 }
 
+FORECAST_NOTES: dict[str, str] = REGRESS_NOTES | {  # and for a forecast run
+    "predictions": "not recorded as class probabilities: the forecasts are in test_forecasts.csv",
+    "attention": "not recorded: the after-training analysis runs for classifier runs only",
+}
+
 GATES = ("input", "forget", "output")
 LOWER_IS_BETTER = ("loss", "log_loss", "free_loss", "edit_error_rate", "ece", "aux_mse", "rmse", "mae", "mape",
                    "pinball")
@@ -300,6 +305,8 @@ def missing(run: RunData, key: str) -> str:
         return f'<p class="absent">{esc(SEQ2SEQ_NOTES[key])}</p>'
     if run.task == "regress" and key in REGRESS_NOTES:
         return f'<p class="absent">{esc(REGRESS_NOTES[key])}</p>'
+    if run.task == "forecast" and key in FORECAST_NOTES:
+        return f'<p class="absent">{esc(FORECAST_NOTES[key])}</p>'
     return absent(HINTS[key])
 
 
@@ -397,9 +404,14 @@ _SEQ2SEQ_HEADLINE = ("exact_match", "token_accuracy", "edit_error_rate", "bleu",
 _REGRESS_HEADLINE = ("rmse", "mae", "r2", "mape", "coverage", "coverage_nominal", "pinball", "n")
 
 
+_FORECAST_HEADLINE = ("mase", "smape", "mae", "rmse", "wql", "coverage", "exposure_gap", "skill_seasonal_naive", "n")
+
+
 def _headline_keys(run: RunData) -> tuple[str, ...]:
     if run.task == "regress":
         return _REGRESS_HEADLINE
+    if run.task == "forecast":
+        return _FORECAST_HEADLINE
     return _SEQ2SEQ_HEADLINE if run.is_seq2seq_metrics() or run.task == "seq2seq" else _CLASSIFY_HEADLINE
 
 
@@ -418,6 +430,11 @@ def summary_section(run: RunData) -> str:
         shape = ", ".join(f"{k} {m[k]}" for k in ("hidden_dim", "enc_layers", "dec_layers", "embed_dim") if k in m)
         if isinstance(m.get("attention"), dict) and "kind" in m["attention"]:
             shape += f", attention {m['attention']['kind']}"
+    elif run.task == "forecast":
+        f = _get(cfg, "forecast", {}) or {}
+        m = f.get("model", {}) or {}
+        shape = ", ".join(f"{k} {m[k]}" for k in ("decoder", "hidden_dim", "layers", "dropout") if k in m)
+        shape += ", " + ", ".join(f"{k} {f[k]}" for k in ("horizon", "lookback", "season", "loss") if k in f)
     else:
         m = cfg.get("model", {}) or {}
         shape = ", ".join(f"{k} {m[k]}" for k in ("hidden_dim", "num_lstm_layers", "num_heads", "dropout") if k in m)
@@ -429,6 +446,10 @@ def summary_section(run: RunData) -> str:
         rows.append(["epochs run", met.get("epochs_run", len(run.history))])
     if met.get("best_epoch") is not None:
         rows.append(["best epoch", met["best_epoch"]])
+    oracle = met.get("oracle")
+    if isinstance(oracle, dict) and "mse" in oracle:
+        rows.append(["oracle (test)", f"MSE {oracle['mse']:.4g}, MASE {oracle['mase']:.4f}, 80% coverage "
+                                      f"{oracle.get('coverage', float('nan')):.3f} (the built-in's conditional mean)"])
     bp = met.get("best_possible")
     if isinstance(bp, dict) and "accuracy" in bp:
         rows.append(["best possible accuracy", f"{bp['accuracy']:.4f} ± {bp.get('stderr', 0):.4f} "
@@ -758,6 +779,9 @@ def confusion_section(run: RunData) -> str:
         if run.task == "regress":
             return ("<p>Not applicable: a regress run has no classes (its metrics are in the summary; predicted "
                     "against true values under Reliability).</p>")
+        if run.task == "forecast":
+            return ("<p>Not applicable: a forecast run has no classes (its metrics and the baselines' are in the "
+                    "summary; forecast fan charts under Reliability).</p>")
         return absent("metrics.json has no confusion_matrix")
     panels = [(np.asarray(met[s]["confusion_matrix"]),
                [str(n) for n in met[s].get("class_names") or range(len(met[s]["confusion_matrix"]))],
@@ -836,6 +860,12 @@ def _regression_reliability(run: RunData) -> str:
 
 
 def reliability_section(run: RunData) -> str:
+    if run.task == "forecast":
+        fan = run.dir / "plots" / "forecasts.png"
+        if not fan.is_file():
+            return absent("plots/forecasts.png is missing (written when the run has a test split)")
+        return ("<p>A few test series: the last steps, the forecast and its 80% interval, the actual values.</p>"
+                + _png_file(fan, "forecast fan charts"))
     if not run.predictions:
         return missing(run, "predictions")
     if run.task == "regress":
