@@ -95,11 +95,12 @@ class Forecaster(nn.Module):
         for t in range(steps):
             z, state, ctx = self._step(enc, state, prev, known[:, t], ctx, prepared)
             zs.append(z)
+            if y is not None and sampling_prob <= 0.0:  # teacher forcing: the own prediction is never needed
+                prev = y[:, t]
+                continue
             own = self.outputs.point(z.detach()).to(prev.dtype)
             if y is None or sampling_prob >= 1.0:
                 prev = own
-            elif sampling_prob <= 0.0:
-                prev = y[:, t]
             else:  # per window: its own prediction with probability sampling_prob (drawn on the CPU)
                 u = torch.rand(len(prev), generator=generator).to(prev.device)
                 prev = torch.where((u < sampling_prob)[:, None], own, y[:, t])
