@@ -343,3 +343,15 @@ def test_report_of_a_real_run(tmp_path: Path) -> None:
     params = re.search(r"<td class=\"l\">parameters</td><td class=\"l\">([\d,]+)</td>", page)
     assert params and int(params.group(1).replace(",", "")) > 1000
     assert "dn, up" in section(page, "summary")
+
+
+def test_comparison_marks_the_lowest_forecast_errors_best() -> None:
+    from types import SimpleNamespace
+
+    from longshort.report.html import _metric_rows
+
+    runs = [SimpleNamespace(metrics={"test": {"mase": m, "smape": s, "exposure_gap": g}}, history=[], params=1)
+            for m, s, g in ((0.9, 30.0, 0.1), (1.1, 35.0, 0.2))]
+    rows, best = _metric_rows(runs)  # type: ignore[arg-type]
+    for i, row in enumerate(rows[:3]):
+        assert row[0] in ("test mase", "test smape", "test exposure_gap") and best[i] == {1}  # the first run

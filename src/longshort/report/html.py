@@ -103,9 +103,11 @@ FORECAST_NOTES: dict[str, str] = REGRESS_NOTES | {  # and for a forecast run
     "attention": "not recorded: the after-training analysis runs for classifier runs only",
 }
 
+_TASK_NOTES = {"seq2seq": SEQ2SEQ_NOTES, "regress": REGRESS_NOTES, "forecast": FORECAST_NOTES}
+
 GATES = ("input", "forget", "output")
 LOWER_IS_BETTER = ("loss", "log_loss", "free_loss", "edit_error_rate", "ece", "aux_mse", "rmse", "mae", "mape",
-                   "pinball")
+                   "pinball", "mse", "mase", "smape", "wql", "tf_loss", "exposure_gap")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
@@ -301,12 +303,9 @@ def absent(hint: str) -> str:
 
 def missing(run: RunData, key: str) -> str:
     """The note for a section whose input is absent: what a seq2seq run never has, or how to record it."""
-    if run.task == "seq2seq" and key in SEQ2SEQ_NOTES:
-        return f'<p class="absent">{esc(SEQ2SEQ_NOTES[key])}</p>'
-    if run.task == "regress" and key in REGRESS_NOTES:
-        return f'<p class="absent">{esc(REGRESS_NOTES[key])}</p>'
-    if run.task == "forecast" and key in FORECAST_NOTES:
-        return f'<p class="absent">{esc(FORECAST_NOTES[key])}</p>'
+    notes = _TASK_NOTES.get(run.task, {})
+    if key in notes:
+        return f'<p class="absent">{esc(notes[key])}</p>'
     return absent(HINTS[key])
 
 
