@@ -116,11 +116,57 @@ def test_walk_forward_folds_share_no_test_row_and_train_before_testing() -> None
     assert [len(v) for v in seen.values()] == [3 * H] * len(data)  # three consecutive test blocks per series
 
 
-def _model(decoder: str, loss: str = "gaussian_nll", attend: bool = False) -> Any:
-    cfg = _cfg(model={"decoder": decoder, "hidden_dim": 8, "layers": 1, "attend": attend, "dropout": 0.0},
-               loss=loss)
+def _model(decoder: str, loss: str = "gaussian_nll", attend: bool = False, skip: bool = True) -> Any:
+    cfg = _cfg(model={"decoder": decoder, "hidden_dim": 8, "layers": 1, "attend": attend, "dropout": 0.0,
+                      "linear_skip": skip}, loss=loss)
     torch.manual_seed(0)
-    return build_forecaster(cfg.forecast, 1, 0, 2).eval()
+    return build_forecaster(cfg.forecast, 1, 0, 2, lookback=10).eval()
+
+
+@pytest.mark.parametrize("decoder", ["direct", "autoregressive"])
+@pytest.mark.parametrize("loss", ["gaussian_nll", "quantile"])
+def test_linear_skip_adds_a_map_of_the_lookback_to_the_location_only(decoder: str, loss: str) -> None:
+    plain, m = _model(decoder, loss, skip=False), _model(decoder, loss)
+    m.load_state_dict(plain.state_dict() | {k: v for k, v in m.state_dict().items() if k.startswith("skip.")})
+    past, known = torch.randn(4, 10, 3), torch.randn(4, 4, 2)
+    with torch.no_grad():
+        assert torch.equal(m(past, known), plain(past, known))  # it starts at zero: the LSTM's forecast
+        m.skip.weight.zero_()
+        m.skip.weight[:, -1] = 1.0  # every step: + the last observed (scaled) value
+        m.skip.bias.fill_(0.5)
+        z, z0 = m(past, known, torch.zeros(4, 4, 1), 0.0), plain(past, known, torch.zeros(4, 4, 1), 0.0)
+    shift = past[:, -1, :1] + 0.5  # [B, 1] -> the same shift at every step
+    if loss == "quantile":  # every quantile moves with the location
+        assert torch.allclose(z - z0, shift[:, None, :].expand(4, 4, 3), atol=1e-6)
+    else:  # the mean moves, the variance does not
+        assert torch.allclose(z[..., 0] - z0[..., 0], shift.expand(4, 4), atol=1e-6)
+        assert torch.equal(z[..., 1], z0[..., 1])
+    if decoder == "autoregressive":  # running free, the fed-back prediction includes the skip
+        with torch.no_grad():
+            assert not torch.allclose(m(past, known)[:, 1:, 1], plain(past, known)[:, 1:, 1])
+
+
+@pytest.mark.parametrize("attention", [None, {"kind": "bahdanau", "input_feeding": False}])
+def test_teacher_forcing_in_one_decoder_call_equals_the_step_loop(attention: dict[str, Any] | None) -> None:
+    model = {"decoder": "autoregressive", "hidden_dim": 8, "layers": 2, "dropout": 0.0,
+             **({"attend": True, "attention": attention} if attention else {})}
+    cfg = _cfg(model=model)
+    torch.manual_seed(0)
+    m = build_forecaster(cfg.forecast, 1, 0, 2, lookback=10).eval()
+    past, known, y = torch.randn(4, 10, 3), torch.randn(4, 4, 2), torch.randn(4, 4, 1)
+    with torch.no_grad():
+        fused = m(past, known, y, 0.0)
+        # a probability that never draws the own prediction takes the step-by-step loop, fed the truth
+        loop = m(past, known, y, 1e-12, torch.Generator().manual_seed(0))
+        free = m(past, known, None)
+    assert torch.allclose(fused, loop, atol=1e-6)
+    assert not torch.allclose(fused[:, 1:], free[:, 1:])
+
+
+def test_linear_skip_needs_the_lookback() -> None:
+    cfg = _cfg(model={"linear_skip": True})
+    with pytest.raises(ValueError, match="linear_skip needs the lookback"):
+        build_forecaster(cfg.forecast, 1, 0, 0, lookback=0)
 
 
 @pytest.mark.parametrize("attend", [False, True])

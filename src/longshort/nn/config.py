@@ -289,3 +289,7 @@ class ForecasterConfig(BaseModel):
         "from the final state; the autoregressive decoder at every step"
     )
     attention: AttentionConfig = Field(default_factory=AttentionConfig, description="the attention when attend")
+    linear_skip: bool = Field(
+        True, description="add a linear map of each target's (scaled) lookback to its H location outputs "
+        "(LSTNet's autoregressive component: one map shared by the targets, starting at zero); on the built-in "
+        "seasonal AR set it brings the MASE to within 3% of the oracle's (docs/forecast.md)")
