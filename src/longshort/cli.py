@@ -451,9 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "per series (same id and time columns as --data)")
     r.set_defaults(func=_cmd_predict)
 
-    ex = sub.add_parser("export", help="export a classifier run: ONNX, a torch.export program, dynamic int8 "
-                        "ONNX, or a causal model's streaming step; each verified against torch at export time")
-    ex.add_argument("run_dir", metavar="RUN_DIR", help="a finished classifier run")
+    ex = sub.add_parser("export", help="export a classifier run (ONNX, a torch.export program, dynamic int8 "
+                        "ONNX, or a causal model's streaming step) or a regress or direct-decoder forecast run "
+                        "(ONNX with raw inputs, outputs in the target's units); each verified against torch at "
+                        "export time")
+    ex.add_argument("run_dir", metavar="RUN_DIR", help="a finished classifier, regress or forecast run")
     ex.add_argument("--format", choices=["onnx", "torch-export", "quantized", "stream", "stream-quantized"],
                     default="onnx",
                     help="onnx: float32 ONNX for onnxruntime; torch-export: a torch.export program (.pt2); "

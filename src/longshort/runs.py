@@ -273,6 +273,9 @@ class ForecastRun:
             if not (d / name).is_file():
                 raise RunDirError(f"{d} is not a finished forecast run directory: {name} is missing")
         scaler = FeatureScaler.from_json(read_json_object(d / "preprocess.json"))
+        if cfg.forecast.model.linear_skip and not _has_tensor(d / "model.safetensors", "skip.weight"):
+            # a run from before forecast.model.linear_skip existed (its config.yaml does not say): built without
+            cfg.forecast.model.linear_skip = False
         model = build_forecaster(cfg.forecast, len(scaler.target_names), len(scaler.past_names),
                                  len(scaler.known_names)).to(device)
         load_weights(model, d / "model.safetensors")
@@ -338,3 +341,11 @@ class ForecastRun:
         rows = ws.gather(np.arange(len(ws)))
         actual = rows[:, ws.lookback:, : ws.k].astype(np.float64)
         return forecast_metrics(actual, point, ws.mase_scale, self.scaler.target_names, levels, quant, ws.baselines)
+
+
+def _has_tensor(path: Path, name: str) -> bool:
+    """Whether the safetensors file ``path`` holds a tensor ``name`` (its header only is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return name in f.keys()  # noqa: SIM118 - safe_open is not a mapping

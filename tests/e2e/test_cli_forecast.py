@@ -133,3 +133,69 @@ def test_report_shows_the_forecast_model_metrics_and_fan_charts(tsf_run: Path) -
     assert "decoder direct" in html and "horizon 6" in html and "forecast fan charts" in html
     assert "num_lstm_layers" not in html.split("Headline metrics")[0]  # not the classifier's model
     assert ">mase<" in html and ">skill_seasonal_naive<" in html
+
+
+def _onnx_forecast(export: Path, run_dir: Path, history: Path, future: Path | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(the exported graph's forecasts, the run's own) of the next H steps after ``history``'s series."""
+    import onnxruntime as ort
+
+    from longshort.runs import load
+
+    run = load(run_dir)
+    _, ws, point, _, _ = run.forecast(history, future)
+    rows = ws.gather(np.arange(len(ws))).astype(np.float64)
+    k, p, L = ws.k, ws.p, ws.lookback
+    sc = run.scaler
+    rows[..., k:] = rows[..., k:] * np.asarray(sc.std) + np.asarray(sc.mean)  # the windows hold scaled covariates
+    sess = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["forecast"], {"past": rows[:, :L].astype(np.float32), "valid": ws.valid.astype(np.int64),
+                                  "known": rows[:, L:, k + p:].astype(np.float32)})[0]
+    return got, point
+
+
+def test_direct_forecaster_exports_to_onnx_with_raw_inputs(cli, tsf_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    res = cli("export", tsf_run, "--format", "onnx", "--out", tmp_path / "onnx")
+    assert res.code == 0, res.err
+    assert "(forecast, onnx" in res.out and "parity with torch eager: max relative |diff|" in res.out
+    manifest = json.loads((tmp_path / "onnx" / "model.json").read_text())
+    assert manifest["task"] == "forecast" and [i["name"] for i in manifest["inputs"]] == ["past", "valid", "known"]
+    assert manifest["parity"]["max_rel_diff"] <= 1e-4
+    got, point = _onnx_forecast(tmp_path / "onnx", tsf_run, tsf_run.parent / "series.tsf")
+    assert got.shape == point.shape == (6, 6, 1)
+    assert np.allclose(got, point, rtol=1e-4, atol=1e-4)  # what predict forecasts, from the file's raw rows
+
+
+def test_forecast_export_with_known_future_and_what_it_refuses(cli, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    data = write_long(tmp_path / "sales.csv")
+    common = ["--task", "forecast", "--data", data, "forecast.horizon=5", "forecast.known_future=[promo]", *TINY]
+    assert cli("train", "--out", tmp_path / "run", *common).code == 0
+    assert cli("export", tmp_path / "run", "--format", "onnx").code == 0
+    future = pd.DataFrame([{"series_id": f"shop{s}", "time": d.strftime("%Y-%m-%d"), "promo": float(d.day % 2)}
+                           for s in range(4) for d in pd.date_range("2021-02-20", periods=5, freq="D")])
+    future.to_csv(tmp_path / "future.csv", index=False)
+    got, point = _onnx_forecast(tmp_path / "run" / "export" / "onnx", tmp_path / "run", data, tmp_path / "future.csv")
+    assert np.allclose(got, point, rtol=1e-4, atol=1e-4)
+    assert cli("train", "--out", tmp_path / "ar", *common, "forecast.model.decoder=autoregressive").code == 0
+    res = cli("export", tmp_path / "ar", "--format", "onnx")
+    assert res.code != 0 and "ONNX export covers the direct decoder" in res.err and len(res.err.splitlines()) == 1
+    res = cli("export", tmp_path / "run", "--format", "torch-export")
+    assert res.code != 0 and "regress and direct-decoder forecast runs: --format onnx" in res.err
+
+
+def test_a_run_from_before_the_linear_skip_still_loads(tsf_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from longshort.runs import load
+
+    old = tmp_path / "old"
+    shutil.copytree(tsf_run, old)
+    weights = {k: v for k, v in load_file(old / "model.safetensors").items() if not k.startswith("skip.")}
+    save_file(weights, old / "model.safetensors")
+    run = load(old)
+    assert run.model.skip is None and load(tsf_run).model.skip is not None
+    assert run.forecast(tsf_run.parent / "series.tsf")[2].shape == (6, 6, 1)

@@ -189,3 +189,20 @@ def test_tune_minimises_val_rmse(cli, helpers, tmp_path: Path) -> None:
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     assert study.best_value == min(t.value for t in study.trials if t.value is not None)
+
+
+def test_regressor_exports_to_onnx_with_raw_inputs(cli, regress_run: Path, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from longshort.runs import load
+
+    res = cli("export", regress_run, "--format", "onnx", "--out", tmp_path / "onnx")
+    assert res.code == 0, res.err
+    assert "(regress, onnx" in res.out
+    manifest = json.loads((tmp_path / "onnx" / "model.json").read_text())
+    assert manifest["task"] == "regress" and manifest["outputs"][0]["name"] == "prediction"
+    x, lengths, _ = sequences(7, 3)
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["prediction"], {"x": x, "lengths": lengths})[0]
+    want = load(regress_run).predict_values(x, lengths)[0]
+    assert abs(float(want.mean()) - OFFSET) < 5 * SCALE  # in the target's units, not standard ones
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-3)

@@ -11,6 +11,7 @@ from typing import Any
 from longshort.deploy.export import FORMATS, ExportError, export_onnx, export_torch
 from longshort.deploy.quantize import quantize, summary_lines
 from longshort.deploy.stream_export import export_stream
+from longshort.deploy.value_export import VALUE_TASKS, export_values_onnx
 
 
 def _parity_line(parity: dict[str, Any]) -> str:
@@ -23,7 +24,15 @@ def export_command(args: argparse.Namespace) -> None:
     """``longshort export RUN_DIR --format onnx|torch-export|quantized|stream|stream-quantized [--out DIR]
     [--opset N]``."""
     fmt = args.format
-    if fmt == "onnx":
+    task = _task(args.run_dir)
+    if task in VALUE_TASKS and fmt == "onnx":
+        res = export_values_onnx(args.run_dir, args.out, opset=args.opset)
+        par = res["parity"]
+        print(f"exported {res['path']} ({task}, onnx, opset {res['opset']}, {res['size_bytes']:,} bytes; raw inputs, "
+              "outputs in the target's units)")
+        print(f"parity with torch eager: max relative |diff| {par['max_rel_diff']:.2g} (tolerance "
+              f"{par['tolerance']:g}; {len(par['batches'])} batches)")
+    elif fmt == "onnx":
         res = export_onnx(args.run_dir, args.out, opset=args.opset)
         print(f"exported {res['path']} (onnx, opset {res['opset']}, {res['size_bytes']:,} bytes)")
         print(_parity_line(res["parity"]))
@@ -47,3 +56,11 @@ def export_command(args: argparse.Namespace) -> None:
     else:  # argparse's choices keep this out of the CLI; the Python API can still get here
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     print(f"manifest: {Path(res['path']).parent / 'model.json'}")
+
+
+def _task(run_dir: str) -> str | None:
+    """The run's task from its config.yaml (None when there is none: the export's own error says so)."""
+    from longshort.config import load_config
+
+    cfg = Path(run_dir) / "config.yaml"
+    return load_config(cfg).task if cfg.is_file() else None

@@ -87,7 +87,9 @@ def load_run(run_dir: str | Path) -> Run:
         raise RunDirError(f"{d} is not a finished run directory: config.yaml is missing")
     task = load_config(d / "config.yaml").task
     if task != "classify":
-        raise ExportError(f"{d} is a {task} run: longshort export covers classifier runs (task classify)")
+        more = (" (regress and direct-decoder forecast runs: --format onnx, "
+                "longshort.deploy.value_export.export_values_onnx)" if task in ("regress", "forecast") else "")
+        raise ExportError(f"{d} is a {task} run: this export covers classifier runs (task classify){more}")
     return Run.load(d)
 
 

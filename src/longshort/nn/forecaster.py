@@ -86,7 +86,7 @@ class Forecaster(nn.Module):
             if self.attention is not None:
                 parts.append(self.attention(h, enc).context)
             parts.append(known.flatten(1))
-            z = self.head(self.drop(torch.cat(parts, -1))).view(len(past), self.horizon, -1)
+            z = self.head(self.drop(torch.cat(parts, -1))).unflatten(1, (self.horizon, -1))
             return (z if shift is None else z + shift)[:, :steps]
         return self._decode(enc, state, past[:, -1, : self.k], known, y, sampling_prob, generator, steps, shift)
 
