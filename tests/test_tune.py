@@ -179,3 +179,16 @@ def test_a_trial_is_the_run_train_starts_from_its_config(tmp_path: Path) -> None
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+
+def test_default_space_moves_the_rate_that_the_schedule_uses() -> None:
+    from longshort.tune_config import space_for
+
+    onecycle = validate({"tune": {}})
+    assert "train.schedule.max_lr" in space_for(onecycle.tune, onecycle.train.schedule.name)
+    assert "train.optim.lr" not in space_for(onecycle.tune, "onecycle")
+    cosine = validate({"train": {"schedule": {"name": "cosine"}}})
+    assert "train.optim.lr" in space_for(cosine.tune, cosine.train.schedule.name)
+    assert "train.schedule.max_lr" not in space_for(cosine.tune, "cosine")
+    own = validate({"tune": {"space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.3}}}})
+    assert list(space_for(own.tune, "cosine")) == ["model.dropout"]  # the user's space as given

@@ -36,6 +36,20 @@ class _Parser(argparse.ArgumentParser):
         print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """A command's options and its ``KEY=VALUE`` overrides in any order (``train --data f.csv a.b=1 --out d
+        c.d=2``): argparse's intermixed parsing, for every parser but the top one (whose command is a
+        sub-parser, which intermixed parsing cannot hold)."""
+        if self._intermixing or any(a.nargs == argparse.PARSER for a in self._get_positional_actions()):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls parse_known_args itself
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+    _intermixing = False
+
 
 def _config_epilog() -> str:
     from longshort.config import config_keys
@@ -172,7 +186,7 @@ def _write_values(out: Path, data: Any, point: Any, quant: Any, levels: tuple[fl
     truth = None if data.y is None else prep.unscale_targets(data.y)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         header = ["id"]
         for name in names:
             header += ["predicted" if one else f"predicted_{name}",
@@ -260,7 +274,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(["id", "predicted", *[f"p_{c}" for c in names], *(["label"] if data.y is not None else [])])
         for i in range(len(data)):
             label = [names[int(data.y[i])]] if data.y is not None else []
@@ -489,8 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(median|hyperband|none), startup_trials, heartbeat_s, max_retry")
     tu.add_argument("--config", metavar="FILE", help="YAML config: the base every trial starts from, with tune.*")
     tu.add_argument("--data", metavar="PATH", help="training data (as for train)")
-    tu.add_argument("--study-dir", metavar="DIR", help="study directory: best.yaml, plots, the SQLite study "
-                    "(default runs/DATE-TIME-tune)")
+    tu.add_argument("--out", "--study-dir", dest="study_dir", metavar="DIR", help="study directory: best.yaml, "
+                    "plots, the SQLite study (default runs/DATE-TIME-tune; --study-dir is the old name)")
     tu.add_argument("--study-name", default="longshort", metavar="NAME",
                     help="the study's name in the storage, to keep several studies in one database")
     tu.add_argument("--n-trials", type=int, metavar="N", help="finished trials the study should reach, counting "

@@ -235,7 +235,7 @@ def write_forecasts(path: Path, data: SeriesSet, ws: WindowSet, point: np.ndarra
     names = list(data.target_names)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(["series_id", "step", "time", "target", "forecast", *[f"q{q:g}" for q in levels],
                     *(["actual"] if actual is not None else [])])
         for j in range(len(ws)):

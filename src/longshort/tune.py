@@ -20,7 +20,7 @@ from longshort.errors import ConfigError
 from longshort.tune_config import ParamSpace as ParamSpace
 from longshort.tune_config import TuneConfig as TuneConfig
 from longshort.tune_config import _default_space as _default_space
-from longshort.tune_config import tune_metric
+from longshort.tune_config import space_for, tune_metric
 
 
 def _sample(trial: Any, space: dict[str, ParamSpace]) -> dict[str, Any]:
@@ -67,6 +67,7 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
     from longshort.training.config import LOWER_IS_BETTER
 
     t = cfg.tune
+    space = space_for(t, cfg.train.schedule.name)
     if n_trials is None and timeout is None:
         raise ConfigError("tune needs --n-trials or --timeout (else it would run until interrupted)")
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ def run_tune(cfg: Any, study_dir: Path, n_trials: int | None, timeout: float | N
 
     def objective(trial: Any) -> float:
         trial.set_user_attr("worker", worker)  # which of the study's workers ran it (host:pid)
-        values = _sample(trial, t.space)
+        values = _sample(trial, space)
         try:
             c = trial_config(cfg, values)
         except ConfigError as exc:  # an invalid combination, e.g. heads that do not divide the hidden size

@@ -31,9 +31,14 @@ class ParamSpace(BaseModel):
         return self
 
 
+#: the default space's learning-rate key: under the default OneCycle schedule the rate that matters is its peak
+#: (``train.optim.lr`` is only where it starts); :func:`space_for` swaps in ``train.optim.lr`` for other schedules
+PEAK_LR, BASE_LR = "train.schedule.max_lr", "train.optim.lr"
+
+
 def _default_space() -> dict[str, ParamSpace]:
     return {
-        "train.optim.lr": ParamSpace(type="float", low=3e-5, high=3e-3, log=True),
+        PEAK_LR: ParamSpace(type="float", low=3e-4, high=1e-2, log=True),
         "model.dropout": ParamSpace(type="float", low=0.0, high=0.5),
         "model.hidden_dim": ParamSpace(type="categorical", choices=[64, 128, 256]),
     }
@@ -64,3 +69,11 @@ class TuneConfig(BaseModel):
 def tune_metric(metric: str, task: str) -> str:
     """``tune.metric`` with auto resolved for ``task``."""
     return ("val_rmse" if task == "regress" else "val_f1_macro") if metric == "auto" else metric
+
+
+def space_for(tune: TuneConfig, schedule: str) -> dict[str, ParamSpace]:
+    """The space a study searches: ``tune.space`` as given, or the default one with its learning-rate key on
+    the knob that sets the rate under ``schedule`` (OneCycle's peak, else the optimizer's rate)."""
+    if "space" in tune.model_fields_set or schedule == "onecycle":
+        return tune.space
+    return {(BASE_LR if k == PEAK_LR else k): v for k, v in tune.space.items()}

@@ -182,7 +182,7 @@ def test_tune_minimises_val_rmse(cli, helpers, tmp_path: Path) -> None:
     import optuna
 
     data = write_npz(tmp_path / "train.npz", 120, 4)
-    res = cli("tune", "--data", data, "--study-dir", tmp_path / "study", "--n-trials", "2", "task=regress",
+    res = cli("tune", "--data", data, "--out", tmp_path / "study", "--n-trials", "2", "task=regress",
               *regress_args(helpers.TINY)[2:], "train.epochs=2")
     assert res.code == 0, res.err
     assert "best val_rmse" in res.out

@@ -145,6 +145,7 @@ def test_predict_labelled_npz(tmp_path: Path, cli, npz_run) -> None:
     y = np.load(npz_run.data)["y"]
     assert [r["label"] for r in rows] == list(y)
     assert np.mean([r["predicted"] == r["label"] for r in rows]) > 0.85
+    assert b"\r" not in out.read_bytes() and b"\r" not in (npz_run.dir / "history.csv").read_bytes()  # LF ends
 
 
 def test_predict_npz_without_labels(tmp_path: Path, cli, helpers, npz_run) -> None:
@@ -372,3 +373,13 @@ def test_ensemble_of_runs_averages_their_probabilities(tmp_path: Path, cli, help
     assert "ensemble of 2" in res.out and json.loads((tmp_path / "ens.json").read_text())["ensemble"]["n"] == 120
     res = cli("ensemble", npz_run.dir, other, "--data", npz_run.data, "--weights", "1")
     assert res.code == 2 and "1 weights for 2 run directories" in res.err
+
+
+def test_options_and_overrides_in_any_order(tmp_path: Path, cli, helpers) -> None:
+    data = helpers.write_npz(tmp_path / "d.npz", n=60)
+    tiny = [o for o in helpers.TINY if not o.startswith(("model.hidden_dim", "train.epochs"))]
+    # an override before an option, others after it: argparse alone refused this ("unrecognized arguments")
+    res = cli("train", "--data", data, "model.hidden_dim=4", "--out", tmp_path / "run", *tiny, "train.epochs=1")
+    assert res.code == 0, res.err
+    cfg = load_config(tmp_path / "run" / "config.yaml")
+    assert cfg.model.hidden_dim == 4 and cfg.train.epochs == 1

@@ -291,7 +291,7 @@ def _truncate_after(path: Path, step: int) -> None:
     keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
     if len(keep) != len(rows):
         with path.open("w", newline="") as f:
-            csv.writer(f).writerows(keep)
+            csv.writer(f, lineterminator="\n").writerows(keep)
 
 
 def _append(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
@@ -299,7 +299,7 @@ def _append(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
         return
     new = not path.is_file() or path.stat().st_size == 0
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="")
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="", lineterminator="\n")
         if new:
             w.writeheader()
         w.writerows(rows)

@@ -216,7 +216,7 @@ def _finish(rows: list[dict[str, Any]], cfg: Any, out: Path, console: Console, s
     import csv
 
     with open(out / "folds.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     print(f"cv directory: {out}", flush=True)

@@ -97,7 +97,7 @@ class HistoryCSV(Callback):
         rows = trainer.history
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
         tmp.replace(self.path)
