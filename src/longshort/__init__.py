@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from longshort._version import __version__
 
-__all__ = ["Config", "Run", "__version__", "cv", "load", "load_config", "train"]
+__all__ = ["Config", "LSTMClassifier", "LSTMRegressor", "Run", "__version__", "cv", "load", "load_config", "train"]
 
 if TYPE_CHECKING:
     from longshort.config import Config, load_config
+    from longshort.estimators import LSTMClassifier, LSTMRegressor
     from longshort.run import Run, load, train
 
 
@@ -23,6 +24,10 @@ def __getattr__(name: str) -> Any:
         from longshort import run
 
         return getattr(run, name)
+    if name in ("LSTMClassifier", "LSTMRegressor"):
+        from longshort import estimators
+
+        return getattr(estimators, name)
     if name == "cv":
         from longshort.evaluate.validation import run_cv
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +36,7 @@ from longshort.nn.regression import regression_outputs
 from longshort.report.plots import confusion_matrix_png, learning_curve_png, predicted_vs_true_png
 from longshort.rundir import RunLock, absolute_sources, check_out_dir
 from longshort.rundir import say_resumed as _say_resumed
+from longshort.runs import RegressRun
 from longshort.runs import Run as Run
 from longshort.runs import load as load
 from longshort.sizing import LONG_SERIES, DataShape, resolve
@@ -60,7 +63,7 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{stem}"
 
 
-def _callbacks(cfg: Config, run_dir: Path, console: Console) -> list[Callback]:
+def _callbacks(cfg: Config, run_dir: Path, console: Console, extra: list[Callback] | None = None) -> list[Callback]:
     style = cfg.train.progress
     if style == "auto":
         style = "rich" if console.is_terminal else "plain"
@@ -71,7 +74,7 @@ def _callbacks(cfg: Config, run_dir: Path, console: Console) -> list[Callback]:
         cbs.append(PlainProgress())
     if cfg.train.tensorboard:
         cbs.append(TensorBoard(run_dir / "tb"))
-    return cbs
+    return cbs + list(extra or [])
 
 
 def _describe(splits: Splits, model: SequenceClassifier, batch_size: int, console: Console) -> None:
@@ -102,36 +105,107 @@ def _describe(splits: Splits, model: SequenceClassifier, batch_size: int, consol
 
 
 def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: str | Path | None = None,
-          resume: str | Path | None = None, console: Console | None = None) -> Any:
+          resume: str | Path | None = None, console: Console | None = None, data: Any = None,
+          test_data: Any = None, callbacks: list[Callback] | None = None) -> Any:
     """Train a model and write a run directory; with ``resume`` continue that run from its last checkpoint.
+
+    ``data`` / ``test_data``: the training and test data in memory, instead of ``data.source`` /
+    ``data.test_source`` (``(X, y)``, ``(X, y, lengths)``, a dict of those, a list of 2-D arrays with a ``y``,
+    or a pandas DataFrame; see :mod:`longshort.data.memory`). They are kept in ``RUN_DIR/data/`` and
+    ``config.yaml`` points at them, so the run reruns from its directory alone. ``callbacks``: your own
+    :class:`~longshort.training.callbacks.Callback` objects, called after the built-in ones (docs/python.md).
 
     Under torchrun (``distributed.strategy`` ddp or fsdp) every process calls this; rank 0 alone prints, writes
     the run directory's files and returns the :class:`Run` (the other ranks return None)."""
     console = console or _console()
+    staged: Path | None = None
     if resume is not None:
+        if data is not None or test_data is not None:
+            raise ConfigError("resume continues a run on its own data: pass neither data nor test_data")
         run_dir = Path(resume)
         check_out_dir(run_dir, resume=True)
         cfg = load_config(run_dir / "config.yaml")
     else:
         cfg = config if isinstance(config, Config) else (
-            validate(config) if isinstance(config, dict) else load_config(config))
+            validate(config or {}) if isinstance(config, dict | None) else load_config(config))
+        cfg, staged = _stage_memory(cfg, data, test_data)
         run_dir = Path(out) if out else default_run_dir(cfg)
+    try:
+        run = _train(cfg, run_dir, resume, console, callbacks, named=out is not None or resume is not None)
+    except BaseException:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+    if staged is not None:
+        _keep_staged(staged, run_dir, run)
+    return run
+
+
+def _stage_memory(cfg: Config, data: Any, test_data: Any) -> tuple[Config, Path | None]:
+    """``cfg`` reading in-memory ``data`` / ``test_data`` from files written into a temporary directory (moved
+    into the run directory by :func:`_keep_staged` once the run exists)."""
+    from longshort.data.memory import is_in_memory, write_source
+
+    if not (is_in_memory(data) or is_in_memory(test_data) or isinstance(data, str | Path)
+            or isinstance(test_data, str | Path)):
+        return cfg, None
+    staged = Path(tempfile.mkdtemp(prefix="longshort-data-"))
+    update: dict[str, Any] = {}
+    try:
+        if data is not None:
+            update["source"] = str(write_source(data, staged, "train"))
+        if test_data is not None:
+            update["test_source"] = str(write_source(test_data, staged, "test"))
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    raw = cfg.model_dump(mode="json", exclude_unset=True)
+    raw.setdefault("data", {}).update(update)
+    return validate(raw), staged
+
+
+def _keep_staged(staged: Path, run_dir: Path, run: Any) -> None:
+    """Move the staged data files into ``RUN_DIR/data/`` and point ``config.yaml`` (and ``run.config``) at
+    them."""
+    files = list(staged.iterdir())
+    if not files or not (run_dir / "config.yaml").is_file():
+        shutil.rmtree(staged, ignore_errors=True)
+        return
+    keep = run_dir / "data"
+    keep.mkdir(exist_ok=True)
+    moved = {str(f): str((keep / f.name).resolve()) for f in files}
+    for f in files:
+        shutil.move(str(f), keep / f.name)
+    shutil.rmtree(staged, ignore_errors=True)
+    cfg = load_config(run_dir / "config.yaml")
+    for key in ("source", "test_source"):
+        value = getattr(cfg.data, key)
+        if value and str(Path(value)) in moved:
+            setattr(cfg.data, key, moved[str(Path(value))])
+    save_config(cfg, run_dir / "config.yaml")
+    if run is not None and hasattr(run, "config"):
+        run.config = cfg
+
+
+def _train(cfg: Config, run_dir: Path, resume: str | Path | None, console: Console,
+           extra: list[Callback] | None, named: bool) -> Any:
     ctx = setup_distributed(cfg.distributed, resolve_device(cfg.train.device))
     lock = RunLock(run_dir)
     try:
-        run_dir, lock = _agree_on_run_dir(run_dir, resume is not None, ctx, named=out is not None or resume is not None)
+        run_dir, lock = _agree_on_run_dir(run_dir, resume is not None, ctx, named=named)
         if not ctx.is_main:
             console = Console(quiet=True)
         if cfg.task == "seq2seq":
             from longshort.seq2seq_run import train_seq2seq
 
-            callbacks = _callbacks(cfg, run_dir, console) if ctx.is_main else []
+            callbacks = _callbacks(cfg, run_dir, console, extra) if ctx.is_main else []
             return train_seq2seq(cfg, run_dir, resume is not None, console, callbacks, ctx)
         if cfg.task == "forecast":
             from longshort.forecast_run import train_forecast
 
-            return train_forecast(cfg, run_dir, resume is not None, console, lambda c: _callbacks(c, run_dir, console))
-        return _train_classifier(cfg, run_dir, resume is not None, console, ctx)
+            return train_forecast(cfg, run_dir, resume is not None, console,
+                                  lambda c: _callbacks(c, run_dir, console, extra))
+        return _train_classifier(cfg, run_dir, resume is not None, console, ctx, extra)
     finally:
         lock.release()
         shutdown(ctx)
@@ -267,9 +341,10 @@ def _gb(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console, ctx: DistContext) -> Run | None:
+def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console, ctx: DistContext,
+                      extra: list[Callback] | None = None) -> Run | None:
     recipe = setup(cfg, run_dir, ctx=ctx,
-                   callbacks=(lambda c: _callbacks(c, run_dir, console)) if ctx.is_main else None)
+                   callbacks=(lambda c: _callbacks(c, run_dir, console, extra)) if ctx.is_main else None)
     cfg, splits, model, trainer = recipe.cfg, recipe.splits, recipe.model, recipe.trainer
     if not resume and ctx.is_main:  # only once the data is read: a bad file leaves no half-made run behind
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +379,7 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
         _regression_plot(run_dir, metrics, cfg, splits, model)
     after_training(cfg, run_dir, console)
     _summary(run_dir, metrics, console)
-    return Run(run_dir, cfg, model, splits.prep)
+    return (RegressRun if cfg.task == "regress" else Run)(run_dir, cfg, model, splits.prep)
 
 
 def regression_predictions(cfg: Config, splits: Splits, model: SequenceClassifier,

@@ -30,7 +30,7 @@ from longshort.data.pair_pipeline import EncodedPairs, encode_pairs, load_pair_s
 from longshort.data.pairs import PairData, Vocab
 from longshort.data.pipeline import Preprocessor, load_for_model, prepare
 from longshort.data.types import SequenceData
-from longshort.errors import LongshortError, RunDirError, read_json_object
+from longshort.errors import DataError, LongshortError, RunDirError, read_json_object
 from longshort.evaluate.metrics import classification_metrics, regression_metrics
 from longshort.evaluate.predict import batched_head, batched_proba
 from longshort.evaluate.seq_metrics import sequence_metrics
@@ -68,14 +68,36 @@ class Run:
 
         ``prepared=True`` says ``x`` already went through this run's preprocessing (``load_for_model``).
         """
-        data = x if isinstance(x, SequenceData) else _raw_sequences(np.asarray(x, dtype=np.float32), lengths)
-        if not prepared:
-            data = self.prep.transform(data, labelled=False)
+        data = self._prepared(x, lengths, prepared)
         return _proba(self.model, to_tensors(data), batch_size)
 
+    def _prepared(self, x: Any, lengths: Any, prepared: bool) -> SequenceData:
+        """``x`` through this run's preprocessing: a SequenceData, a 3-D array (with ``lengths``, or refused when
+        it looks padded), a list of 2-D arrays, or a DataFrame read as the training file was."""
+        import pandas as pd
+
+        if isinstance(x, pd.DataFrame):
+            import tempfile
+
+            from longshort.data.memory import write_source
+
+            with tempfile.TemporaryDirectory(prefix="longshort-predict-") as tmp:
+                path = write_source(x, Path(tmp), "predict")
+                return load_for_model(str(path), self.config.data, self.prep, self.config.seed, labels="optional")
+        data = x if isinstance(x, SequenceData) else _raw_sequences(x, lengths)
+        if not prepared:
+            check_finite(data)
+            data = self.prep.transform(data, labelled=False)
+        return data
+
     def predict(self, x: np.ndarray | SequenceData, lengths: np.ndarray | None = None) -> np.ndarray:
-        """Predicted class names for each sequence."""
-        return np.asarray(self.prep.class_names)[self.predict_proba(x, lengths).argmax(1)]
+        """Predicted labels for each sequence (integers when the training labels were, else their names)."""
+        return self.labels(self.predict_proba(x, lengths).argmax(1))
+
+    def labels(self, index: np.ndarray) -> np.ndarray:
+        """Class indices -> the training labels (as integers when they were integers)."""
+        names = np.asarray(self.prep.class_names)[np.asarray(index)]
+        return names.astype(np.int64) if self.prep.label_kind == "int" else names
 
     def streamer(self, batch_size: int = 1) -> Any:
         """A :class:`~longshort.deploy.streaming.RunStreamer`: feed raw steps of ``batch_size`` streams one at a
@@ -100,12 +122,24 @@ class Run:
         return classification_metrics(test.y, proba, self.prep.class_names)
 
 
-def _raw_sequences(x: np.ndarray, lengths: np.ndarray | None) -> SequenceData:
-    if x.ndim != 3:
-        raise LongshortError(f"x must be [N, T, C], got shape {x.shape}")
-    n, t, _ = x.shape
-    lens = np.full(n, t, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
-    return SequenceData(X=x, lengths=lens, y=None, feature_names=[], source="array")
+def _raw_sequences(x: Any, lengths: Any) -> SequenceData:
+    """A 3-D array [N, T, C] (``lengths``: the real steps; without them an array whose sequences end in
+    all-zero steps is refused as padded, ``"full"`` takes every step) or a list of [T_i, C] arrays."""
+    from longshort.data.memory import as_sequences
+
+    X, lens = as_sequences(x, lengths)
+    return SequenceData(X=X, lengths=lens, y=None, feature_names=[], source="(in-memory data)")
+
+
+def check_finite(data: SequenceData) -> None:
+    """A NaN or infinity at a real step is an error naming the sequence, step and channel (as the readers do
+    for files), never a NaN prediction."""
+    valid = np.arange(data.X.shape[1])[None, :] < data.lengths[:, None]
+    bad = ~np.isfinite(data.X) & valid[..., None]
+    if bad.any():
+        i, t, c = (int(v) for v in np.argwhere(bad)[0])
+        raise DataError(data.source, f"sequence {i}, step {t}, channel {c} is {data.X[i, t, c]} ({int(bad.sum())} "
+                                     "values are not finite); fill them first (e.g. forward-fill)")
 
 
 def _proba(model: torch.nn.Module, data: TensorData, batch_size: int) -> np.ndarray:
@@ -145,9 +179,7 @@ class RegressRun(Run):
         """(predictions [N, k], quantiles [N, k, L], their levels) for raw sequences ``x`` [N, T, C] or a
         SequenceData (``prepared``: already through this run's preprocessing). ``L`` is 0 for the point losses;
         regress.loss=quantile predicts its levels, gaussian_nll an 80% interval (0.1 and 0.9)."""
-        data = x if isinstance(x, SequenceData) else _raw_sequences(np.asarray(x, dtype=np.float32), lengths)
-        if not prepared:
-            data = self.prep.transform(data, labelled=False)
+        data = self._prepared(x, lengths, prepared)
         outputs = regression_outputs(self.config.regress, len(self.prep.target_names))
         z = batched_head(self.model, to_tensors(data), batch_size)
         return (self.prep.unscale_targets(outputs.point(z).numpy()),

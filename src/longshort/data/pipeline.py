@@ -45,6 +45,8 @@ class Preprocessor:
     target_names: list[str] = field(default_factory=list)
     target_mean: list[float] = field(default_factory=list)
     target_std: list[float] = field(default_factory=list)
+    # task classify: "int" when the training labels were integers (predict gives them back as integers)
+    label_kind: str = ""
 
     @property
     def regression(self) -> bool:
@@ -68,8 +70,9 @@ class Preprocessor:
                        target_std=np.where(std > 1e-12, std, 1.0).tolist())
         else:
             names = train.class_names or _sorted_labels(train.y)
+            ints = train.class_names is None and np.asarray(train.y).dtype.kind in "iu"
             prep = cls(layout=layout, class_names=list(names), feature_names=list(train.feature_names),
-                       per_series=scale == "series")
+                       per_series=scale == "series", label_kind="int" if ints else "")
         if scale in ("standard", "series", "auto"):  # auto unresolved (no longshort.sizing): standard
             valid = _valid_steps(replace(train, X=series_normalise(train.X, train.lengths)) if prep.per_series
                                  else train)

@@ -124,8 +124,14 @@ _COLUMNS = {"classify": (("accuracy", "f1_macro", "log_loss"), "majority_share",
             "forecast": (("mase", "smape", "mae"), "seasonal_naive_mase", "seasonal-naive MASE")}
 
 
-def run_cv(cfg: Any, out: Path, console: Console | None = None) -> dict[str, Any]:
-    """Train and test one fresh model per fold; write ``out/cv.json``, ``out/folds.csv``, ``out/cv.png``."""
+def run_cv(cfg: Any, out: str | Path, console: Console | None = None) -> dict[str, Any]:
+    """Train and test one fresh model per fold; write ``out/cv.json``, ``out/folds.csv``, ``out/cv.png``.
+    ``cfg``: a Config, a config dict or a YAML path (``longshort.cv({"data": {...}}, "runs/cv")``)."""
+    from longshort.config import Config, load_config, validate
+
+    if not isinstance(cfg, Config):
+        cfg = validate(cfg) if isinstance(cfg, dict) else load_config(cfg)
+    out = Path(out)
 
     from longshort.config import save_config
     from longshort.data.batching import to_tensors
