@@ -152,6 +152,7 @@ WHEN["forecast"] = {
 ELSEWHERE: dict[str, str] = {
     "cv.": "longshort cv (tests/evaluate/test_validation.py)",
     "tune.": "longshort tune (tests/test_tune.py)",
+    "train.mlflow.": "a run with train.mlflow.uri set (tests/training/test_mlflow.py)",
     "distributed.": "under torchrun (tests/training/test_distributed.py, tests/e2e/test_distributed_cli.py)",
     "diagnostics.anomaly.": "on a gradient spike or a non-finite loss (tests/diagnostics/test_monitor.py)",
     "data.format": "reading a file (tests/data/test_sources.py)",

@@ -1,4 +1,5 @@
-"""What a run does once its model is chosen: the after-training analysis and the HTML report (both tasks)."""
+"""What a run does once its model is chosen: the after-training analysis, the HTML report and the MLflow
+artifacts (every task)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,13 @@ def after_training(cfg: Config, run_dir: Path, console: Console) -> None:
             console.print(f"report: {build_report(run_dir)}")
         except Exception as exc:  # as above
             console.print(f"[yellow]report: failed: {type(exc).__name__}: {exc}[/yellow]")
+    if cfg.train.mlflow.uri:
+        from longshort.training.tracking import finish_mlflow
+
+        try:
+            run_id = finish_mlflow(cfg, run_dir)
+            if run_id:
+                console.print(f"mlflow: run {run_id} in {cfg.train.mlflow.uri} (experiment "
+                              f"{cfg.train.mlflow.experiment})")
+        except Exception as exc:  # as above: the run directory is complete either way
+            console.print(f"[yellow]mlflow: logging the artifacts failed: {type(exc).__name__}: {exc}[/yellow]")

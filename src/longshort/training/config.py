@@ -384,6 +384,19 @@ class EarlyStoppingConfig(BaseModel):
     min_delta: float = Field(0.0, ge=0)
 
 
+class MlflowConfig(BaseModel):
+    """``train.mlflow``: log the run to an MLflow tracking store (``pip install 'longshort[mlflow]'``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    uri: str | None = Field(
+        None, description="tracking URI, e.g. sqlite:///mlflow.db (a local file, no server) or "
+        "http://127.0.0.1:5000; null: no MLflow. Logged: the resolved config as params, every epoch's metrics, "
+        "the final metrics, and config.yaml, metrics.json, the model, history.csv, plots and report.html")
+    experiment: str = Field("longshort", description="the MLflow experiment (created when missing)")
+    run_name: str | None = Field(None, description="the MLflow run's name; null: the run directory's name")
+
+
 # -- from training/trainer.py ----------
 
 class TrainConfig(BaseModel):
@@ -444,6 +457,7 @@ class TrainConfig(BaseModel):
         "auto", description="auto: a rich bar on a terminal, a line per epoch otherwise"
     )
     tensorboard: bool = True
+    mlflow: MlflowConfig = MlflowConfig()
 
     @model_validator(mode="before")
     @classmethod
