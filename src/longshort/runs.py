@@ -86,7 +86,7 @@ class Run:
                 return load_for_model(str(path), self.config.data, self.prep, self.config.seed, labels="optional")
         data = x if isinstance(x, SequenceData) else _raw_sequences(x, lengths)
         if not prepared:
-            check_finite(data)
+            check_finite(data, allow_nan=self.prep.missing != "error")
             data = self.prep.transform(data, labelled=False)
         return data
 
@@ -131,15 +131,16 @@ def _raw_sequences(x: Any, lengths: Any) -> SequenceData:
     return SequenceData(X=X, lengths=lens, y=None, feature_names=[], source="(in-memory data)")
 
 
-def check_finite(data: SequenceData) -> None:
-    """A NaN or infinity at a real step is an error naming the sequence, step and channel (as the readers do
-    for files), never a NaN prediction."""
+def check_finite(data: SequenceData, allow_nan: bool = False) -> None:
+    """A NaN (unless ``allow_nan``: data.missing fills it) or an infinity at a real step is an error naming the
+    sequence, step and channel (as the readers do for files), never a NaN prediction."""
     valid = np.arange(data.X.shape[1])[None, :] < data.lengths[:, None]
-    bad = ~np.isfinite(data.X) & valid[..., None]
+    bad = (np.isinf(data.X) if allow_nan else ~np.isfinite(data.X)) & valid[..., None]
     if bad.any():
         i, t, c = (int(v) for v in np.argwhere(bad)[0])
         raise DataError(data.source, f"sequence {i}, step {t}, channel {c} is {data.X[i, t, c]} ({int(bad.sum())} "
-                                     "values are not finite); fill them first (e.g. forward-fill)")
+                                     "values are not finite); fill them first, or train with data.missing=ffill, "
+                                     "zero, mean or mask")
 
 
 def _proba(model: torch.nn.Module, data: TensorData, batch_size: int) -> np.ndarray:

@@ -148,6 +148,26 @@ def signal(n: int = 4000, length: int = 50, seed: int = 0) -> SequenceData:
                         y=y[:, None].astype(np.float32), feature_names=["x0", "x1", "x2"], source="builtin:signal")
 
 
+GAPS_SHARE = 0.05  # the share of each gaps sequence's values that are missing
+
+
+def gaps(n: int = 1000, length: int = 40, seed: int = 0) -> SequenceData:
+    """Two classes told apart only by *where* values are missing (for ``data.missing``): two channels of N(0, 1)
+    noise, 5% of each sequence's values missing (NaN), all in its first half (class ``early``) or all in its
+    second half (``late``). The values carry no signal, so a model finds the class only if it is shown where
+    values were absent (``data.missing=mask``); filled with zeros or the mean they look like ordinary values."""
+    rng = np.random.default_rng([seed, 11])
+    x = rng.normal(size=(n, length, 2)).astype(np.float32)
+    y = rng.integers(0, 2, n)
+    half = max(1, length // 2)
+    k = max(1, min(half * 2, round(GAPS_SHARE * length * 2)))
+    for i in range(n):
+        cells = rng.choice(half * 2, size=k, replace=False)
+        x[i, cells // 2 + (length - half if y[i] else 0), cells % 2] = np.nan
+    return SequenceData(X=x, lengths=np.full(n, length, dtype=np.int64), y=y, feature_names=["x0", "x1"],
+                        source="builtin:gaps", class_names=["early", "late"])
+
+
 @dataclass(frozen=True)
 class Builtin:
     make: Callable[..., SequenceData]
@@ -170,6 +190,11 @@ BUILTINS: dict[str, Builtin] = {
         summary="9 features, 3 market regimes (bear/range/bull) from a VAR(1) per regime; Bayes accuracy known; "
         "aux target: the 5-step forward move along the drift",
         best_accuracy=_regimes_best,
+    ),
+    "gaps": Builtin(
+        make=gaps,
+        summary="2 channels of noise with 5% of values missing; the class (early/late) is where they are missing "
+        "(for data.missing: mask finds it, zero and mean cannot)",
     ),
     "signal": Builtin(
         make=signal,

@@ -148,6 +148,12 @@ class PairFormat(BaseModel):
 
 class DataConfig(_Strict):
     source: str = Field("builtin:regimes", description="a file path or builtin:NAME (see `longshort datasets`)")
+    missing: Literal["error", "ffill", "zero", "mean", "mask"] = Field(
+        "error", json_schema_extra=SEQUENCES,
+        description="missing feature values (NaN, empty cells): error = refused, naming the row or step; ffill = "
+        "the last observed value of the sequence (its first one before it); zero; mean = the training mean; "
+        "mask = the training mean plus an indicator channel per feature (1 where the value was missing), so the "
+        "model sees where values were absent. The same at predict time")
     test_source: str | None = Field(None, description="separate test file; no test split is cut when set")
     format: Literal["auto", "npz", "csv", "parquet", "ts"] = Field("auto", json_schema_extra=SEQUENCES)
     layout: Literal["auto", "sequences", "long", "series"] = Field(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -47,6 +48,11 @@ class Preprocessor:
     target_std: list[float] = field(default_factory=list)
     # task classify: "int" when the training labels were integers (predict gives them back as integers)
     label_kind: str = ""
+    # data.missing: how NaN feature values are filled (error: there are none), the training mean of each raw
+    # feature's observed values (the mean / mask fill), and under mask the raw features before the indicators
+    missing: str = "error"
+    fill: list[float] = field(default_factory=list)
+    n_raw: int = 0
 
     @property
     def regression(self) -> bool:
@@ -57,21 +63,33 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, train: SequenceData, layout: str, scale: str, target: Target = "label",
-            target_names: list[str] | None = None, scale_target: bool = True) -> Preprocessor:
-        """``target="value"``: ``train.y`` is float [N, k], standardised per target when ``scale_target``."""
+            target_names: list[str] | None = None, scale_target: bool = True, missing: str = "error"
+            ) -> Preprocessor:
+        """``target="value"``: ``train.y`` is float [N, k], standardised per target when ``scale_target``;
+        ``missing``: data.missing's policy for NaN features (fitted on the observed training values)."""
+        fill = None
+        if missing != "error" and len(train):
+            with warnings.catch_warnings():  # a feature never observed: its fill is 0
+                warnings.simplefilter("ignore", RuntimeWarning)
+                fill = np.nan_to_num(np.nanmean(_valid_steps(train), 0))
+        names, n_raw = list(train.feature_names), train.X.shape[2]
+        if fill is not None:  # the statistics below are of the filled training data
+            train = replace(train, X=fill_missing(train.X, train.lengths, missing, fill))
+            if missing == "mask":
+                names = names + [f"{n}_missing" for n in names]
         if target == "value":
             y = np.asarray(train.y, dtype=np.float64)
             k = y.shape[1]
             std = y.std(0) if scale_target else np.ones(k)
-            prep = cls(layout=layout, class_names=[], feature_names=list(train.feature_names),
+            prep = cls(layout=layout, class_names=[], feature_names=names,
                        per_series=scale == "series",
                        target_names=target_names or (["target"] if k == 1 else [f"target_{j}" for j in range(k)]),
                        target_mean=(y.mean(0) if scale_target else np.zeros(k)).tolist(),
                        target_std=np.where(std > 1e-12, std, 1.0).tolist())
         else:
-            names = train.class_names or _sorted_labels(train.y)
+            classes = train.class_names or _sorted_labels(train.y)
             ints = train.class_names is None and np.asarray(train.y).dtype.kind in "iu"
-            prep = cls(layout=layout, class_names=list(names), feature_names=list(train.feature_names),
+            prep = cls(layout=layout, class_names=list(classes), feature_names=names,
                        per_series=scale == "series", label_kind="int" if ints else "")
         if scale in ("standard", "series", "auto"):  # auto unresolved (no longshort.sizing): standard
             valid = _valid_steps(replace(train, X=series_normalise(train.X, train.lengths)) if prep.per_series
@@ -82,6 +100,12 @@ class Preprocessor:
         if train.aux is not None and len(train.aux):
             prep.aux_mean = float(train.aux.mean())
             prep.aux_std = float(train.aux.std()) or 1.0
+        if fill is not None:
+            prep.missing, prep.fill, prep.n_raw = missing, fill.astype(float).tolist(), n_raw
+            if missing == "mask" and prep.mean:  # the indicators stay 0/1
+                c = prep.n_raw
+                prep.mean = prep.mean[:c] + [0.0] * c
+                prep.std = prep.std[:c] + [1.0] * c
         return prep
 
     # -- applying -------------------------------------------------------------------------------------
@@ -120,14 +144,18 @@ class Preprocessor:
         return np.asarray([index[k] for k in keys], dtype=np.int64)
 
     def transform(self, data: SequenceData, labelled: bool = True) -> SequenceData:
-        """Scaled features (padding stays zero), encoded labels, standardised aux target."""
-        if data.feature_names != self.feature_names and data.n_features != len(self.feature_names):
+        """Missing values filled (data.missing), scaled features (padding stays zero), encoded labels,
+        standardised aux target."""
+        raw_names = self.feature_names[: self.n_raw] if self.missing == "mask" else self.feature_names
+        if data.feature_names != raw_names and data.n_features != len(raw_names):
             raise DataError(
                 data.source,
-                f"has {data.n_features} features but the model was trained on {len(self.feature_names)} "
-                f"({', '.join(self.feature_names)})",
+                f"has {data.n_features} features but the model was trained on {len(raw_names)} "
+                f"({', '.join(raw_names)})",
             )
         x = data.X
+        if self.missing != "error":
+            x = fill_missing(x, data.lengths, self.missing, np.asarray(self.fill))
         if self.per_series:
             x = series_normalise(x, data.lengths)
         if self.mean:
@@ -165,6 +193,31 @@ class Splits:
     notes: list[str] = field(default_factory=list)  # what was done, for the user (sizes, gap, source)
 
 
+def fill_missing(x: np.ndarray, lengths: np.ndarray, policy: str, fill: np.ndarray) -> np.ndarray:
+    """[N, T, C] (or [N, T, 2C] under mask) float32 without NaN at real steps: ``policy`` ffill (the last
+    observed value of the sequence, its first observed one before it, ``fill`` when it has none), zero, mean
+    (``fill``, the training mean) or mask (the mean, then a 0/1 indicator channel per feature)."""
+    x = np.asarray(x, dtype=np.float32)
+    gap = np.isnan(x)
+    valid = (np.arange(x.shape[1])[None, :] < np.asarray(lengths)[:, None])[..., None]
+    if policy == "ffill" and gap.any():
+        # forward fill along time by the index of the last observed step (numpy has no ffill of its own)
+        t = np.arange(x.shape[1])[None, :, None]
+        last = np.maximum.accumulate(np.where(gap, -1, t), axis=1)
+        first = np.argmax(~gap, axis=1)  # [N, C]: the first observed step (0 when none is)
+        idx = np.where(last >= 0, last, first[:, None, :])
+        out = np.take_along_axis(x, idx, axis=1)
+        out = np.where(np.isnan(out), fill.astype(np.float32), out)
+    elif policy == "zero":
+        out = np.where(gap, np.float32(0), x)
+    else:  # mean, mask
+        out = np.where(gap, fill.astype(np.float32), x)
+    out = np.where(valid, out, np.float32(0))
+    if policy == "mask":
+        out = np.concatenate([out, (gap & valid).astype(np.float32)], axis=2)
+    return out
+
+
 def _valid_steps(data: SequenceData) -> np.ndarray:
     mask = np.arange(data.X.shape[1])[None, :] < data.lengths[:, None]
     return data.X[mask].astype(np.float64)
@@ -194,7 +247,10 @@ def read_source(source: str, cfg: DataConfig, seed: int, require_label: bool = T
         if builtin.task != wanted:
             fits = [k for k, b in BUILTINS.items() if b.task == wanted]
             raise ConfigError(f"built-in dataset '{name}' is a {builtin.task} set; task {wanted} has {', '.join(fits)}")
-        return builtin.make(n=cfg.builtin.n, length=cfg.builtin.length, seed=seed)
+        data = builtin.make(n=cfg.builtin.n, length=cfg.builtin.length, seed=seed)
+        if cfg.missing == "error" and np.isnan(data.X).any():
+            raise DataError(source, "has missing values (NaN): set data.missing to ffill, zero, mean or mask")
+        return data
     return read_any(Path(source), cfg, require_label=require_label, with_aux=with_aux, target=target)
 
 
@@ -340,7 +396,7 @@ def prepare(cfg: DataConfig, seed: int, raw: SequenceData | SeriesData | None = 
     train = parts[0]
     assert train is not None
     names = [cfg.long.label] if layout == "long" and target == "value" else None
-    prep = Preprocessor.fit(train, layout, cfg.scale, target, names, scale_target)
+    prep = Preprocessor.fit(train, layout, cfg.scale, target, names, scale_target, cfg.missing)
     if cfg.test_source:
         test = load_for_model(cfg.test_source, cfg, prep, seed)
         notes.append(f"test set from {cfg.test_source}")

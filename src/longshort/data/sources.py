@@ -14,6 +14,7 @@ which skips it (neither required nor checked), and the aux column is never a fea
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import warnings
 import zipfile
@@ -27,6 +28,11 @@ import pyarrow as pa
 from longshort.data.config import DataConfig, LongFormat, SeriesFormat
 from longshort.data.types import SequenceData, SeriesData
 from longshort.errors import DataError
+
+#: while set (``data.missing`` other than error), the readers let NaN feature values through for the
+#: preprocessing to fill; infinities and unparseable cells are still refused. A context variable rather than a
+#: flag threaded through every reader's signature.
+ALLOW_MISSING: contextvars.ContextVar[bool] = contextvars.ContextVar("longshort_allow_missing", default=False)
 
 SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet", ".ts": "ts"}
 CSV_FIRST_ROW = 2  # line number of the first data row of a CSV file (the header is line 1)
@@ -183,7 +189,7 @@ def _check_aux(path: Path, aux: np.ndarray | None, n: int) -> np.ndarray | None:
 
 
 def _check_finite_x(path: Path, X: np.ndarray, valid: np.ndarray) -> None:
-    bad = ~np.isfinite(X) & valid[:, :, None]
+    bad = (np.isinf(X) if ALLOW_MISSING.get() else ~np.isfinite(X)) & valid[:, :, None]
     if not bad.any():
         return
     i, t, c = np.unravel_index(int(np.argmax(bad)), bad.shape)
@@ -304,7 +310,7 @@ def _ts_dimension(path: Path, line_no: int, dim: int, field: str) -> np.ndarray:
         values = np.array(tokens, dtype=np.float64)
     except ValueError:  # find the token at fault
         values = np.array([_ts_value(path, line_no, dim, pos, tok) for pos, tok in enumerate(tokens, start=1)])
-    bad = np.flatnonzero(~np.isfinite(values))
+    bad = np.flatnonzero(np.isinf(values) if ALLOW_MISSING.get() else ~np.isfinite(values))
     if bad.size:
         pos = int(bad[0]) + 1
         raise DataError(path, f"line {line_no}: dimension {dim}, value {pos} is '{tokens[pos - 1].strip()}', "
@@ -456,9 +462,10 @@ def _require_columns(df: pd.DataFrame, columns: list[str], path: Path) -> None:
             raise DataError(path, f"missing column '{col}' (columns are: {', '.join(df.columns)})")
 
 
-def _numeric_column(df: pd.DataFrame, col: str, path: Path, series_id: str | None = None) -> np.ndarray:
+def _numeric_column(df: pd.DataFrame, col: str, path: Path, series_id: str | None = None,
+                    allow_nan: bool = False) -> np.ndarray:
     """Column ``col`` as float64, naming the first row that is not a finite number (and its series, when
-    ``series_id`` names the series column)."""
+    ``series_id`` names the series column); ``allow_nan``: missing values stay NaN (data.missing fills them)."""
     s = df[col]
 
     def of_series(i: int) -> str:
@@ -476,7 +483,7 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path, series_id: str | Non
         values = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         raise DataError(path, f"column '{col}' has dtype {s.dtype}, not a number")
-    finite = np.isfinite(values)
+    finite = np.isfinite(values) | (np.isnan(values) if allow_nan else False)
     if not finite.all():
         i = int(np.argmin(finite))
         raise DataError(path, f"column '{col}': {_describe(values[i])} at row {df.index[i]}{of_series(i)}")
@@ -486,7 +493,8 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path, series_id: str | Non
 def _features_matrix(df: pd.DataFrame, features: list[str], path: Path) -> np.ndarray:
     if not features:
         raise DataError(path, f"no feature columns (columns are: {', '.join(df.columns)})")
-    return np.stack([_numeric_column(df, c, path) for c in features], axis=1).astype(np.float32)
+    allow = ALLOW_MISSING.get()
+    return np.stack([_numeric_column(df, c, path, allow_nan=allow) for c in features], axis=1).astype(np.float32)
 
 
 def _check_no_missing(df: pd.DataFrame, col: str, path: Path) -> None:
@@ -646,7 +654,15 @@ def read_any(path: Path, cfg: DataConfig, require_label: bool = True,
     array, the ``data.long.aux`` / ``data.series.aux`` column (still never a feature), a .ts
     ``@targetLabel``. ``target="value"`` (task regress) reads numeric targets instead of class labels.
     """
-    path = Path(path)
+    token = ALLOW_MISSING.set(cfg.missing != "error")
+    try:
+        return _read_any(Path(path), cfg, require_label, with_aux, target)
+    finally:
+        ALLOW_MISSING.reset(token)
+
+
+def _read_any(path: Path, cfg: DataConfig, require_label: bool, with_aux: bool, target: Target
+              ) -> SequenceData | SeriesData:
     fmt = detect_format(path, cfg.format)
     if fmt in ("npz", "ts"):
         if cfg.layout not in ("auto", "sequences"):

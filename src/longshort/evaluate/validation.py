@@ -179,7 +179,7 @@ def run_cv(cfg: Any, out: str | Path, console: Console | None = None) -> dict[st
     for k, fold in enumerate(folds):
         # this fold's training part only
         prep = Preprocessor.fit(seqs.subset(fold.train), layout, cfg.data.scale, target,
-                                scale_target=cfg.regress.scale_target)
+                                scale_target=cfg.regress.scale_target, missing=cfg.data.missing)
         val = prep.transform(seqs.subset(fold.val)) if len(fold.val) else None
         test = prep.transform(seqs.subset(fold.test))
         fold_splits = Splits(train=prep.transform(seqs.subset(fold.train)), val=val, test=test, prep=prep)
