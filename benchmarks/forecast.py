@@ -24,7 +24,7 @@ is known (``metrics.json``'s ``oracle`` entry). Three parts, each skippable:
 
 JSON in ``benchmarks/results/forecast.json``.
 
-    python benchmarks/forecast.py [--parts speed accuracy gap] [--seeds 0 1 2] [--steps 30] [--rounds 3]
+    python benchmarks/forecast.py [--parts speed accuracy gap] [--seeds 0 1 2] [--steps 120] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -213,8 +213,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="+", choices=("speed", "accuracy", "gap"), default=["speed", "accuracy", "gap"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="the accuracy and gap parts' seeds")
-    p.add_argument("--steps", type=int, default=30, help="speed: optimizer steps per round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=120, help="speed: optimizer steps per round")
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "forecast.json")
     args = p.parse_args()
     doc: dict[str, Any] = {"cpu": cpu_info(), "torch": torch.__version__, "threads": torch.get_num_threads()}
