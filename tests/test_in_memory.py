@@ -94,4 +94,7 @@ def test_cv_takes_a_config_dict(tmp_path: Path) -> None:
     x, y, lengths = _data()
     np.savez(tmp_path / "d.npz", X=x, y=y, lengths=lengths)
     res = longshort.cv({**TINY, "data": {"source": str(tmp_path / "d.npz")}, "cv": {"folds": 2}}, tmp_path / "cv")
-    assert (tmp_path / "cv" / "cv.json").is_file() and res
+    assert (tmp_path / "cv" / "cv.json").is_file() and res["summary"]
+    res2 = longshort.cv({**TINY, "cv": {"folds": 2}}, tmp_path / "cv2", data=(x, y, lengths))  # in memory
+    assert (tmp_path / "cv2" / "data" / "train.npz").is_file()
+    assert res2["summary"] == res["summary"]  # the same data from memory: the same folds and figures

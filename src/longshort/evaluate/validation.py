@@ -124,14 +124,21 @@ _COLUMNS = {"classify": (("accuracy", "f1_macro", "log_loss"), "majority_share",
             "forecast": (("mase", "smape", "mae"), "seasonal_naive_mase", "seasonal-naive MASE")}
 
 
-def run_cv(cfg: Any, out: str | Path, console: Console | None = None) -> dict[str, Any]:
+def run_cv(cfg: Any, out: str | Path, console: Console | None = None, data: Any = None) -> dict[str, Any]:
     """Train and test one fresh model per fold; write ``out/cv.json``, ``out/folds.csv``, ``out/cv.png``.
-    ``cfg``: a Config, a config dict or a YAML path (``longshort.cv({"data": {...}}, "runs/cv")``)."""
+    ``cfg``: a Config, a config dict or a YAML path (``longshort.cv({"data": {...}}, "runs/cv")``); ``data``:
+    in-memory data instead of ``data.source`` (as for ``longshort.train``), kept in ``out/data/``."""
     from longshort.config import Config, load_config, validate
 
     if not isinstance(cfg, Config):
         cfg = validate(cfg) if isinstance(cfg, dict) else load_config(cfg)
     out = Path(out)
+    if data is not None:
+        from longshort.data.memory import write_source
+
+        raw = cfg.model_dump(mode="json", exclude_unset=True)
+        raw.setdefault("data", {})["source"] = str(write_source(data, out / "data", "train").resolve())
+        cfg = validate(raw)
 
     from longshort.config import save_config
     from longshort.data.batching import to_tensors
