@@ -33,6 +33,7 @@ def test_a_run_appears_in_a_local_tracking_store(tmp_path: Path) -> None:
     assert [m.step for m in history] == [1, 2, 3]  # one point per epoch
     assert len(client.get_metric_history(run.info.run_id, "lr")) == 3
     assert "final.test.accuracy" in run.data.metrics
+    assert (tmp_path / "mlruns").is_dir() and not (Path.cwd() / "mlruns").exists()  # beside the database
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "model.safetensors", "history.csv", "plots"} <= names
 

@@ -79,6 +79,9 @@ class OnnxPredictor:
         self.mean: list[float] = list(prep.get("mean") or [])
         self.std: list[float] = list(prep.get("std") or [])
         self.per_series = bool(prep.get("per_series", False))
+        if prep.get("missing", "error") != "error":
+            raise InputError(f"{self.dir}: the run fills missing values (data.missing={prep['missing']}), which "
+                             "this runtime does not: use longshort predict, or train with data.missing=error")
         self.batch_size = batch_size
         self.path = self.dir / str(self.manifest.get("file", "model.onnx"))
 

@@ -299,7 +299,9 @@ class RunStreamer:
     _PER_FEATURE: ClassVar[frozenset[str]] = frozenset(
         {"layout", "class_names", "feature_names", "mean", "std", "aux_mean", "aux_std", "per_series",
          # task regress's target scaling: always empty in a classifier run (the only kind that streams)
-         "target_names", "target_mean", "target_std"})
+         "target_names", "target_mean", "target_std",
+         # integer labels' kind (names only); data.missing's fill, refused below unless it is error (no fill)
+         "label_kind", "missing", "fill", "n_raw"})
 
     def __init__(self, run: Any, batch_size: int = 1) -> None:
         if getattr(run, "task", None) != "classify":
@@ -309,6 +311,9 @@ class RunStreamer:
         if unknown:
             raise StreamingError(f"this run's preprocessing has {', '.join(sorted(unknown))}, which streaming "
                                  "cannot apply one step at a time")
+        if getattr(prep, "missing", "error") != "error":
+            raise StreamingError(f"this run fills missing values (data.missing={prep.missing}), which the streamer "
+                                 "does not do step by step; train with data.missing=error to stream")
         if getattr(prep, "per_series", False):
             raise StreamingError("this run normalises each sequence over its whole length (data.scale=series), "
                                  "which a prefix cannot be; train with data.scale=standard to stream")

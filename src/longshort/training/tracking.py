@@ -55,6 +55,14 @@ def _numbers(row: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside the database for ``sqlite:///PATH`` (MLflow's own
+    default, ``./mlruns``, is relative to whatever the current directory is), the server's choice otherwise."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+    return None
+
+
 class MLflowLogger(Callback):
     """Logs a run to MLflow: params at the start, every epoch's history row (step = the epoch)."""
 
@@ -72,7 +80,8 @@ class MLflowLogger(Callback):
             self.run_id = json.loads(record.read_text())["run_id"]
             return
         exp = self.client.get_experiment_by_name(self.m.experiment)
-        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.m.experiment)
+        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+            self.m.experiment, artifact_location=artifact_root(self.m.uri))
         run = self.client.create_run(exp_id, run_name=self.m.run_name or self.run_dir.name,
                                      tags={"longshort.run_dir": str(self.run_dir.resolve()),
                                            "longshort.task": self.cfg.task})
