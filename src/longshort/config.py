@@ -70,8 +70,8 @@ class Config(BaseModel):
             bad.append("train.optim.lookahead (its slow weights are not sharded)")
         if d.strategy == "fsdp" and o.grad_noise.std > 0:
             bad.append("train.optim.grad_noise with fsdp (noise on shards would differ from one process)")
-        if d.strategy == "fsdp" and o.clip_mode == "per_gate":
-            bad.append("train.optim.clip_mode=per_gate with fsdp (gate blocks are split across shards)")
+        if d.strategy == "fsdp" and o.clip_mode in ("per_gate", "per_gate_adaptive"):
+            bad.append(f"train.optim.clip_mode={o.clip_mode} with fsdp (gate blocks are split across shards)")
         if bad:
             raise ValueError(f"distributed.strategy={d.strategy} does not support " + "; ".join(bad))
         return self

@@ -484,3 +484,36 @@ def test_clipper_follows_config_changes_and_threshold_overrides() -> None:
     assert all(torch.equal(a, b) for a, b in zip(_grads(m), before, strict=True))
     with pytest.raises(ValueError, match="grad_clip"):
         clipper.threshold = 0.0
+
+
+def test_the_decoder_cells_gates_are_recognised_and_a_gru_is_not() -> None:
+    m = nn.ModuleDict({"cell": nn.LSTMCell(3, 4), "gru": nn.GRUCell(3, 8), "head": nn.Linear(4, 2)})
+    cell = m["cell"]
+    assert {id(p) for p in lstm_gate_params(m)} == {id(cell.weight_ih), id(cell.weight_hh), id(cell.bias_ih),
+                                                    id(cell.bias_hh)}
+
+
+def test_per_gate_adaptive_thresholds_follow_each_gates_own_gradient_statistics() -> None:
+    a, factor = 0.9, 2.0
+    cell = nn.LSTMCell(2, 3)
+    cfg = OptimConfig(grad_clip=1.0, clip_mode="per_gate_adaptive", clip_ema=a, gate_clip_factor=factor)
+    clipper = GradClipper(cfg)
+
+    def step(scale_forget: float) -> list[torch.Tensor]:
+        for p in cell.parameters():  # every gate block of every tensor: norm 0.5 (the rest of the model: none)
+            p.grad = torch.full(p.shape, 0.5 / math.sqrt(p.numel() / 4))
+        cell.weight_hh.grad[3:6].mul_(scale_forget)  # the forget gate of weight_hh
+        clipper.clip(cell)
+        return [torch.linalg.vector_norm(b) for b in cell.weight_hh.grad.chunk(4)]
+
+    first = step(1.0)  # the first step sets each gate's statistics from its own norm: nothing is clipped
+    assert [float(n) for n in first] == pytest.approx([0.5] * 4)
+    second = step(10.0)  # the forget gate's norm 5.0 > 2 x its running norm 0.5: clipped to 1.0, the rest not
+    assert float(second[1]) == pytest.approx(factor * 0.5, rel=1e-5)
+    assert [float(second[i]) for i in (0, 2, 3)] == pytest.approx([0.5] * 3)
+    ema = a * 0.5 + (1 - a) * 1.0  # the EMA takes the clipped norm, so one spike does not raise the bar much
+    resumed = GradClipper(cfg)
+    resumed.load_state_dict(clipper.state_dict())
+    third, clipper = step(10.0), resumed
+    assert float(third[1]) == pytest.approx(factor * ema, rel=1e-5)
+    assert float(step(10.0)[1]) == pytest.approx(factor * ema, rel=1e-5)  # the resumed clipper: the same bar

@@ -65,12 +65,17 @@ class OptimConfig(BaseModel):
     grad_clip: float | None = Field(
         1.0, gt=0, description="clipping threshold (a norm, or the largest |gradient| for clip_mode=value); null = off"
     )
-    clip_mode: Literal["norm", "value", "adaptive", "per_gate"] = Field(
+    clip_mode: Literal["norm", "value", "adaptive", "per_gate", "per_gate_adaptive"] = Field(
         "norm",
         description="norm: global gradient norm; value: each element; adaptive: global norm clipped to an EMA "
         "of the norms (this step's included) that starts at grad_clip (after that grad_clip only switches it "
-        "on or off); per_gate: each LSTM gate block's norm on its own, the rest by global norm",
+        "on or off); per_gate: each LSTM gate block's norm on its own (nn.LSTM, longshort's LSTM and the "
+        "decoders' nn.LSTMCell), the rest by global norm; per_gate_adaptive: each gate block clipped to "
+        "gate_clip_factor x the EMA (clip_ema) of its own past gradient norms, from its first step's norm "
+        "(seed 003's thresholds from each gate's gradient statistics), the rest by global norm",
     )
+    gate_clip_factor: float = Field(
+        2.0, gt=0, description="clip_mode=per_gate_adaptive: a gate block's threshold in units of its running norm")
     clip_ema: float = Field(
         0.9, ge=0, lt=1, description="clip_mode=adaptive: a in threshold_t = a * threshold_(t-1) + (1 - a) * |g_t|"
     )

@@ -184,16 +184,20 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:
 # -- gradient clipping --------------------------------------------------------------------------------------
 
 _GATE_PREFIXES = ("weight_ih_l", "weight_hh_l", "bias_ih_l", "bias_hh_l")
+_CELL_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # nn.LSTMCell's (no layer suffix)
 _EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_: coefficient threshold / (norm + eps)
 
 
 def lstm_gate_params(model: nn.Module) -> list[nn.Parameter]:
     """LSTM weights and biases whose dim 0 stacks the 4 gates (i, f, g, o): parameters named ``weight_ih_l*``,
-    ``weight_hh_l*``, ``bias_ih_l*``, ``bias_hh_l*`` (``nn.LSTM``'s and ``longshort.nn.lstm.LSTM``'s names)."""
+    ``weight_hh_l*``, ``bias_ih_l*``, ``bias_hh_l*`` (``nn.LSTM``'s and ``longshort.nn.lstm.LSTM``'s names), and
+    an ``nn.LSTMCell``'s ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (the seq2seq decoder's cell)."""
     out: list[nn.Parameter] = []
     for module in model.modules():
+        cell = isinstance(module, nn.LSTMCell)
         for name, p in module.named_parameters(recurse=False):
-            if name.startswith(_GATE_PREFIXES) and p.ndim >= 1 and p.shape[0] % 4 == 0:
+            named = name.startswith(_GATE_PREFIXES) or (cell and name in _CELL_NAMES)
+            if named and p.ndim >= 1 and p.shape[0] % 4 == 0:
                 out.append(p)
     return out
 
@@ -208,6 +212,9 @@ class GradClipper:
         self._threshold: float | None = cfg.grad_clip
         self._overridden = False
         self.ema: float | None = None  # adaptive: threshold_(t-1); None until the first clipped step
+        # per_gate_adaptive: the running gradient norm of each gate block, [4] per gate parameter (in
+        # lstm_gate_params order); empty until the first clipped step
+        self.gate_ema: list[Tensor] = []
 
     @property
     def threshold(self) -> float | None:
@@ -237,28 +244,41 @@ class GradClipper:
             self.ema = a * (threshold if self.ema is None else self.ema) + (1 - a) * float(total)
             nn.utils.clip_grads_with_norm_(params, self.ema, total)
         else:
-            self._clip_per_gate(model, params, threshold)
+            self._clip_per_gate(model, params, threshold, adaptive=mode == "per_gate_adaptive")
         return float(total)
 
-    @staticmethod
-    def _clip_per_gate(model: nn.Module, params: list[nn.Parameter], threshold: float) -> None:
-        gates = {id(p) for p in lstm_gate_params(model)}
+    def _clip_per_gate(self, model: nn.Module, params: list[nn.Parameter], threshold: float,
+                       adaptive: bool = False) -> None:
+        gate_list = lstm_gate_params(model)
+        gates = {id(p): i for i, p in enumerate(gate_list)}
+        if adaptive and len(self.gate_ema) != len(gate_list):
+            self.gate_ema = [torch.full((4,), float("nan"), device=p.device) for p in gate_list]
+        a, factor = self.cfg.clip_ema, self.cfg.gate_clip_factor
         for p in params:  # a loop over parameters (their shapes differ), each handled by whole-tensor ops
             if id(p) not in gates:
                 continue
             g = p.grad.unflatten(0, (4, -1))  # [4, H, ...]: a view, so scaling it scales p.grad
-            norms = torch.linalg.vector_norm(g, dim=tuple(range(1, g.ndim)), keepdim=True)  # one per gate
-            g.mul_((threshold / (norms + _EPS)).clamp(max=1.0))
+            norms = torch.linalg.vector_norm(g, dim=tuple(range(1, g.ndim)))  # [4]: one per gate
+            if adaptive:  # this gate's own statistics: factor x the EMA of its past (clipped) norms
+                ema = self.gate_ema[gates[id(p)]].to(norms.device)
+                ema = torch.where(torch.isnan(ema), norms, ema)  # the first step: its own norm
+                limit = factor * ema
+                clipped = torch.minimum(norms, limit)
+                self.gate_ema[gates[id(p)]] = a * ema + (1 - a) * clipped
+            else:
+                limit = torch.full_like(norms, threshold)
+            g.mul_((limit / (norms + _EPS)).clamp(max=1.0).view(4, *([1] * (g.ndim - 1))))
         rest = [p for p in params if id(p) not in gates]
         if rest:
             nn.utils.clip_grad_norm_(rest, threshold)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ema": self.ema}
+        return {"ema": self.ema, "gate_ema": [e.tolist() for e in self.gate_ema]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         ema = state["ema"]
         self.ema = None if ema is None else float(ema)
+        self.gate_ema = [torch.tensor(e, dtype=torch.float32) for e in state.get("gate_ema", [])]
 
 
 # -- gradient noise -----------------------------------------------------------------------------------------
