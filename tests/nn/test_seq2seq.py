@@ -281,3 +281,25 @@ def test_multi_modal_fields_have_own_encoders_and_are_fused() -> None:
     assert beam_search(m, [_src(), f2], [LENGTHS, lens2], 3, 6).tokens.shape[0] == 3
     with pytest.raises(ValueError, match="2 source field"):
         m(_src(), LENGTHS, tgt)
+
+
+def test_bahdanau_query_order_attends_from_the_previous_state() -> None:
+    """attention_query=previous: step t scores with h_(t-1) (the state before the cell) and the context enters
+    the cell's input; checked against a hand computation of one step."""
+    m = _model(attention_query="previous", attention=AttentionConfig(kind="bahdanau", input_feeding=False)).eval()
+    assert m.cells[0].input_size == 8 + 16  # [emb(y_(t-1)); c_t]
+    src, tgt = _src(), _tgt()
+    with torch.no_grad():
+        enc, mask, state = m.encode(src, LENGTHS)
+        h0, c0 = state[0][0], state[1][0]
+        att = m.attention(h0, enc, mask, step=0)  # from h_(t-1): the bridge's initial state
+        x = torch.cat([m.tgt_emb(tgt[:, 0]), att.context], -1)
+        h1, _ = m.cells[0](x, (h0, c0))
+        want = m.out(torch.tanh(m.W_c(torch.cat([h1, att.context], -1))))
+        logits, _, _, weights, _ = m.step(tgt[:, 0], state, torch.zeros(3, 16), enc, mask, 0, None)
+        torch.testing.assert_close(logits, want)
+        torch.testing.assert_close(weights, att.weights)
+        luong = _model(attention=AttentionConfig(kind="bahdanau", input_feeding=False)).eval()
+        assert luong.cells[0].input_size == 8
+        out = m(src, LENGTHS, tgt)  # the whole decoder (teacher forcing) runs in this order too
+    assert out.logits.shape == (3, 4, V_TGT) and torch.isfinite(out.logits).all()

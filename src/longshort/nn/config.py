@@ -215,6 +215,10 @@ class Seq2SeqConfig(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout on embeddings, between layers and before the output")
     cell: CellConfig = Field(default_factory=CellConfig, description="encoder cell options")
     attention: AttentionConfig = Field(default_factory=AttentionConfig, description="decoder attention")
+    attention_query: Literal["current", "previous"] = Field(
+        "current", description="the decoder state that queries the attention: current = h_t after the step "
+        "(Luong's order; the context then shapes the output); previous = h_(t-1) before it (Bahdanau's order, seed "
+        "003's: the context c_t also enters the step's input [emb(y_(t-1)); c_t])")
     bridge: Literal["linear", "zero"] = Field(
         "linear", description="decoder initial (h, c): tanh(W [final fwd; final bwd]) per layer, or zeros"
     )

@@ -22,7 +22,9 @@ Decoder, one step ``t`` (a stack of ``torch.nn.LSTMCell``, width ``H``; ``CellCo
 
 - input ``x_t = [emb(y_t); h~_{t-1}]`` with input feeding (``cfg.attention.input_feeding``, ``h~_0 = 0``), else
   ``emb(y_t)``; dropout on the embedding and between decoder layers
-- attention of the top state ``h_t`` over the encoder outputs (source padding masked), coverage carried across
+- attention of the top state ``h_t`` over the encoder outputs (source padding masked; with
+  ``cfg.attention_query=previous`` of ``h_(t-1)`` before the step, Bahdanau's order, its context also in the
+  step's input), coverage carried across
   steps when ``cfg.attention.coverage``
 - attentional vector ``h~_t = tanh(W_c [h_t; context_t])``, logits ``= W_o dropout(h~_t)``
 
@@ -123,7 +125,8 @@ class Seq2Seq(nn.Module):
             self.bridge_h = nn.Linear(width, cfg.dec_layers * h)
             self.bridge_c = nn.Linear(width, cfg.dec_layers * h)
         self.input_feeding = cfg.attention.input_feeding
-        in0 = cfg.emb_dim + (h if self.input_feeding else 0)
+        self.query_previous = cfg.attention_query == "previous"  # Bahdanau's order: attend from h_(t-1)
+        in0 = cfg.emb_dim + (h if self.input_feeding else 0) + (h if self.query_previous else 0)
         self.cells = nn.ModuleList([nn.LSTMCell(in0 if k == 0 else h, h) for k in range(cfg.dec_layers)])
         self.attention = Attention(h, h, cfg.attention)
         self.W_c = nn.Linear(2 * h, h, bias=False)
@@ -180,12 +183,17 @@ class Seq2Seq(nn.Module):
         if self.input_feeding:
             x = torch.cat([x, h_tilde], dim=-1)
         hs, cs = state
+        att = None
+        if self.query_previous:  # score with the state before this step; its context enters the step's input
+            att = self.attention(hs[-1], enc, mask, step=t, coverage=coverage, prepared=prepared)
+            x = torch.cat([x, att.context.to(x.dtype)], dim=-1)
         new_h, new_c = [], []
         for k, cell in enumerate(self.cells):
             hk, ck = cell(x if k == 0 else self.drop(new_h[-1]), (hs[k], cs[k]))
             new_h.append(hk)
             new_c.append(ck)
-        att = self.attention(new_h[-1], enc, mask, step=t, coverage=coverage, prepared=prepared)
+        if att is None:  # Luong's order: score with the state after it
+            att = self.attention(new_h[-1], enc, mask, step=t, coverage=coverage, prepared=prepared)
         h_tilde = torch.tanh(self.W_c(torch.cat([new_h[-1], att.context.to(new_h[-1].dtype)], dim=-1)))
         logits = self.out(self.drop(h_tilde))
         return logits, (new_h, new_c), h_tilde, att.weights, att.coverage
