@@ -78,6 +78,7 @@ WHEN: dict[str, dict[str, list[str]]] = {
         "train.tasks.tau": ["train.tasks.weighting=performance"],
         "train.curriculum.score": ["train.curriculum.kind=difficulty", "train.epochs=3"],
         "train.curriculum.stage": ["train.curriculum.kind=difficulty", "train.epochs=3"],
+        "train.curriculum.final_stage": ["train.curriculum.kind=difficulty", "train.epochs=3"],
         "train.curriculum.p0": ["train.curriculum.kind=adaptive", "train.epochs=3"],
         "train.curriculum.alpha": ["train.curriculum.kind=adaptive", "train.epochs=3"],
         "train.curriculum.hard_fraction": ["train.curriculum.kind=adaptive", "train.epochs=3"],

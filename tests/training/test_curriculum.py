@@ -174,6 +174,10 @@ def test_difficulty_subsets_are_cumulative_and_easiest_first() -> None:
     assert cur.difficulty_subset(torch.tensor([1.0, 1.0, 0.0, 0.0]), 0, 2).tolist() == [2, 3]  # ties by index
     seven = torch.arange(7, 0, -1).float()  # example 6 easiest
     assert [len(cur.difficulty_subset(seven, s, 3)) for s in range(3)] == [3, 5, 7]
+    # final_stage=hard: the last stage is the hardest third alone; the earlier stages are as before
+    assert cur.difficulty_subset(scores, 2, 3, "hard").tolist() == [4, 0]
+    assert cur.difficulty_subset(scores, 1, 3, "hard").tolist() == [1, 5, 3, 2]
+    assert cur.difficulty_subset(scores, 0, 1, "hard").tolist() == [1, 5, 3, 2, 4, 0]  # one stage: all of it
     with pytest.raises(ValueError, match="stage must lie"):
         cur.difficulty_subset(scores, 3, 3)
     with pytest.raises(ValueError, match="NaN"):

@@ -166,6 +166,11 @@ class CurriculumConfig(BaseModel):
         "stage takes the rest)",
         json_schema_extra=ONLY_CLASSIFY,
     )
+    final_stage: Literal["all", "hard"] = Field(
+        "all", description="difficulty: what the last stage trains on: all = every part (cumulative stages); "
+        "hard = the hardest part only (seed 003's phase 3: the high-loss examples)",
+        json_schema_extra=ONLY_CLASSIFY,
+    )
     p0: float = Field(0.2, ge=0, le=1, description="adaptive: probability of a hard example at accuracy 0",
                       json_schema_extra=ONLY_CLASSIFY)
     alpha: float = Field(

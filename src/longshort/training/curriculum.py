@@ -147,8 +147,9 @@ def _check_scores(scores: Tensor) -> None:
         raise ValueError("scores contain NaN: the scorer's loss is undefined for some examples")
 
 
-def difficulty_subset(scores: Tensor, stage: int, stages: int) -> Tensor:
-    """Indices of parts 0..``stage`` of the examples sorted by ``scores`` (loss), easiest first.
+def difficulty_subset(scores: Tensor, stage: int, stages: int, final_stage: str = "all") -> Tensor:
+    """Indices of parts 0..``stage`` of the examples sorted by ``scores`` (loss), easiest first; with
+    ``final_stage="hard"`` the last stage is the hardest part alone (seed 003's third phase) rather than all.
 
     The sorted examples are split into ``stages`` parts of equal size (the first ``N % stages`` parts one
     larger); ties are broken by index (stable sort), so the result is deterministic. Returned in score order:
@@ -160,7 +161,10 @@ def difficulty_subset(scores: Tensor, stage: int, stages: int) -> Tensor:
     if not 0 <= stage < stages:
         raise ValueError(f"stage must lie in [0, {stages - 1}] (curriculum.stages={stages}), got {stage}")
     ranked = torch.sort(scores.cpu(), stable=True).indices
-    end = sum(len(p) for p in torch.tensor_split(ranked, stages)[: stage + 1])
+    parts = torch.tensor_split(ranked, stages)
+    if final_stage == "hard" and stages > 1 and stage == stages - 1:
+        return parts[-1]
+    end = sum(len(p) for p in parts[: stage + 1])
     return ranked[:end]
 
 
@@ -310,7 +314,7 @@ def plan_epoch(
     if cfg.kind == "difficulty":
         stage = difficulty_stage(cfg, epoch, epochs_total)
         assert stage is not None
-        subset = difficulty_subset(scores, stage, cfg.stages)
+        subset = difficulty_subset(scores, stage, cfg.stages, cfg.final_stage)
         return EpochPlan(subset[epoch_order(len(subset), seed, epoch)], None)
     p = p_hard(cfg, accuracy)
     return EpochPlan(adaptive_order(scores, p, cfg.hard_fraction, curriculum_generator(seed, epoch)), None)
