@@ -74,6 +74,10 @@ def _callbacks(cfg: Config, run_dir: Path, console: Console, extra: list[Callbac
         cbs.append(PlainProgress())
     if cfg.train.tensorboard:
         cbs.append(TensorBoard(run_dir / "tb"))
+    if cfg.diagnostics.enabled:
+        from longshort.diagnostics.trajectory import ParamTrajectory
+
+        cbs.append(ParamTrajectory(run_dir))
     if cfg.train.mlflow.uri:
         from longshort.training.tracking import MLflowLogger
 

@@ -176,7 +176,22 @@ def write_predictions(d: Path, name: str = "predictions_test.npz", seed: int = 2
     np.savez(_diag(d) / name, proba=proba.astype(np.float32), y=y, class_names=np.array(CLASSES))
 
 
+def write_trajectory(d: Path, epochs: int = 5) -> Path:
+    """diagnostics/trajectory.json as diagnostics/trajectory.py writes it (a straight, slowing path)."""
+    rows, path = [], 0.0
+    for e in range(1, epochs + 1):
+        step = 1.0 / e
+        path += step
+        rows.append({"epoch": e, "distance_from_init": path, "relative_distance": path / 10.0,
+                     "step_length": step, "path_length": path, "straightness": 1.0, "spread": path / 3.0})
+    (d / "diagnostics").mkdir(parents=True, exist_ok=True)
+    (d / "diagnostics" / "trajectory.json").write_text(json.dumps(
+        {"parameters": 1000, "init_norm": 10.0, "sum_sq": 0.0, "epochs": rows}))
+    return d
+
+
 def write_all_diagnostics(d: Path, seed: int = 0) -> Path:
+    write_trajectory(d)
     write_steps(d, seed)
     write_gates(d)
     write_landscape(d)

@@ -34,7 +34,7 @@ from longshort.report.html import (
 )
 
 DIAGNOSTIC_SECTIONS = ("gradient-norms", "gate-statistics", "memory-utilisation", "reliability", "attention",
-                       "loss-landscape", "information-flow")
+                       "loss-landscape", "parameter-space", "information-flow")
 
 
 def section(page: str, sid: str) -> str:

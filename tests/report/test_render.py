@@ -83,7 +83,7 @@ def test_every_section_renders_and_every_plot_decodes(full_report: Path, tmp_pat
         assert s["errors"] == 0, sid
     imgs = seen["imgs"]
     expected = png_sizes(full_report.read_text())
-    assert len(imgs) == len(expected) == 12  # type: ignore[arg-type]
+    assert len(imgs) == len(expected) == 13  # type: ignore[arg-type]
     for img, (w, h) in zip(imgs, expected, strict=True):  # type: ignore[call-overload]
         assert (img["w"], img["h"]) == (w, h), img["alt"]  # decoded by the browser, at the PNG's own size
         assert img["shown"] > 100, img["alt"]
@@ -97,7 +97,7 @@ def test_missing_diagnostics_render_as_notes(tmp_path: Path) -> None:
     seen = rendered(report, tmp_path)
     notes = {s["id"]: s["notes"] for s in seen["sections"]}  # type: ignore[union-attr]
     for sid in ("gradient-norms", "gate-statistics", "memory-utilisation", "reliability", "attention",
-                "loss-landscape", "information-flow"):
+                "loss-landscape", "parameter-space", "information-flow"):
         assert notes[sid] == 1, sid
     assert notes["learning-curves"] == 0 and notes["confusion-matrix"] == 0
     assert all(i["w"] > 0 for i in seen["imgs"])  # type: ignore[union-attr]

@@ -65,6 +65,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("reliability", "Reliability"),
     ("attention", "Attention"),
     ("loss-landscape", "Loss landscape"),
+    ("parameter-space", "Parameter space"),
     ("information-flow", "Information flow"),
     ("inputs", "Input files"),
 )
@@ -84,6 +85,8 @@ HINTS: dict[str, str] = {
                  "the model needs attention blocks, model.num_heads > 0)",
     "landscape": "diagnostics/landscape.json is missing; train with diagnostics.analysis=true (the default), "
                  "or run longshort.diagnostics.analyse.analyse_run(RUN_DIR)",
+    "trajectory": "diagnostics/trajectory.json is missing; train with diagnostics.enabled=true (the default; "
+                  "not recorded under FSDP)",
     "information": "diagnostics/information.json is missing; train with diagnostics.analysis=true (the "
                    "default), or run longshort.diagnostics.analyse.analyse_run(RUN_DIR)",
 }
@@ -190,6 +193,7 @@ class RunData:
     steps: Table | None = None
     gates: Table | None = None
     landscape: dict[str, Any] | None = None
+    trajectory: dict[str, Any] | None = None
     information: dict[str, Any] | None = None
     attention: dict[str, np.ndarray] | None = None
     predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # split -> {proba, y}
@@ -256,6 +260,7 @@ def load_run(run_dir: str | Path, name: str | None = None) -> RunData:
     run.steps = read("diagnostics/steps.csv", _read_csv)
     run.gates = read("diagnostics/gates.csv", _read_csv)
     run.landscape = read("diagnostics/landscape.json", lambda p: json.loads(p.read_text()))
+    run.trajectory = read("diagnostics/trajectory.json", lambda p: json.loads(p.read_text()))
     run.information = read("diagnostics/information.json", lambda p: json.loads(p.read_text()))
     run.gates_final = read("diagnostics/gates_final.json", lambda p: json.loads(p.read_text()))
     run.attention = read("diagnostics/attention.npz", _npz)
@@ -1017,6 +1022,35 @@ def predictiveness_html(gp: object) -> str:
     return out
 
 
+def trajectory_section(run: RunData) -> str:
+    """How far and how widely training moved the weights (diagnostics/trajectory.json, per epoch)."""
+    tr = run.trajectory
+    rows = (tr or {}).get("epochs") or []
+    if not rows:
+        return missing(run, "trajectory")
+    last = rows[-1]
+    body = ("<p>Exploration of parameter space: the distance of the weights from their initialisation, the path "
+            "travelled (sum of the epochs' steps; distance / path = 1 is a straight line) and the trajectory's "
+            "spread (radius of gyration of the per-epoch weights).</p>")
+    body += html_table(None, [["parameters", tr.get("parameters", "")],
+                              ["distance from init", last["distance_from_init"]],
+                              ["relative to the initial norm", last["relative_distance"]],
+                              ["path length", last["path_length"]], ["straightness", last["straightness"]],
+                              ["spread", last["spread"]]], left=2)
+    e = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    axes[0].plot(e, [r["distance_from_init"] for r in rows], marker="o", ms=3, label="distance from init")
+    axes[0].plot(e, [r["path_length"] for r in rows], marker="o", ms=3, label="path length")
+    axes[1].plot(e, [r["step_length"] for r in rows], marker="o", ms=3, label="step per epoch")
+    axes[1].plot(e, [r["spread"] for r in rows], marker="o", ms=3, label="spread")
+    for ax in axes:
+        _epoch_x(ax)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return body + img(fig, "distance from initialisation, path length, step length and spread per epoch")
+
+
 def landscape_section(run: RunData) -> str:
     ls = run.landscape
     if ls is None:
@@ -1126,6 +1160,7 @@ _BUILDERS: dict[str, Callable[[RunData], str]] = {
     "reliability": reliability_section,
     "attention": attention_section,
     "loss-landscape": landscape_section,
+    "parameter-space": trajectory_section,
     "information-flow": information_section,
     "inputs": inputs_section,
 }
