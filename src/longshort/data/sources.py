@@ -34,6 +34,8 @@ from longshort.errors import DataError
 #: flag threaded through every reader's signature.
 ALLOW_MISSING: contextvars.ContextVar[bool] = contextvars.ContextVar("longshort_allow_missing", default=False)
 
+MISSING_HINT = " (data.missing=ffill, zero, mean or mask fills missing values)"
+
 SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet", ".ts": "ts"}
 CSV_FIRST_ROW = 2  # line number of the first data row of a CSV file (the header is line 1)
 Target = Literal["label", "value"]  # what a sequence's target is: a class label (classify) or numbers (regress)
@@ -193,7 +195,8 @@ def _check_finite_x(path: Path, X: np.ndarray, valid: np.ndarray) -> None:
     if not bad.any():
         return
     i, t, c = np.unravel_index(int(np.argmax(bad)), bad.shape)
-    raise DataError(path, f"array 'X': {_describe(X[i, t, c])} at sequence {i}, step {t}, channel {c}")
+    raise DataError(path, f"array 'X': {_describe(X[i, t, c])} at sequence {i}, step {t}, channel {c}"
+                          f"{MISSING_HINT if np.isnan(X[i, t, c]) else ''}")
 
 
 def _describe(value: float) -> str:
@@ -463,7 +466,7 @@ def _require_columns(df: pd.DataFrame, columns: list[str], path: Path) -> None:
 
 
 def _numeric_column(df: pd.DataFrame, col: str, path: Path, series_id: str | None = None,
-                    allow_nan: bool = False) -> np.ndarray:
+                    allow_nan: bool = False, feature: bool = False) -> np.ndarray:
     """Column ``col`` as float64, naming the first row that is not a finite number (and its series, when
     ``series_id`` names the series column); ``allow_nan``: missing values stay NaN (data.missing fills them)."""
     s = df[col]
@@ -486,7 +489,8 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path, series_id: str | Non
     finite = np.isfinite(values) | (np.isnan(values) if allow_nan else False)
     if not finite.all():
         i = int(np.argmin(finite))
-        raise DataError(path, f"column '{col}': {_describe(values[i])} at row {df.index[i]}{of_series(i)}")
+        raise DataError(path, f"column '{col}': {_describe(values[i])} at row {df.index[i]}{of_series(i)}"
+                              f"{MISSING_HINT if feature and np.isnan(values[i]) else ''}")
     return values
 
 
@@ -494,7 +498,8 @@ def _features_matrix(df: pd.DataFrame, features: list[str], path: Path) -> np.nd
     if not features:
         raise DataError(path, f"no feature columns (columns are: {', '.join(df.columns)})")
     allow = ALLOW_MISSING.get()
-    return np.stack([_numeric_column(df, c, path, allow_nan=allow) for c in features], axis=1).astype(np.float32)
+    return np.stack([_numeric_column(df, c, path, allow_nan=allow, feature=True) for c in features],
+                    axis=1).astype(np.float32)
 
 
 def _check_no_missing(df: pd.DataFrame, col: str, path: Path) -> None:
