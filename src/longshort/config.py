@@ -99,9 +99,12 @@ class Config(BaseModel):
                                  "val_f1_macro, val_accuracy, val_loss")
             return self
         t = self.train
-        if t.curriculum.kind not in ("none", "length"):
+        if t.curriculum.kind not in ("none", "length", "difficulty"):
             raise ValueError(f"train.curriculum.kind={t.curriculum.kind} is a classifier curriculum; task seq2seq "
-                             "has none and length")
+                             "has none, length and difficulty (by token perplexity)")
+        if t.curriculum.kind == "difficulty" and t.curriculum.scorer != "self":
+            raise ValueError("task seq2seq's difficulty curriculum scores pairs by the model's own token perplexity: "
+                             "train.curriculum.scorer must be self")
         if t.early_stopping.metric in ("val_f1_macro",):
             raise ValueError("train.early_stopping.metric=val_f1_macro is a classifier metric; task seq2seq has "
                              "val_exact_match, val_token_accuracy, val_edit_error_rate, val_bleu, val_loss, "

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from longshort.config import validate
 from longshort.data.config import DataConfig
 from longshort.data.pair_pipeline import EncodedPairs, encode_pairs, prepare_pairs
+from longshort.data.pairs import PAD_ID
 from longshort.errors import ConfigError
 from longshort.nn.seq2seq import Seq2Seq
 from longshort.training.losses import sequence_focal_loss
@@ -387,3 +389,37 @@ def test_train_phases_set_the_seq2seq_learning_rate_per_phase(tmp_path: Path) ->
     tr.fit()
     assert [r["lr"] for r in tr.history] == pytest.approx([0.01, 0.002, 0.002])
     assert [r["phase"] for r in tr.history] == [1, 2, 2]
+
+
+def test_perplexity_curriculum_trains_the_easiest_pairs_first(tmp_path: Path) -> None:
+    data = _data(n=300, min_len=2, max_len=8)
+    cur_cfg = {"kind": "difficulty", "score_after": 1, "stages": 3, "final_stage": "hard"}
+    tr = _trainer(tmp_path, data, epochs=4, curriculum=cur_cfg)
+    seen: dict[int, set[int]] = {}
+    inner_take = tr.task.take
+
+    def take(idx: Any, plan: Any) -> Any:
+        seen.setdefault(tr.epoch, set()).update(idx.tolist())
+        return inner_take(idx, plan)
+
+    tr.task.take = take  # type: ignore[method-assign]
+    tr.fit()
+    scores = tr.task.scores
+    assert scores is not None and scores.shape == (len(data[0]),)
+    # the score is each pair's mean token cross-entropy under the model (recomputed here by hand, after training)
+    b = data[0].take(torch.arange(5), tr.device)
+    with torch.no_grad():
+        tr.model.eval()
+        logits = tr.model(b.src, b.src_lengths, b.decoder_input()).logits
+    hand = [float(F.cross_entropy(logits[i][b.tgt[i] != PAD_ID], b.tgt[i][b.tgt[i] != PAD_ID])) for i in range(5)]
+    now = tr.task.pair_log_perplexity(data[0])[:5]
+    torch.testing.assert_close(now, torch.tensor(hand), rtol=1e-4, atol=1e-5)
+    ranked = torch.sort(scores, stable=True).indices
+    third = len(ranked) // 3
+    assert len(seen[0]) == len(data[0])  # before scoring: every pair
+    assert seen[1] == set(ranked[:third].tolist())  # stage 0: the lowest-perplexity third
+    assert seen[3] == set(ranked[-third:].tolist())  # final_stage=hard: the highest-perplexity third alone
+    with pytest.raises(ConfigError, match="scorer must be self"):
+        validate({"task": "seq2seq", "train": {"curriculum": {"kind": "difficulty", "scorer": "runs/x"}}})
+    with pytest.raises(ConfigError, match="has none, length and difficulty"):
+        validate({"task": "seq2seq", "train": {"curriculum": {"kind": "adaptive"}}})

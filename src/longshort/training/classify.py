@@ -82,7 +82,7 @@ class ClassifyTask:
         if c.kind == "difficulty" and cur.needs_scores(c, epoch):
             stage = cur.difficulty_stage(c, epoch, self.cfg.epochs)
             if stage is not None:
-                return len(cur.difficulty_subset(torch.zeros(n), stage, c.stages))
+                return len(cur.difficulty_subset(torch.zeros(n), stage, c.stages, c.final_stage))
         return n
 
     def begin_epoch(self, epoch: int) -> None:

@@ -21,6 +21,7 @@ from longshort.training.recipes import PhaseConfig, RecipeName, merge_under, pre
 ONLY_CLASSIFY = {"tasks": ["classify"]}
 ONLY_SEQ2SEQ = {"tasks": ["seq2seq"]}
 SEQUENCES = {"tasks": ["classify", "regress"]}  # the tasks that read sequences with a target each
+DIFFICULTY_TASKS = {"tasks": ["classify", "seq2seq"]}  # the difficulty curriculum (seq2seq: token perplexity)
 
 
 # -- from training/optim.py ----------
@@ -148,28 +149,29 @@ class CurriculumConfig(BaseModel):
         "self",
         min_length=1,
         description="difficulty/adaptive: 'self' scores the examples with the model being trained after "
-        "score_after epochs; else a trained run directory (same data preparation) whose model scores them",
-        json_schema_extra=ONLY_CLASSIFY,
+        "score_after epochs (task seq2seq: by each pair's token perplexity, self only); else a trained run "
+        "directory (same data preparation) whose model scores them",
+        json_schema_extra=DIFFICULTY_TASKS,
     )
     score_after: int = Field(
         1, ge=0, description="difficulty/adaptive: epochs of normal training before the examples are scored",
-        json_schema_extra=ONLY_CLASSIFY,
+        json_schema_extra=DIFFICULTY_TASKS,
     )
     stages: int = Field(
         3, ge=1, description="difficulty: equal parts by score, easiest first; stage s trains on parts 0..s",
-        json_schema_extra=ONLY_CLASSIFY,
+        json_schema_extra=DIFFICULTY_TASKS,
     )
     stage_epochs: int | None = Field(
         None,
         ge=1,
         description="difficulty: epochs per stage; null = the epochs after scoring split evenly (the last "
         "stage takes the rest)",
-        json_schema_extra=ONLY_CLASSIFY,
+        json_schema_extra=DIFFICULTY_TASKS,
     )
     final_stage: Literal["all", "hard"] = Field(
         "all", description="difficulty: what the last stage trains on: all = every part (cumulative stages); "
         "hard = the hardest part only (seed 003's phase 3: the high-loss examples)",
-        json_schema_extra=ONLY_CLASSIFY,
+        json_schema_extra=DIFFICULTY_TASKS,
     )
     p0: float = Field(0.2, ge=0, le=1, description="adaptive: probability of a hard example at accuracy 0",
                       json_schema_extra=ONLY_CLASSIFY)

@@ -66,6 +66,8 @@ class Seq2SeqTask:
         assert train.tgt is not None and train.tgt_lengths is not None
         self.cfg, self.s2s, self.train_data, self.val_data = cfg, s2s, train, val
         self.objective = SequenceObjective(s2s.objective)
+        # the difficulty curriculum's per-pair scores (token perplexity's log), computed once when it needs them
+        self.scores: Tensor | None = None
         self.tr: Trainer
         #: a plain model that decoding and evaluation use instead of the trainer's (after a distributed run: rank
         #: 0's final model, once the other ranks are gone)
@@ -109,14 +111,44 @@ class Seq2SeqTask:
         if c.kind == "length":
             c = c.model_copy(update={"mode": "filter"})
         assert self.train_data.tgt_lengths is not None
-        order = cur.plan_epoch(c, epoch, self.cfg.epochs, self.tr.seed, self.train_data.tgt_lengths, None, 0.0).order
+        order = cur.plan_epoch(c, epoch, self.cfg.epochs, self.tr.seed, self.train_data.tgt_lengths, self.scores,
+                               0.0).order
         return cur.EpochPlan(order, None)
 
     def epoch_size(self, epoch: int) -> int:
+        c, n = self.cfg.curriculum, len(self.train_data)
+        if c.kind == "difficulty" and cur.needs_scores(c, epoch):  # its size never depends on the scores
+            stage = cur.difficulty_stage(c, epoch, self.cfg.epochs)
+            if stage is not None:
+                return len(cur.difficulty_subset(torch.zeros(n), stage, c.stages, c.final_stage))
         return len(self.plan(epoch).order)
 
     def begin_epoch(self, epoch: int) -> None:
-        pass  # the curriculum and the sampling schedule are functions of (epoch, step): nothing to prepare
+        # the sampling schedule is a function of (epoch, step); the difficulty curriculum scores the pairs once
+        c = self.cfg.curriculum
+        if c.kind == "difficulty" and self.scores is None and cur.needs_scores(c, epoch):
+            self.scores = self.pair_log_perplexity(self.train_data)
+
+    @torch.no_grad()
+    def pair_log_perplexity(self, data: EncodedPairs) -> Tensor:
+        """[N] float32 CPU: each pair's mean token cross-entropy (the log of its perplexity) under the model,
+        teacher-forced in eval mode: the difficulty curriculum's score (seed 003's perplexity curriculum)."""
+        model = self.model
+        was = model.training
+        model.eval()
+        out: list[Tensor] = []
+        try:
+            for idx in torch.arange(len(data)).split(self.cfg.eval_batch_size):
+                b = data.take(idx, self.tr.device)
+                assert b.tgt is not None
+                with self.tr.autocast():
+                    logits = model(b.src, b.src_lengths, b.decoder_input()).logits
+                nll = F.cross_entropy(logits.float().transpose(1, 2), b.tgt, ignore_index=PAD_ID, reduction="none")
+                tokens = (b.tgt != PAD_ID).sum(1).clamp(min=1)
+                out.append((nll.sum(1) / tokens).float().cpu())
+        finally:
+            model.train(was)
+        return torch.cat(out) if out else torch.zeros(0)
 
     # -- one step -------------------------------------------------------------------------------------
 
@@ -244,10 +276,11 @@ class Seq2SeqTask:
     # -- checkpoints -------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"objective": self.objective.state_dict()}
+        return {"objective": self.objective.state_dict(), "scores": self.scores}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.objective.load_state_dict(state["objective"])
+        self.scores = state.get("scores")
 
 
 def seq2seq_trainer(
