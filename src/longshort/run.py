@@ -176,7 +176,7 @@ def _keep_staged(staged: Path, run_dir: Path, run: Any) -> None:
     """Move the staged data files into ``RUN_DIR/data/`` and point ``config.yaml`` (and ``run.config``) at
     them."""
     files = list(staged.iterdir())
-    if not files or not (run_dir / "config.yaml").is_file():
+    if run is None or not files or not (run_dir / "config.yaml").is_file():  # (None: not rank 0 under torchrun)
         shutil.rmtree(staged, ignore_errors=True)
         return
     keep = run_dir / "data"
