@@ -97,6 +97,7 @@ WHEN: dict[str, dict[str, list[str]]] = {
         "seq2seq.objective.": ["seq2seq.objective.kind=mrt", "seq2seq.objective.start_epoch=1"],
         "seq2seq.objective.baseline": ["seq2seq.objective.kind=reinforce"],
         "seq2seq.decode.length_penalty": ["seq2seq.decode.beam_size=2"],
+        "diagnostics.analysis_batches": ["diagnostics.analysis=true"],
         "seq2seq.model.attention.window": ["seq2seq.model.attention.kind=local_monotonic"],
         "seq2seq.model.attention.sigma": ["seq2seq.model.attention.kind=local_monotonic"],
         "seq2seq.model.cell.": ["seq2seq.model.cell.zoneout=0.1", "seq2seq.model.cell.dropout_decay=0.1"],

@@ -60,3 +60,35 @@ def test_a_run_records_it_and_the_report_shows_it(tmp_path: Path) -> None:
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["distance_from_init"] > 0
     html = (tmp_path / "run" / "report.html").read_text()
     assert 'id="parameter-space"' in html and "straightness" in html
+
+
+def test_a_seq2seq_run_opts_into_the_loss_landscape(tmp_path: Path) -> None:
+    import torch.nn.functional as F
+
+    from longshort.data.pair_pipeline import encode_pairs, prepare_pairs
+    from longshort.data.pairs import PAD_ID
+    from longshort.runs import Seq2SeqRun
+
+    cfg = {"task": "seq2seq", "data": {"builtin": {"n": 120}},
+           "seq2seq": {"model": {"emb_dim": 8, "hidden_dim": 16}},
+           "train": {"epochs": 2, "batch_size": 16, "threads": 1, "progress": "off", "tensorboard": False},
+           "diagnostics": {"report": True, "analysis": True}}
+    longshort.train(cfg, out=tmp_path / "run")
+    ls = json.loads((tmp_path / "run" / "diagnostics" / "landscape.json").read_text())
+    assert ls["split"] == "val" and len(ls["2d"]["loss"]) == len(ls["2d"]["alpha"])
+    run = Seq2SeqRun.load(tmp_path / "run")
+    splits = prepare_pairs(run.config.data, run.config.seed)
+    assert splits.val is not None
+    data = encode_pairs(splits.val, run.src_vocabs, run.tgt_vocab)
+    b = data.take(torch.arange(min(16, len(data))))
+    with torch.no_grad():
+        logits = run.model.eval()(b.src, b.src_lengths, b.decoder_input()).logits
+    hand = float(F.cross_entropy(logits.flatten(0, 1), b.tgt.flatten(), ignore_index=PAD_ID))
+    at_zero = ls["1d"]["loss"][ls["1d"]["alpha"].index(0.0)]
+    assert math.isclose(at_zero, hand, rel_tol=1e-4)  # the slice passes through the trained weights' loss
+    page = (tmp_path / "run" / "report.html").read_text()
+    section = page[page.index('<section id="loss-landscape">'):]
+    assert "<img" in section[: section.index("</section>")]  # the report draws it
+    without = {**cfg, "diagnostics": {"report": False}}
+    longshort.train(without, out=tmp_path / "plain")  # not asked for: no landscape (it is opt-in for seq2seq)
+    assert not (tmp_path / "plain" / "diagnostics" / "landscape.json").exists()

@@ -209,7 +209,7 @@ def test_seq2seq_run(tmp_path: Path) -> None:
     assert "plots/attention.png" in section(page, "attention") and plots(section(page, "attention"))
     assert plots(section(page, "learning-curves"))
     assert "train with diagnostics.gates_every=N" in section(page, "gate-statistics")  # sampled for seq2seq too
-    assert "classifier runs only" in section(page, "loss-landscape")
+    assert "train with diagnostics.analysis=true" in section(page, "loss-landscape")  # opt-in for seq2seq
     assert "no class probabilities" in section(page, "reliability")
 
 

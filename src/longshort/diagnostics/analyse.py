@@ -233,3 +233,59 @@ def analyse_run(run_dir: str | Path, n_batches: int = 2, seed: int = 0, *, batch
     return {"dir": str(out_dir), "files": {k: str(v) for k, v in files.items()}, "landscape": json_safe(landscape),
             "information": json_safe(information), "gates": json_safe(gates),
             "attention": {k: list(v.shape) for k, v in arrays.items()}}
+
+
+def analyse_seq2seq_run(run_dir: str | Path, n_batches: int = 1, seed: int = 0, *, batch_size: int | None = None,
+                        alphas: Sequence[float] = ALPHAS_1D, grid: Sequence[float] = ALPHAS_2D,
+                        hessian_iters: int = 20, hessian_tol: float = 1e-3,
+                        step_sizes: Sequence[float] = STEP_SIZES) -> dict[str, Any]:
+    """The loss landscape of a finished seq2seq run (``diagnostics/landscape.json``, as :func:`analyse_run`
+    writes it): 1-D and 2-D slices along filter-normalised directions, the Hessian's top eigenvalue and gradient
+    predictiveness, of the teacher-forced token cross-entropy on ``n_batches`` validation batches. Information
+    flow and attention maps stay the classifier's (they read its BiLSTM blocks and its self-attention)."""
+    import torch.nn.functional as F
+
+    from longshort.data.pair_pipeline import encode_pairs, prepare_pairs
+    from longshort.data.pairs import PAD_ID
+    from longshort.diagnostics.landscape import (
+        DIRECTIONS,
+        gradient_predictiveness,
+        loss_slice_1d,
+        loss_slice_2d,
+        top_hessian_eigenvalue,
+    )
+    from longshort.runs import Seq2SeqRun
+
+    run = Seq2SeqRun.load(run_dir)
+    cfg, model = run.config, run.model
+    splits = prepare_pairs(cfg.data, cfg.seed)
+    split, pairs = next((n, s) for n, s in (("val", splits.val), ("test", splits.test), ("train", splits.train))
+                        if s is not None and len(s))
+    data = encode_pairs(pairs, run.src_vocabs, run.tgt_vocab)
+    bs = batch_size or cfg.train.batch_size
+    n = min(len(data), n_batches * bs)
+    batches = [data.take(idx) for idx in torch.arange(n).split(bs)]
+
+    def loss_fn() -> Tensor:
+        total = []
+        for b in batches:
+            assert b.tgt is not None
+            logits = model(b.src, b.src_lengths, b.decoder_input()).logits
+            total.append(F.cross_entropy(logits.float().flatten(0, 1), b.tgt.flatten(), ignore_index=PAD_ID))
+        return torch.stack(total).mean()
+
+    with model_mode(model, False):
+        landscape = {
+            "directions": DIRECTIONS, "split": split, "n_sequences": n,
+            "loss_fn": f"teacher-forced token cross-entropy in eval mode, mean over {len(batches)} batches of {bs} "
+                       "pairs",
+            "1d": {k: v for k, v in loss_slice_1d(model, loss_fn, alphas, seed).items() if k != "directions"},
+            "2d": {k: v for k, v in loss_slice_2d(model, loss_fn, grid, grid, seed).items() if k != "directions"},
+            "hessian_top_eigenvalue": top_hessian_eigenvalue(model, loss_fn, hessian_iters, hessian_tol, seed),
+            "hessian_batches": len(batches),
+            "gradient_predictiveness": gradient_predictiveness(model, loss_fn, step_sizes),
+        }
+    out = Path(run_dir) / "diagnostics"
+    out.mkdir(exist_ok=True)
+    (out / "landscape.json").write_text(json.dumps(json_safe(landscape), indent=1, allow_nan=False))
+    return json_safe(landscape)

@@ -49,11 +49,11 @@ class DiagnosticsConfig(BaseModel):
     anomaly: AnomalyConfig = Field(AnomalyConfig())  # type: ignore[call-arg]
     analysis: bool = Field(
         True, description="after training: loss-landscape slices, Hessian top eigenvalue, information flow, "
-        "attention maps (RUN_DIR/diagnostics/*.json)",
-        json_schema_extra=ONLY_CLASSIFY,
+        "attention maps (RUN_DIR/diagnostics/*.json); task seq2seq: the loss landscape, when set to true",
+        json_schema_extra={"tasks": ["classify", "seq2seq"]},
     )
     analysis_batches: int = Field(
         1, ge=1, description="validation batches (of train.batch_size) the landscape and Hessian losses average over",
-        json_schema_extra=ONLY_CLASSIFY,
+        json_schema_extra={"tasks": ["classify", "seq2seq"]},
     )
     report: bool = Field(True, description="after training: RUN_DIR/report.html")

@@ -91,8 +91,9 @@ HINTS: dict[str, str] = {
                    "default), or run longshort.diagnostics.analyse.analyse_run(RUN_DIR)",
 }
 SEQ2SEQ_NOTES: dict[str, str] = {  # what a seq2seq run never records, said as such rather than as a hint
-    "landscape": "not recorded: the after-training analysis runs for classifier runs only",
-    "information": "not recorded: the after-training analysis runs for classifier runs only",
+    "landscape": "not recorded: train with diagnostics.analysis=true (for a seq2seq run the loss landscape is "
+                 "opt-in)",
+    "information": "not recorded: the information-flow analysis reads a classifier's BiLSTM blocks",
     "predictions": "not recorded: a seq2seq run has no class probabilities to calibrate",
 }
 
