@@ -83,11 +83,8 @@ class _LSTMEstimator(BaseEstimator):
 
     # -- parameters: the own ones plus every config key given (``section__key``) -------------------------
 
-    def _config_keys(self) -> list[str]:
-        return sorted(self._params)
-
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in _OWN}, **{k: self._params[k] for k in self._config_keys()}}
+        return {**{k: getattr(self, k) for k in _OWN}, **{k: self._params[k] for k in sorted(self._params)}}
 
     def set_params(self, **params: Any) -> _LSTMEstimator:
         for key, value in params.items():
@@ -131,20 +128,15 @@ class _LSTMEstimator(BaseEstimator):
         return raw
 
     def _fit_run(self, X: Any, y: Any) -> Any:
-        import pandas as pd
         from rich.console import Console
 
-        from longshort.data.memory import as_sequences
         from longshort.run import train
 
-        if isinstance(X, pd.DataFrame):
-            if y is not None:
-                raise ConfigError("a long-format DataFrame holds its labels in a column (data.long.label): "
-                                  "pass y=None")
-            data: Any = X
-        else:
-            x, lengths = as_sequences(X, "full" if isinstance(X, np.ndarray) else None, self.channels_first)
-            data = (x, y, lengths)
+        x, lengths = self._sequences(X)
+        if lengths is None and y is not None:  # x is a DataFrame
+            raise ConfigError("a long-format DataFrame holds its labels in a column (data.long.label): "
+                              "pass y=None")
+        data: Any = x if lengths is None else (x, y, lengths)
         console = Console(stderr=True, quiet=not self.verbose, file=None if self.verbose else io.StringIO())
         quiet = contextlib.nullcontext() if self.verbose else contextlib.redirect_stdout(io.StringIO())
         if self.out is not None:  # kept: the run directory with its data in RUN_DIR/data/
@@ -161,7 +153,7 @@ class _LSTMEstimator(BaseEstimator):
         return run
 
     def _sequences(self, X: Any) -> Any:
-        """``X`` for the run's predict: a DataFrame as it is, else (padded array, lengths)."""
+        """``X`` for the run's fit and predict: (a DataFrame as it is, None), else (padded array, lengths)."""
         import pandas as pd
 
         from longshort.data.memory import as_sequences

@@ -152,10 +152,9 @@ def train(config: Config | dict[str, Any] | str | Path | None = None, *, out: st
 def _stage_memory(cfg: Config, data: Any, test_data: Any) -> tuple[Config, Path | None]:
     """``cfg`` reading in-memory ``data`` / ``test_data`` from files written into a temporary directory (moved
     into the run directory by :func:`_keep_staged` once the run exists)."""
-    from longshort.data.memory import is_in_memory, write_source
+    from longshort.data.memory import write_source
 
-    if not (is_in_memory(data) or is_in_memory(test_data) or isinstance(data, str | Path)
-            or isinstance(test_data, str | Path)):
+    if data is None and test_data is None:
         return cfg, None
     staged = Path(tempfile.mkdtemp(prefix="longshort-data-"))
     update: dict[str, Any] = {}
@@ -191,7 +190,7 @@ def _keep_staged(staged: Path, run_dir: Path, run: Any) -> None:
         if value and str(Path(value)) in moved:
             setattr(cfg.data, key, moved[str(Path(value))])
     save_config(cfg, run_dir / "config.yaml")
-    if run is not None and hasattr(run, "config"):
+    if hasattr(run, "config"):
         run.config = cfg
 
 

@@ -32,11 +32,6 @@ from longshort.errors import DataError
 WHAT = "(in-memory data)"
 
 
-def is_in_memory(data: Any) -> bool:
-    """Whether ``data`` is something :func:`write_source` writes (not a path or None)."""
-    return data is not None and not isinstance(data, str | Path)
-
-
 def as_sequences(X: Any, lengths: Any = None, channels_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(X [N, T, C] float32 zero-padded, lengths [N] int64) from a 3-D array or a list of 2-D arrays
     (``channels_first``: [N, C, T] and [C, T_i], aeon's and sktime's collection layouts)."""

@@ -42,6 +42,7 @@ class ParamTrajectory(Callback):
         self.sum: torch.Tensor | None = None
         self.sum_sq = 0.0
         self.rows: list[dict[str, float]] = []
+        self._init_norm: float | None = None
 
     def on_fit_start(self, trainer: Any) -> None:
         if any(hasattr(p, "full_tensor") for p in trainer.model.parameters()):
@@ -62,6 +63,14 @@ class ParamTrajectory(Callback):
         self.dir.mkdir(parents=True, exist_ok=True)
         save_file({"theta0": theta}, str(self.dir / INIT))
 
+    @property
+    def init_norm(self) -> float:
+        """``||theta_0||`` (1 for all-zero weights), computed once."""
+        if self._init_norm is None:
+            assert self.init is not None
+            self._init_norm = float(self.init.norm()) or 1.0
+        return self._init_norm
+
     def on_epoch_end(self, trainer: Any, row: dict[str, float]) -> None:
         if self.init is None or self.prev is None:
             return
@@ -74,7 +83,7 @@ class ParamTrajectory(Callback):
         dist = float((theta - self.init).norm())
         step = float((theta - self.prev).norm())
         path = step + (self.rows[-1]["path_length"] if self.rows else 0.0)
-        init_norm = float(self.init.norm()) or 1.0
+        init_norm = self.init_norm
         self.rows.append({"epoch": int(row.get("epoch", n)), "distance_from_init": dist,
                           "relative_distance": dist / init_norm, "step_length": step, "path_length": path,
                           "straightness": dist / path if path > 0 else 1.0, "spread": spread})

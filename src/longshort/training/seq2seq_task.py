@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,22 +134,30 @@ class Seq2SeqTask:
     def pair_log_perplexity(self, data: EncodedPairs) -> Tensor:
         """[N] float32 CPU: each pair's mean token cross-entropy (the log of its perplexity) under the model,
         teacher-forced in eval mode: the difficulty curriculum's score (seed 003's perplexity curriculum)."""
+        out: list[Tensor] = []
+        for b, logits in self._scored_batches(data):
+            nll = F.cross_entropy(logits.float().transpose(1, 2), b.tgt, ignore_index=PAD_ID, reduction="none")
+            tokens = (b.tgt != PAD_ID).sum(1).clamp(min=1)
+            out.append((nll.sum(1) / tokens).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def _scored_batches(self, data: EncodedPairs, sampling_prob: float = 0.0) -> Iterator[tuple[PairBatch, Tensor]]:
+        """(batch, logits [B, T, V]) over ``data`` in eval mode (the model's mode restored after), each decoded
+        against the gold targets with ``sampling_prob`` (0: teacher forcing; 1: fed its own predictions). The
+        caller holds ``torch.no_grad``."""
         model = self.model
         was = model.training
         model.eval()
-        out: list[Tensor] = []
         try:
             for idx in torch.arange(len(data)).split(self.cfg.eval_batch_size):
                 b = data.take(idx, self.tr.device)
                 assert b.tgt is not None
                 with self.tr.autocast():
-                    logits = model(b.src, b.src_lengths, b.decoder_input()).logits
-                nll = F.cross_entropy(logits.float().transpose(1, 2), b.tgt, ignore_index=PAD_ID, reduction="none")
-                tokens = (b.tgt != PAD_ID).sum(1).clamp(min=1)
-                out.append((nll.sum(1) / tokens).float().cpu())
+                    out = model(b.src, b.src_lengths, b.decoder_input(), sampling_prob,
+                                torch.Generator().manual_seed(0))
+                yield b, out.logits
         finally:
             model.train(was)
-        return torch.cat(out) if out else torch.zeros(0)
 
     # -- one step -------------------------------------------------------------------------------------
 
@@ -226,24 +235,12 @@ class Seq2SeqTask:
     def teacher_forced(self, data: EncodedPairs, sampling_prob: float = 0.0) -> tuple[float, float]:
         """(token cross-entropy, token accuracy) on ``data`` in eval mode; ``sampling_prob = 1`` feeds every step
         the model's own previous prediction (free running) while scoring the gold targets."""
-        model = self.model
-        was = model.training
-        model.eval()
         loss_sum, correct, tokens = 0.0, 0.0, 0
-        try:
-            for idx in torch.arange(len(data)).split(self.cfg.eval_batch_size):
-                b = data.take(idx, self.tr.device)
-                assert b.tgt is not None
-                with self.tr.autocast():
-                    out = model(b.src, b.src_lengths, b.decoder_input(), sampling_prob,
-                                torch.Generator().manual_seed(0))
-                n = int((b.tgt != PAD_ID).sum())
-                loss_sum += float(F.cross_entropy(out.logits.float().flatten(0, 1), b.tgt.flatten(),
-                                                  ignore_index=PAD_ID, reduction="sum"))
-                correct += float(((out.logits.argmax(-1) == b.tgt) & (b.tgt != PAD_ID)).sum())
-                tokens += n
-        finally:
-            model.train(was)
+        for b, logits in self._scored_batches(data, sampling_prob):
+            loss_sum += float(F.cross_entropy(logits.float().flatten(0, 1), b.tgt.flatten(), ignore_index=PAD_ID,
+                                              reduction="sum"))
+            correct += float(((logits.argmax(-1) == b.tgt) & (b.tgt != PAD_ID)).sum())
+            tokens += int((b.tgt != PAD_ID).sum())
         return loss_sum / max(tokens, 1), correct / max(tokens, 1)
 
     def evaluate(self, data: EncodedPairs, beam: bool = True, hyps: list[list[int]] | None = None
