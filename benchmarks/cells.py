@@ -9,7 +9,10 @@ requiring grad as it would inside a model. Variants (all through the custom recu
 - ``goal``: layer norm + zoneout + recurrent dropout together (the issue's target: within 1.3x of fused);
 - ``goal_own``: the goal combination through this script's minimal wrapper instead of ``longshort.nn.lstm``
   (masks from :func:`~longshort.nn.recurrence.bernoulli_mask`; shows what the layer's own overhead costs);
-- ``goal_reference`` (length 50 only): the goal combination through the reference autograd step loop.
+- ``goal_reference`` (length 50 only): the goal combination through the reference autograd step loop;
+- ``residual_time`` and ``highway_time``: seed 003's skips through time (``CellConfig.time_skip``:
+  ``h_t = h_{t-1} + LSTM(h_{t-1}, x_t)``, and ``T * LSTM(h_{t-1}, x_t) + (1 - T) * h_{t-1}`` with a fifth gate),
+  and ``highway_time_reference`` (length 50 only) through the reference loop.
 
 The layer is ``longshort.nn.lstm.LSTM(..., cell=CellConfig(...))`` when that module is importable (its mask
 sampling and input projections included), else a minimal bidirectional wrapper over ``lstm_recurrence``.
@@ -48,12 +51,14 @@ from longshort.nn.recurrence import LayerNormParams, bernoulli_mask
 
 BATCH, INPUT = 64, 256
 ZONEOUT, RECURRENT = 0.1, 0.25
-VARIANTS: dict[str, dict[str, float | bool]] = {
+VARIANTS: dict[str, dict[str, float | bool | str]] = {
     "plain": {},
     "layer_norm": {"layer_norm": True},
     "zoneout": {"zoneout": ZONEOUT},
     "recurrent_dropout": {"recurrent_dropout": RECURRENT},
     "goal": {"layer_norm": True, "zoneout": ZONEOUT, "recurrent_dropout": RECURRENT},
+    "residual_time": {"time_skip": "residual"},
+    "highway_time": {"time_skip": "highway"},
 }
 
 try:  # the drop-in LSTM, when it exists
@@ -65,7 +70,7 @@ except ImportError:  # pragma: no cover - depends on the tree
 class _OwnBiLSTM(nn.Module):
     """Fallback: one bidirectional layer over ``lstm_recurrence`` (input projection, reversal, masks)."""
 
-    def __init__(self, hidden: int, opts: dict[str, float | bool]) -> None:
+    def __init__(self, hidden: int, opts: dict[str, float | bool | str]) -> None:
         super().__init__()
         self.hidden, self.opts = hidden, opts
         self.w_ih = nn.Parameter(torch.empty(2, 4 * hidden, INPUT).uniform_(-hidden**-0.5, hidden**-0.5))
@@ -225,7 +230,7 @@ def main() -> None:
         if LSTM is not None:
             variants.append("goal_own")
         if steps <= 50:
-            variants.append("goal_reference")
+            variants += ["goal_reference", "highway_time_reference"]
         times = bench_config(hidden, steps, variants, rounds)
         med = {v: statistics.median(ts) for v, ts in times.items()}
         row = {

@@ -47,7 +47,9 @@ def test_every_step_equals_the_full_model_on_that_prefix() -> None:
 
 
 @pytest.mark.parametrize(("skip", "cell"), [("dense", CellConfig(layer_norm=True)),
-                                            ("highway", CellConfig(zoneout=0.2, recurrent_dropout=0.3))])
+                                            ("highway", CellConfig(zoneout=0.2, recurrent_dropout=0.3)),
+                                            ("residual", CellConfig(time_skip="highway")),
+                                            ("none", CellConfig(time_skip="residual", layer_norm=True))])
 def test_layer_norm_zoneout_and_other_skips_stream(skip: str, cell: CellConfig) -> None:
     cfg = CAUSAL.model_copy(update={"stack": StackConfig(skip=skip), "cell": cell, "attention_every": 1})
     _assert_prefix_outputs(_model(cfg), torch.randn(2, 9, 4))

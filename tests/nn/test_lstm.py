@@ -575,6 +575,66 @@ def test_residual_output_is_layer_plus_input() -> None:
     close(out, y2.transpose(0, 1))
 
 
+def _time_skip_by_hand(m: LSTM, x: Tensor, sfx: str, lengths: Tensor) -> Tensor:
+    """Layer 0, direction ``sfx`` of ``m`` (time_skip on) stepped by hand from zero state: [T, B, H]."""
+    w_ih, w_hh, b = weights(m, 0, sfx)
+    h = c = x.new_zeros(x.shape[1], m.hidden_size)
+    outs = []
+    for t in range(x.shape[0]):
+        gates = x[t] @ w_ih.T + b + h @ w_hh.T
+        i, f, g, o = gates.chunk(4, -1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_lstm = torch.sigmoid(o) * torch.tanh(c_new)
+        if m.cell.time_skip == "residual":
+            h_new = h + h_lstm
+        else:
+            tg = torch.sigmoid(x[t] @ getattr(m, f"weight_ti_l0{sfx}").T + h @ getattr(m, f"weight_th_l0{sfx}").T
+                               + getattr(m, f"bias_t_l0{sfx}"))
+            h_new = tg * h_lstm + (1 - tg) * h
+        valid = (t < lengths)[:, None]
+        h, c = torch.where(valid, h_new, h), torch.where(valid, c_new, c)
+        outs.append(h * valid)
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("skip", ["residual", "highway"])
+def test_time_skip_layer_steps_like_the_seed_equations(skip: str) -> None:
+    """Seed 003's skips through time inside one layer (both directions, ragged lengths), the highway gate's own
+    weights [H, in], [H, H], [H] with b_T = 1 at init; gradients reach them; nn.LSTM cannot express either."""
+    torch.manual_seed(21)
+    m = LSTM(IN, H, bidirectional=True, cell=CellConfig(time_skip=skip)).double().eval()
+    assert not m.uses_fused_path
+    names = {n for n, _ in m.named_parameters()}
+    if skip == "highway":
+        assert m.weight_ti_l0.shape == (H, IN) and m.weight_th_l0_reverse.shape == (H, H)
+        assert torch.equal(m.bias_t_l0, torch.ones(H, dtype=torch.float64))
+    else:
+        assert names == {n for n, _ in LSTM(IN, H, bidirectional=True).named_parameters()}  # none extra
+    x = torch.randn(T, B, IN, dtype=torch.float64)
+    lengths = torch.tensor([9, 3, 6, 1])
+    out, (hn, _) = m(x, lengths=lengths)
+    fwd = _time_skip_by_hand(m, x, "", lengths)
+    rev_idx = torch.where(torch.arange(T)[:, None] < lengths, lengths - 1 - torch.arange(T)[:, None],
+                          torch.arange(T)[:, None])
+    x_rev = x.gather(0, rev_idx[..., None].expand_as(x))
+    bwd = _time_skip_by_hand(m, x_rev, "_reverse", lengths)
+    bwd = bwd.gather(0, rev_idx[..., None].expand_as(bwd))
+    close(out, torch.cat([fwd, bwd], -1), tol=1e-10)
+    close(hn[0], fwd[lengths - 1, torch.arange(B)], tol=1e-10)  # h_n: the skipped state at each row's end
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    with pytest.raises(ValueError, match=f"time_skip='{skip}'"):
+        m.to_torch()
+
+
+def test_time_skip_config_refusals() -> None:
+    with pytest.raises(ValidationError, match="time_skip=highway does not combine with layer_norm"):
+        CellConfig(time_skip="highway", layer_norm=True)
+    with pytest.raises(ValidationError, match="time_skip=residual does not combine with self_attention"):
+        CellConfig(time_skip="residual", self_attention=True)
+    assert CellConfig(time_skip="residual", layer_norm=True).time_skip == "residual"
+
+
 def test_dense_layers_read_the_input_and_all_previous_outputs() -> None:
     torch.manual_seed(17)
     m = LSTM(IN, 4, 3, bidirectional=True, stack=StackConfig(skip="dense")).eval()

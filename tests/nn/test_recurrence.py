@@ -16,15 +16,18 @@ from longshort.nn.recurrence import (
 )
 
 OPTIONS = ("ln", "zoneout_mask", "zoneout_rate", "recurrent", "lengths")
+TIME_SKIPS = ("residual", "highway")  # the skip through time (seed 003), at most one
 
 
-def _combos() -> list[tuple[str, ...]]:
+def _combos(time_skips: bool = True) -> list[tuple[str, ...]]:
     out = []
     for n in range(len(OPTIONS) + 1):
         for c in itertools.combinations(OPTIONS, n):
             if "zoneout_mask" in c and "zoneout_rate" in c:
                 continue  # training (mask) or evaluation (rate), never both
             out.append(c)
+            if time_skips:
+                out += [(*c, skip) for skip in TIME_SKIPS if not (skip == "highway" and "ln" in c)]
     return out
 
 
@@ -35,8 +38,12 @@ def _case(opts: tuple[str, ...], dtype: torch.dtype, t: int = 7, b: int = 5, h: 
     def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_(True)
 
-    leaves = {"xw": rnd(t, b, 4 * h), "w_hh": rnd(4 * h, h, scale=0.5), "h0": rnd(b, h), "c0": rnd(b, h)}
+    gates = 5 * h if "highway" in opts else 4 * h
+    leaves = {"xw": rnd(t, b, gates), "w_hh": rnd(gates, h, scale=0.5), "h0": rnd(b, h), "c0": rnd(b, h)}
     kw: dict = {}
+    for skip in TIME_SKIPS:
+        if skip in opts:
+            kw["time_skip"] = skip
     if "ln" in opts:
         leaves.update(gw=rnd(4, h, scale=0.5), gb=rnd(4, h), cw=rnd(h, scale=0.5), cb=rnd(h))
     if "zoneout_mask" in opts:
@@ -75,7 +82,10 @@ def test_fast_path_matches_reference_float64(opts: tuple[str, ...]) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("opts", [(), ("ln", "zoneout_mask", "recurrent", "lengths"), ("ln", "zoneout_rate")])
+@pytest.mark.parametrize("opts", [
+    (), ("ln", "zoneout_mask", "recurrent", "lengths"), ("ln", "zoneout_rate"),
+    ("zoneout_mask", "recurrent", "lengths", "highway"), ("ln", "zoneout_rate", "residual"),
+])
 def test_fast_path_matches_reference_float32(opts: tuple[str, ...]) -> None:
     case = _case(opts, torch.float32, t=20, b=6, h=16, seed=3)
     fast, ref = _run(lstm_recurrence, case), _run(lstm_recurrence_reference, case)
@@ -287,3 +297,65 @@ def test_cpp_backend_retain_graph_and_broadcast_recurrent_mask(cpp_ops) -> None:
     for a, b, c in zip(first, second, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+
+
+def _hand_step(xw_t: torch.Tensor, w_hh: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple:
+    """One plain LSTM step written out: (h~, c_new, the extra gate's pre-activation or None)."""
+    hid = h.shape[1]
+    pre = xw_t + h @ w_hh.t()
+    i, f = torch.sigmoid(pre[:, :hid]), torch.sigmoid(pre[:, hid : 2 * hid])
+    g, o = torch.tanh(pre[:, 2 * hid : 3 * hid]), torch.sigmoid(pre[:, 3 * hid : 4 * hid])
+    c_new = f * c + i * g
+    return o * torch.tanh(c_new), c_new, (pre[:, 4 * hid :] if pre.shape[1] > 4 * hid else None)
+
+
+@pytest.mark.parametrize("skip", TIME_SKIPS)
+@pytest.mark.parametrize("fn", [lstm_recurrence, lstm_recurrence_reference], ids=["fast", "reference"])
+def test_time_skip_equations_by_hand(skip: str, fn) -> None:
+    """Seed 003's forms through time: residual h_t = h_{t-1} + LSTM(h_{t-1}, x_t); highway
+    h_t = T * LSTM(h_{t-1}, x_t) + (1 - T) * h_{t-1} with T = sigmoid(W_T [x_t; h_{t-1}] + b_T)."""
+    g = torch.Generator().manual_seed(4)
+    hid, gates = 3, (5 if skip == "highway" else 4) * 3
+    xw = torch.randn(3, 2, gates, generator=g, dtype=torch.float64)
+    w_hh = torch.randn(gates, hid, generator=g, dtype=torch.float64) * 0.5
+    h, c = torch.randn(2, hid, generator=g, dtype=torch.float64), torch.randn(2, hid, generator=g, dtype=torch.float64)
+    out, h_t, c_t, _ = fn(xw, w_hh, h, c, time_skip=skip)
+    for t in range(3):
+        h_lstm, c, t_pre = _hand_step(xw[t], w_hh, h, c)
+        if skip == "residual":
+            h = h + h_lstm
+        else:
+            tg = torch.sigmoid(t_pre)
+            h = tg * h_lstm + (1 - tg) * h
+        torch.testing.assert_close(out[t], h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h_t, h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(c_t, c, rtol=1e-12, atol=1e-12)  # the cell is the plain LSTM's
+    plain = fn(xw[..., : 4 * hid], w_hh[: 4 * hid], out.new_zeros(2, hid), out.new_zeros(2, hid))[0]
+    assert not torch.allclose(fn(xw, w_hh, out.new_zeros(2, hid), out.new_zeros(2, hid), time_skip=skip)[0], plain)
+
+
+@pytest.mark.parametrize("skip", TIME_SKIPS)
+def test_gradcheck_time_skip(skip: str) -> None:
+    opts = ("zoneout_mask", "recurrent", "lengths", skip)
+    case = _case(opts, torch.float64, t=4, b=3, h=3, seed=6)
+    lv, kw = case["leaves"], case["kw"]
+    names = list(lv)
+
+    def f(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        d = dict(zip(names, xs, strict=True))
+        out, h, c, _ = lstm_recurrence(d["xw"], d["w_hh"], d["h0"], d["c0"], **kw)
+        return out, h, c
+
+    assert torch.autograd.gradcheck(f, tuple(lv.values()), fast_mode=True)
+
+
+def test_time_skip_refusals() -> None:
+    x, w = torch.zeros(2, 1, 8), torch.zeros(8, 2)
+    h = torch.zeros(1, 2)
+    ln = LayerNormParams(torch.ones(4, 2), torch.zeros(4, 2), torch.ones(2), torch.zeros(2))
+    with pytest.raises(ValueError, match="time_skip must be one of none, residual, highway, got 'wide'"):
+        lstm_recurrence(x, w, h, h, time_skip="wide")
+    with pytest.raises(ValueError, match="does not combine with layer norm"):
+        lstm_recurrence(torch.zeros(2, 1, 10), torch.zeros(10, 2), h, h, ln=ln, time_skip="highway")
+    with pytest.raises(ValueError, match="shape mismatch"):  # highway needs the fifth gate block
+        lstm_recurrence(x, w, h, h, time_skip="highway")

@@ -75,6 +75,22 @@ class CellConfig(BaseModel):
         description="lambda of the adaptive schedule: every rate is multiplied by exp(-lambda * epoch), applied by "
         "the trainer at each epoch start",
     )
+    time_skip: Literal["none", "residual", "highway"] = Field(
+        "none",
+        description="a skip through time inside each layer (seed 003's forms; model.stack.skip is the one between "
+        "layers): residual h_t = h_(t-1) + LSTM(h_(t-1), x_t); highway h_t = T_t * LSTM(h_(t-1), x_t) + "
+        "(1 - T_t) * h_(t-1) with T_t = sigmoid(W_T [x_t; h_(t-1)] + b_T), b_T starting at 1; the cell state is "
+        "the plain LSTM's. Not with self_attention; highway not with layer_norm",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CellConfig:
+        if self.time_skip != "none" and self.self_attention:
+            raise ValueError(f"time_skip={self.time_skip} does not combine with self_attention=true")
+        if self.time_skip == "highway" and self.layer_norm:
+            raise ValueError("time_skip=highway does not combine with layer_norm=true (its gate T would go "
+                             "un-normalised beside the four normalised ones)")
+        return self
 
     @property
     def rate_c(self) -> float:

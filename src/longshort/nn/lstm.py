@@ -6,17 +6,19 @@ so an ``nn.LSTM`` state dict loads into it with ``strict=False``; :meth:`LSTM.fr
 
 - :class:`CellConfig` (per cell): layer norm, zoneout, recurrent dropout (one mask per sequence and unit),
   variational input/output dropout (one mask per sequence and feature, on each layer's input and output),
-  DropConnect on ``W_hh`` ("weight drop"), the initial forget-gate bias, and a self-attention LSTM that attends
-  over its own previous hidden states inside the recurrence.
+  DropConnect on ``W_hh`` ("weight drop"), the initial forget-gate bias, a self-attention LSTM that attends
+  over its own previous hidden states inside the recurrence, and a residual or highway skip through time
+  (``time_skip``: ``h_t`` built from ``h_{t-1}`` and the LSTM's output; the highway gate's weights are
+  ``weight_ti_l{k}`` [H, in], ``weight_th_l{k}`` [H, H] and ``bias_t_l{k}`` [H]).
 - :class:`StackConfig` (between layers): residual, highway or dense (concatenating) skip connections.
 
 Two execution paths, chosen per call (see :attr:`LSTM.uses_fused_path`):
 
 - fused: ``torch._VF.lstm``, the kernel behind ``nn.LSTM`` (cuDNN on GPU). Taken when no option needs the
   inside of the recurrence: no layer norm, no zoneout, no recurrent dropout while training, no self-attention,
-  no skip connections and no gate statistics. All layers run in one call unless variational input/output
-  dropout or weight drop is active (training), in which case the kernel runs one layer at a time (the masked
-  ``W_hh`` is passed as that call's weight).
+  no skip connections (between layers or through time) and no gate statistics. All layers run in one call
+  unless variational input/output dropout or weight drop is active (training), in which case the kernel runs
+  one layer at a time (the masked ``W_hh`` is passed as that call's weight).
 - custom: per layer and direction, the input projection of every step in one matmul, then
   :func:`longshort.nn.recurrence.lstm_recurrence` (or this module's self-attention loop).
 
@@ -135,6 +137,11 @@ class LSTM(nn.Module):
                 if self.cell.self_attention:
                     self.register_parameter(f"weight_ch_l{k}{sfx}", nn.Parameter(torch.empty(h4, h, **fk)))
                     self.register_parameter(f"weight_q_l{k}{sfx}", nn.Parameter(torch.empty(h, h, **fk)))
+                if self.cell.time_skip == "highway":  # the gate T of the highway through time
+                    self.register_parameter(f"weight_ti_l{k}{sfx}", nn.Parameter(torch.empty(h, n_in, **fk)))
+                    self.register_parameter(f"weight_th_l{k}{sfx}", nn.Parameter(torch.empty(h, h, **fk)))
+                    if bias:
+                        self.register_parameter(f"bias_t_l{k}{sfx}", nn.Parameter(torch.empty(h, **fk)))
         if self._skip == "highway":
             width = self.num_directions * h
             self.highway = nn.ModuleDict({str(k): nn.Linear(width, width, **fk) for k in range(1, num_layers)})
@@ -164,7 +171,9 @@ class LSTM(nn.Module):
 
     def reset_parameters(self) -> None:
         """``nn.LSTM``'s uniform(-1/sqrt(H), 1/sqrt(H)) init; layer-norm gains 1 and biases 0; the forget bias;
-        highway gates biased towards carrying the input (``b_T = -1``)."""
+        highway gates between layers biased towards carrying the input (``b_T = -1``); the highway gate through
+        time biased towards the LSTM's own output (``b_T = 1``, T about 0.73: the layer starts close to a plain
+        LSTM and learns where to carry h_{t-1})."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
             for name, p in self.named_parameters(recurse=False):
@@ -178,6 +187,8 @@ class LSTM(nn.Module):
                     for sfx in self._suffixes:
                         getattr(self, f"bias_ih_l{k}{sfx}")[h : 2 * h] = self.cell.forget_bias
                         getattr(self, f"bias_hh_l{k}{sfx}")[h : 2 * h] = 0.0
+                        if self.cell.time_skip == "highway":
+                            getattr(self, f"bias_t_l{k}{sfx}").fill_(1.0)
             if self._skip == "highway":
                 for lin in self.highway.values():
                     lin.reset_parameters()
@@ -239,6 +250,8 @@ class LSTM(nn.Module):
             bad.append("zoneout")
         if c.self_attention:
             bad.append("self_attention")
+        if c.time_skip != "none":
+            bad.append(f"time_skip={c.time_skip!r}")
         if self._skip != "none":
             bad.append(f"skip={self._skip!r}")
         return bad
@@ -246,7 +259,8 @@ class LSTM(nn.Module):
     def to_torch(self) -> nn.LSTM:
         """An ``nn.LSTM`` computing what this module computes at evaluation.
 
-        Raises ``ValueError`` naming the options it cannot express (layer_norm, zoneout, self_attention, skip).
+        Raises ``ValueError`` naming the options it cannot express (layer_norm, zoneout, self_attention,
+        time_skip, skip).
         Training-only regularisers (recurrent, input and output dropout, weight drop) are not carried over;
         ``dropout`` (between layers) is.
         """
@@ -297,7 +311,8 @@ class LSTM(nn.Module):
     def uses_fused_path(self) -> bool:
         """Whether a forward in the current mode runs ``nn.LSTM``'s kernel (else the custom recurrence)."""
         c = self.cell
-        if self._force_custom or self.gate_stats or c.layer_norm or c.self_attention or self._skip != "none":
+        custom = c.layer_norm or c.self_attention or c.time_skip != "none" or self._skip != "none"
+        if self._force_custom or self.gate_stats or custom:
             return False
         zoneout = self._rate(c.rate_c, False) > 0 or self._rate(c.rate_h, False) > 0
         return not zoneout and self._rate(c.recurrent_dropout) == 0
@@ -549,7 +564,14 @@ class LSTM(nn.Module):
                 bias = getattr(self, f"bias_ih_l{k}{sfx}") + getattr(self, f"bias_hh_l{k}{sfx}")
             # the reverse direction reverses its input, not the 4x wider projection (a cheaper copy both ways)
             xd = _reverse(x, rev) if d == 1 else x
-            xw = F.linear(xd, getattr(self, f"weight_ih_l{k}{sfx}"), bias)  # [T, B, 4H], every step at once
+            w_ih = getattr(self, f"weight_ih_l{k}{sfx}")
+            whh = w_hh.get(f"weight_hh_l{k}{sfx}", getattr(self, f"weight_hh_l{k}{sfx}"))
+            if c.time_skip == "highway":  # the gate T rides along as a fifth block of both projections
+                w_ih = torch.cat([w_ih, getattr(self, f"weight_ti_l{k}{sfx}")])
+                whh = torch.cat([whh, getattr(self, f"weight_th_l{k}{sfx}")])
+                if bias is not None:
+                    bias = torch.cat([bias, getattr(self, f"bias_t_l{k}{sfx}")])
+            xw = F.linear(xd, w_ih, bias)  # [T, B, 4H] (5H with the highway), every step at once
             zc = self._zoneout_keep(p_c, (steps, batch, hid), xw, f"zoneout_c_l{k}{sfx}")
             zh = self._zoneout_keep(p_h, (steps, batch, hid), xw, f"zoneout_h_l{k}{sfx}")
             rmask = None
@@ -563,13 +585,14 @@ class LSTM(nn.Module):
                     getattr(self, f"ln_cell_weight_l{k}{sfx}"),
                     getattr(self, f"ln_cell_bias_l{k}{sfx}"),
                 )
-            whh = w_hh.get(f"weight_hh_l{k}{sfx}", getattr(self, f"weight_hh_l{k}{sfx}"))
             want = stats is not None
             if c.self_attention:
                 wch, wq = getattr(self, f"weight_ch_l{k}{sfx}"), getattr(self, f"weight_q_l{k}{sfx}")
                 out, h, cc, gs = _attention_recurrence(xw, whh, wch, wq, h0[d], c0[d], lengths, ln, zc, zh, rmask, want)
             else:
-                out, h, cc, gs = lstm_recurrence(xw, whh, h0[d], c0[d], lengths, ln, zc, zh, rmask, want)
+                out, h, cc, gs = lstm_recurrence(
+                    xw, whh, h0[d], c0[d], lengths, ln, zc, zh, rmask, want, time_skip=c.time_skip
+                )
             if d == 1:
                 out = _reverse(out, rev)
             if stats is not None and gs is not None:

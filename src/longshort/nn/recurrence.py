@@ -12,6 +12,11 @@ Options (all off gives exactly ``nn.LSTM``'s arithmetic):
   Bernoulli(p) mask per step and unit; at evaluation it is the rate ``p`` itself (the expectation).
 - recurrent dropout: ``h_{t-1}`` enters the recurrent matmul multiplied by a mask fixed for the whole
   sequence (one per sequence and unit, already scaled by 1/(1-p)).
+- a skip through time (seed 003), ``time_skip``: with ``h~_t = o_t * tanh(c_t)`` the plain LSTM's output,
+  ``residual`` gives ``h_t = h_{t-1} + h~_t`` and ``highway`` gives ``h_t = T_t * h~_t + (1 - T_t) * h_{t-1}``
+  with a fifth gate ``T_t = sigmoid(W_T [x_t; h_{t-1}] + b_T)``: its input term is the last H columns of ``xw``
+  (then [T, B, 5H]) and its recurrent term the last H rows of ``w_hh`` (then [5H, H]). ``c_t`` is the plain
+  LSTM's in both. Zoneout and the lengths mask act on the result. Highway does not combine with layer norm.
 - lengths: rows whose sequence has ended keep their state and output zeros.
 
 Implementations of the same function:
@@ -57,6 +62,17 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 Keep = Tensor | float | None  # a zoneout "keep previous" mask [T, B, H], a rate (evaluation) or nothing
+TIME_SKIPS = ("none", "residual", "highway")  # the forms of h_t; their index is the C++ loops' ``mode``
+_RESIDUAL, _HIGHWAY = 1, 2
+
+
+def _time_mode(time_skip: str, ln: object) -> int:
+    """``time_skip``'s index in :data:`TIME_SKIPS`, refusing what the loops do not compute."""
+    if time_skip not in TIME_SKIPS:
+        raise ValueError(f"time_skip must be one of {', '.join(TIME_SKIPS)}, got {time_skip!r}")
+    if time_skip == "highway" and ln is not None:
+        raise ValueError("time_skip='highway' does not combine with layer norm (its gate would go un-normalised)")
+    return TIME_SKIPS.index(time_skip)
 
 
 @dataclass
@@ -90,8 +106,10 @@ def lstm_recurrence(
     zoneout_h: Keep = None,
     recurrent_mask: Tensor | None = None,
     stats: bool = False,
+    time_skip: str = "none",
 ) -> tuple[Tensor, Tensor, Tensor, GateStats | None]:
-    """Run the recurrence. ``xw`` [T, B, 4H] (time-major), ``w_hh`` [4H, H], ``h0``/``c0`` [B, H].
+    """Run the recurrence. ``xw`` [T, B, 4H] (time-major), ``w_hh`` [4H, H], ``h0``/``c0`` [B, H] (5H for
+    ``time_skip='highway'``: the gate ``T`` comes last).
 
     Returns ``(out [T, B, H], h_T, c_T, gate stats or None)``; ``h_T``/``c_T`` are each row's state at its own
     last valid step. ``zoneout_c``/``zoneout_h``: keep mask [T, B, H] (or anything broadcasting to it), a rate,
@@ -103,9 +121,10 @@ def lstm_recurrence(
     """
     if stats:
         return lstm_recurrence_reference(
-            xw, w_hh, h0, c0, lengths, ln, zoneout_c, zoneout_h, recurrent_mask, stats=True
+            xw, w_hh, h0, c0, lengths, ln, zoneout_c, zoneout_h, recurrent_mask, stats=True, time_skip=time_skip
         )
-    out, h, c = _fast_recurrence(xw, w_hh, h0, c0, lengths, ln, zoneout_c, zoneout_h, recurrent_mask)
+    mode = _time_mode(time_skip, ln)
+    out, h, c = _fast_recurrence(xw, w_hh, h0, c0, lengths, ln, zoneout_c, zoneout_h, recurrent_mask, mode)
     return out, h, c, None
 
 
@@ -151,10 +170,13 @@ def lstm_recurrence_reference(
     zoneout_h: Keep = None,
     recurrent_mask: Tensor | None = None,
     stats: bool = False,
+    time_skip: str = "none",
 ) -> tuple[Tensor, Tensor, Tensor, GateStats | None]:
     """:func:`lstm_recurrence` as a plain step loop under autograd (the specification; slow on CPU)."""
-    steps, batch, four_h = xw.shape
-    hidden = four_h // 4
+    mode = _time_mode(time_skip, ln)
+    steps, batch, _ = xw.shape
+    hidden = w_hh.shape[1]
+    four_h = 4 * hidden
     h, c = h0, c0
     outs = []
     valid = None if lengths is None else torch.arange(steps, device=xw.device)[:, None] < lengths.to(xw.device)
@@ -171,11 +193,16 @@ def lstm_recurrence_reference(
             r = F.layer_norm(rec.view(batch, 4, hidden), (hidden,), eps=ln.eps)
             rec = (r * ln.gates_weight + ln.gates_bias).view(batch, four_h)
         gates = xws[t] + rec
-        i, f, g, o = gates.chunk(4, dim=1)
+        i, f, g, o = gates[:, :four_h].chunk(4, dim=1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         c_new = f * c + i * g
         c_out = c_new if ln is None else F.layer_norm(c_new, (hidden,), ln.cell_weight, ln.cell_bias, ln.eps)
         h_new = o * torch.tanh(c_out)
+        if mode == _RESIDUAL:
+            h_new = h + h_new
+        elif mode == _HIGHWAY:
+            carry = torch.sigmoid(gates[:, four_h:])
+            h_new = carry * h_new + (1 - carry) * h
         c_new = _zone(zoneout_c, t, c, c_new)
         h_new = _zone(zoneout_h, t, h, h_new)
         if valid is not None:
@@ -212,10 +239,12 @@ def _fast_recurrence(
     zoneout_c: Keep,
     zoneout_h: Keep,
     recurrent_mask: Tensor | None,
+    mode: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    steps, batch, four_h = xw.shape
-    hidden = four_h // 4
-    if w_hh.shape != (four_h, hidden) or h0.shape != (batch, hidden) or c0.shape != (batch, hidden):
+    steps, batch, n_gates = xw.shape
+    hidden = w_hh.shape[-1]
+    shapes_ok = n_gates == (5 if mode == _HIGHWAY else 4) * hidden and w_hh.shape == (n_gates, hidden)
+    if not shapes_ok or h0.shape != (batch, hidden) or c0.shape != (batch, hidden):
         raise ValueError(
             f"shape mismatch: xw {tuple(xw.shape)}, w_hh {tuple(w_hh.shape)}, h0 {tuple(h0.shape)}, "
             f"c0 {tuple(c0.shape)}"
@@ -244,13 +273,13 @@ def _fast_recurrence(
             return xw.new_zeros(0, batch, hidden), h0, c0
         args = (xw, w_hh, h0, c0, *ln_args, kc, kh, rm)
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
-            out, h_t, c_t = _Recurrence.apply(eps, *args)
+            out, h_t, c_t = _Recurrence.apply(eps, mode, *args)
         else:
             ops = _use_cpp(xw)
             if ops is not None:
-                out, h_t, c_t, _ = _forward_cpp(ops, eps, *args, keep_for_backward=False)
+                out, h_t, c_t, _ = _forward_cpp(ops, eps, mode, *args, keep_for_backward=False)
             else:
-                out, h_t, c_t, _ = _forward(eps, *args, keep_for_backward=False)
+                out, h_t, c_t, _ = _forward(eps, mode, *args, keep_for_backward=False)
         if valid is not None:
             out = out * valid[..., None].to(dtype)
         return out, h_t, c_t
@@ -340,6 +369,7 @@ class _Saved:
 
 def _forward(
     eps: float,
+    mode: int,
     xw: Tensor,
     w: Tensor,
     h0: Tensor,
@@ -365,11 +395,15 @@ def _forward(
         Q = tanh(c~) o (1 - o)   A = o (1 - tanh(c~)^2)                   (d h_new -> d o, d c~)
 
     (``c~`` is the cell after its layer norm, or ``c`` itself without one.) With layer norm, the raw recurrent
-    term, the cell before zoneout and both norms' statistics are kept as well.
+    term, the cell before zoneout and both norms' statistics are kept as well. The highway skip through time
+    computes its gate ``T`` in block 4 and keeps two more blocks (6: ``T``, 7: ``D = (h~ - h_{t-1}) T (1 - T)``,
+    with ``h~ = o tanh(c~)``, d h -> d T's pre-activation).
     """
-    steps, batch, four_h = xw.shape
-    hidden = four_h // 4
+    steps, batch, n_gates = xw.shape
+    hidden = w.shape[1]
+    four_h = 4 * hidden
     layer_norm = gw is not None
+    highway = mode == _HIGHWAY
     wt = w.t()
     new = xw.new_empty
     pooled: list[Tensor] = []
@@ -381,19 +415,23 @@ def _forward(
 
     hs_buf = new(steps + 1, batch, hidden)  # h_0 .. h_T; [1:] is the output
     hs_buf[0] = h0
-    s_buf = take(steps, batch, 6 * hidden)
+    s_buf = take(steps, batch, (8 if highway else 6) * hidden)
     hs = hs_buf.unbind(0)
-    s6 = s_buf.view(steps, batch, 6, hidden)
-    gates = s_buf[:, :, :four_h].unbind(0)
+    s6 = s_buf.view(steps, batch, -1, hidden)
+    gates = s_buf[:, :, :n_gates].unbind(0)
     sig_if, s_i, s_f, s_g, s_o, s_pg, s_a = (
         v.unbind(0) for v in (s_buf[:, :, : 2 * hidden], *s6.unbind(2)[:4], s6[:, :, 4], s6[:, :, 5])
     )
+    if highway:
+        s_tg, s_d = s6[:, :, 6].unbind(0), s6[:, :, 7].unbind(0)
+        tt = new(batch, hidden)  # T (1 - T)
     kcs = kc.expand(steps, *kc.shape[1:]).unbind(0) if isinstance(kc, Tensor) else [kc] * steps
     khs = kh.expand(steps, *kh.shape[1:]).unbind(0) if isinstance(kh, Tensor) else [kh] * steps
     hin_buf = take(steps, batch, hidden) if rm is not None else hs_buf[:-1]  # what enters the recurrent matmul
     hins = hin_buf.unbind(0)
     ig, fc, tc = new(batch, hidden), new(batch, hidden), new(batch, hidden)
     h_new = new(batch, hidden) if kh is not None else None
+    h_lstm = new(batch, hidden) if mode else None  # h~ before the skip through time
     c_state = new(batch, hidden)  # c_t (after zoneout), unless it lives in cn_buf anyway
     c_scratch = new(batch, hidden) if kc is not None and not layer_norm else None
     c = c0
@@ -423,6 +461,8 @@ def _forward(
             g_rstd.append(rstd)
         else:
             torch.addmm(xws[t], hin, wt, out=gates[t])
+        if highway:
+            torch.sigmoid(s_pg[t], out=s_tg[t])  # T's pre-activation sits in block 4, where P_g goes below
         i, f, g, o = s_i[t], s_f[t], s_g[t], s_o[t]
         sig_if[t].sigmoid_()
         g.tanh_()
@@ -438,13 +478,20 @@ def _forward(
         else:
             c_new = torch.add(fc, ig, out=c_state if kc is None else c_scratch)
             torch.tanh(c_new, out=tc)
-        hn = torch.mul(o, tc, out=hs[t + 1] if kh is None else h_new)
+        h_out = hs[t + 1] if kh is None else h_new  # h_t before zoneout
+        hn = torch.mul(o, tc, out=h_lstm if mode else h_out)
         # the factors backward needs, overwriting gates that are no longer used (see the docstring)
         torch.addcmul(o, hn, tc, value=-1, out=s_a[t])
         torch.addcmul(hn, hn, o, value=-1, out=o)
         torch.addcmul(i, ig, g, value=-1, out=s_pg[t])
         torch.addcmul(ig, ig, i, value=-1, out=i)
         torch.addcmul(fc, fc, f, value=-1, out=g)
+        if mode == _RESIDUAL:
+            hn = torch.add(h, hn, out=h_out)
+        elif highway:
+            tg, d = s_tg[t], torch.sub(hn, h, out=s_d[t])
+            hn = torch.addcmul(h, tg, d, out=h_out)  # h + T (h~ - h)
+            d.mul_(torch.addcmul(tg, tg, tg, value=-1, out=tt))
         if kh is not None:
             torch.lerp(hn, h, khs[t], out=hs[t + 1])
         c = c_new if kc is None else torch.lerp(c_new, c, kcs[t], out=c_state)
@@ -465,6 +512,7 @@ _ln_backward = torch.ops.aten.native_layer_norm_backward.default
 
 def _backward(
     saved: _Saved,
+    mode: int,
     w: Tensor,
     gw: Tensor | None,
     cw: Tensor | None,
@@ -479,10 +527,11 @@ def _backward(
 ) -> tuple[Tensor | None, ...]:
     """Hand-written BPTT. Returns gradients for (xw, w, h0, c0, gw, gb, cw, cb)."""
     s_buf: Tensor = saved.s
-    steps, batch, six_h = s_buf.shape
-    hidden = six_h // 6
+    steps, batch, _ = s_buf.shape
+    n_gates, hidden = w.shape
     four_h = 4 * hidden
     layer_norm = gw is not None
+    highway = mode == _HIGHWAY
     new = s_buf.new_empty
     pooled: list[Tensor] = []
 
@@ -491,13 +540,17 @@ def _backward(
         pooled.append(buf)
         return buf
 
-    s6 = s_buf.view(steps, batch, 3, 2, hidden)
+    s6 = s_buf[:, :, : 6 * hidden].view(steps, batch, 3, 2, hidden)
     p = s6[:, :, :, 0].unbind(0)  # P_i, P_f, P_g: [B, 3, H] each
     fs, qs, as_ = (v.unbind(0) for v in s6[:, :, :, 1].unbind(2))
 
-    dg_buf = new(steps, batch, four_h)  # gradient at the gate pre-activations: also d xw
-    dg4 = dg_buf.view(steps, batch, 4, hidden)
+    dg_buf = new(steps, batch, n_gates)  # gradient at the gate pre-activations: also d xw
+    dg4 = dg_buf.view(steps, batch, -1, hidden)
     dgs, dg_ifg, dg_o = dg_buf.unbind(0), dg4[:, :, :3].unbind(0), dg4[:, :, 3].unbind(0)
+    if highway:
+        s8 = s_buf.view(steps, batch, 8, hidden)
+        tgs, ds, dg_t = s8[:, :, 6].unbind(0), s8[:, :, 7].unbind(0), dg4[:, :, 4].unbind(0)
+        d_hl_buf, carry_buf = new(batch, hidden), new(batch, hidden)
     douts = d_out.unbind(0)
 
     def per_step(k: Tensor | float | None) -> Sequence[Tensor | float | None]:
@@ -532,6 +585,14 @@ def _backward(
     for t in range(steps - 1, -1, -1):
         # d_h: gradient at h_t (the state after zoneout, output included); d_c: at c_t; d_he: at h before zoneout
         d_he = d_h if kh is None else torch.mul(d_h, omkhs[t], out=d_he_buf)
+        carry = None  # the skip through time's share of the gradient at h_{t-1}
+        if mode == _RESIDUAL:
+            carry = d_he
+        elif highway:
+            torch.mul(d_he, ds[t], out=dg_t[t])
+            d_hl = torch.mul(d_he, tgs[t], out=d_hl_buf)
+            carry = torch.sub(d_he, d_hl, out=carry_buf)
+            d_he = d_hl  # from here on: the gradient at h~, the LSTM's own output
         if layer_norm:
             torch.mul(d_he, as_[t], out=dco)
             d_cn, dcw, dcb = _ln_backward(dco, cns[t], (hidden,), c_means[t], c_rstds[t], cw, cb, mask_c)
@@ -574,6 +635,8 @@ def _backward(
                 base = torch.addcmul(base, d_h, k, out=base_buf)
             else:
                 base = torch.add(base, d_h, alpha=k, out=base_buf)
+        if carry is not None:
+            base = carry if base is None else torch.add(base, carry, out=base_buf)
         if rm is None:
             if base is None:
                 torch.mm(drec, w, out=d_h_next)
@@ -590,7 +653,7 @@ def _backward(
     d_w = d_gw = d_gb = d_cw = d_cb = None
     if needs[1]:
         drec_all = drec_buf if layer_norm else dg_buf
-        d_w = drec_all.view(steps * batch, four_h).t().mm(saved.hin.reshape(steps * batch, hidden))
+        d_w = drec_all.view(steps * batch, n_gates).t().mm(saved.hin.reshape(steps * batch, hidden))
     if layer_norm:
         if needs[4]:  # sum over steps and rows of d gates * the normalised recurrent term
             r_hat = torch.sub(saved.r.view(steps, batch, 4, hidden), torch.stack(g_means), out=take(*dg4.shape))
@@ -671,6 +734,7 @@ def _contig(x: Tensor | None) -> Tensor | None:
 def _forward_cpp(
     ops: Any,
     eps: float,
+    mode: int,
     xw: Tensor,
     w: Tensor,
     h0: Tensor,
@@ -684,8 +748,9 @@ def _forward_cpp(
     rm: Tensor | None,
     keep_for_backward: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, _Saved | None]:
-    steps, batch, four_h = xw.shape
-    hidden = four_h // 4
+    steps, batch, _ = xw.shape
+    hidden = w.shape[1]
+    four_h = 4 * hidden
     layer_norm = gw is not None
     pooled: list[Tensor] = []
 
@@ -696,7 +761,7 @@ def _forward_cpp(
 
     hs_buf = xw.new_empty(steps + 1, batch, hidden)
     c_t = xw.new_empty(batch, hidden)
-    s_buf = take(steps, batch, 6 * hidden)
+    s_buf = take(steps, batch, (8 if mode == _HIGHWAY else 6) * hidden)
     hin = take(steps, batch, hidden) if rm is not None else None
     rec = take(steps, batch, four_h) if layer_norm else None
     gstat = take(steps, batch, 8) if layer_norm else None
@@ -707,7 +772,7 @@ def _forward_cpp(
     rm = None if rm is None else rm.expand(batch, hidden).contiguous()
     ops.forward(
         xw, w.contiguous(), h0.contiguous(), c0.contiguous(), *(_contig(x) for x in (gw, gb, cw, cb)),
-        kc_t, kc_rate, kh_t, kh_rate, _contig(rm), eps, hs_buf, s_buf, c_t, hin, rec, gstat, chat, cstat,
+        kc_t, kc_rate, kh_t, kh_rate, _contig(rm), eps, mode, hs_buf, s_buf, c_t, hin, rec, gstat, chat, cstat,
     )
     h_t = hs_buf[steps].clone()
     if not keep_for_backward:
@@ -723,6 +788,7 @@ def _forward_cpp(
 def _backward_cpp(
     ops: Any,
     saved: _Saved,
+    mode: int,
     w: Tensor,
     gw: Tensor | None,
     cw: Tensor | None,
@@ -732,25 +798,25 @@ def _backward_cpp(
     needs: Sequence[bool],
 ) -> tuple[Tensor | None, ...]:
     s_buf: Tensor = saved.s
-    steps, batch, six_h = s_buf.shape
-    hidden = six_h // 6
+    steps, batch, _ = s_buf.shape
+    n_gates, hidden = w.shape
     four_h = 4 * hidden
     layer_norm = gw is not None
     drec = _POOL.take(s_buf, steps, batch, four_h) if layer_norm else None
-    dg = s_buf.new_empty(steps, batch, four_h)
+    dg = s_buf.new_empty(steps, batch, n_gates)
     d_h0, d_c0 = s_buf.new_empty(batch, hidden), s_buf.new_empty(batch, hidden)
     threads = torch.get_num_threads()  # one row of sums per worker thread of the C++ loops
     acc_g = s_buf.new_zeros(threads, 8 * hidden) if layer_norm else None
     acc_c = s_buf.new_zeros(threads, 2 * hidden) if layer_norm else None
     ops.backward(
         s_buf, saved.hin, saved.rec, saved.gstat, saved.chat, saved.cstat, w.contiguous(), _contig(gw),
-        _contig(cw), *saved.kc, *saved.kh, saved.rm, d_out, d_ht.contiguous(), d_ct.contiguous(), dg, drec,
+        _contig(cw), *saved.kc, *saved.kh, saved.rm, mode, d_out, d_ht.contiguous(), d_ct.contiguous(), dg, drec,
         d_h0, d_c0, acc_g, acc_c,
     )
     d_w = d_gw = d_gb = d_cw = d_cb = None
     if needs[1]:
         d_rec = drec if drec is not None else dg
-        d_w = d_rec.view(steps * batch, four_h).t().mm(saved.hin.reshape(steps * batch, hidden))
+        d_w = d_rec.view(steps * batch, -1).t().mm(saved.hin.reshape(steps * batch, hidden))
     if acc_g is not None and acc_c is not None:
         d_gw = acc_g[:, :four_h].sum(0).view(4, hidden)
         d_gb = acc_g[:, four_h:].sum(0).view(4, hidden)
@@ -856,12 +922,13 @@ const float* ptr(const OptT& t) { return t.has_value() ? t->data_ptr<float>() : 
 float* mptr(const OptT& t) { return t.has_value() ? t->data_ptr<float>() : nullptr; }
 
 // Saved per step and row, [B, 6H]: P_i = g i (1-i), P_f = c_{t-1} f (1-f), P_g = i (1-g^2),
-// Q = tanh(c~) o (1-o), A = o (1-tanh(c~)^2), F = f.
+// Q = tanh(c~) o (1-o), A = o (1-tanh(c~)^2), F = f; with the highway skip through time (mode 2) [B, 8H], also
+// T and D = (h~ - h_{t-1}) T (1-T). mode 1, residual: h_t = h_{t-1} + h~ before zoneout.
 void forward(const Tensor& xw, const Tensor& w, const Tensor& h0, const Tensor& c0, const OptT& gw, const OptT& gb,
              const OptT& cw, const OptT& cb, const OptT& kc, double kc_rate, const OptT& kh, double kh_rate,
-             const OptT& rm, double eps_d, const Tensor& hs, const Tensor& s, const Tensor& c_t, const OptT& hin,
-             const OptT& rec, const OptT& gstat, const OptT& chat, const OptT& cstat) {
-  const int64_t T = xw.size(0), B = xw.size(1), H4 = xw.size(2), H = H4 / 4, H6 = 6 * H;
+             const OptT& rm, double eps_d, int64_t mode, const Tensor& hs, const Tensor& s, const Tensor& c_t,
+             const OptT& hin, const OptT& rec, const OptT& gstat, const OptT& chat, const OptT& cstat) {
+  const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2), H = w.size(1), H4 = 4 * H, S = s.size(2);
   const bool ln = gw.has_value();
   const float eps = static_cast<float>(eps_d);
   const Keep kcs(kc, kc_rate), khs(kh, kh_rate);
@@ -869,7 +936,7 @@ void forward(const Tensor& xw, const Tensor& w, const Tensor& h0, const Tensor& 
   const float *gwp = ptr(gw), *gbp = ptr(gb), *cwp = ptr(cw), *cbp = ptr(cb);
   float *hinp = mptr(hin), *recp = mptr(rec), *gstp = mptr(gstat), *chp = mptr(chat), *cstp = mptr(cstat);
   const Tensor wt = w.t();
-  Tensor gates = at::empty({B, H4}, xw.options());
+  Tensor gates = at::empty({B, G}, xw.options());
   Tensor cbuf = at::empty({2, B, H}, xw.options());
   const float* xwp = xw.data_ptr<float>();
   float* hsp = hs.data_ptr<float>();
@@ -889,23 +956,23 @@ void forward(const Tensor& xw, const Tensor& w, const Tensor& h0, const Tensor& 
       at::addmm_out(gates, xw.select(0, t), hin_t, wt);
     }
     float* c_next = cbuf.data_ptr<float>() + (t & 1) * B * H;
-    const float* xw_t = xwp + t * B * H4;
+    const float* xw_t = xwp + t * B * G;
     const float* hp_t = hsp + t * B * H;
     float* hn_t = hsp + (t + 1) * B * H;
-    float* s_t = sp + t * B * H6;
+    float* s_t = sp + t * B * S;
     at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
       std::vector<float> tmp(7 * H);
       float *pre = tmp.data(), *kcr = pre + 4 * H, *khr = kcr + H, *cn = khr + H;
       for (int64_t b = b0; b < b1; ++b) {
         const float* cp = c_prev + b * H;
         const float* hp = hp_t + b * H;
-        float* sr = s_t + b * H6;
+        float* sr = s_t + b * S;
         kcs.fill(kcr, t, b, H);
         khs.fill(khr, t, b, H);
         const float* g_in;
         if (ln) {
           const float* r = recp + (t * B + b) * H4;
-          const float* x = xw_t + b * H4;
+          const float* x = xw_t + b * G;
           float* st = gstp + (t * B + b) * 8;
           for (int64_t k = 0; k < 4; ++k) {
             float mu, rstd;
@@ -922,7 +989,11 @@ void forward(const Tensor& xw, const Tensor& w, const Tensor& h0, const Tensor& 
           }
           g_in = pre;
         } else {
-          g_in = gp + b * H4;
+          g_in = gp + b * G;
+        }
+        if (mode == 2) {
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) sr[6 * H + j] = fsig(g_in[4 * H + j]);
         }
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
@@ -954,7 +1025,11 @@ void forward(const Tensor& xw, const Tensor& w, const Tensor& h0, const Tensor& 
           const float i = sr[j], g = sr[2 * H + j], o = sr[3 * H + j], f = sr[5 * H + j];
           const float tc = ftanh(cl[j]);
           const float hv = o * tc;
-          hn[j] = hv + khr[j] * (hp[j] - hv);
+          const float tg = mode == 2 ? sr[6 * H + j] : 1.0f;  // the skip through time: h = tg h~ + carry h_{t-1}
+          const float carry = mode == 0 ? 0.0f : (mode == 1 ? 1.0f : 1.0f - tg);
+          const float hw = tg * hv + carry * hp[j];
+          if (mode == 2) sr[7 * H + j] = (hv - hp[j]) * tg * (1.0f - tg);
+          hn[j] = hw + khr[j] * (hp[j] - hw);
           cnx[j] = cn[j] + kcr[j] * (cp[j] - cn[j]);
           sr[j] = g * i * (1.0f - i);
           sr[H + j] = cp[j] * f * (1.0f - f);
@@ -977,10 +1052,10 @@ void forward(const Tensor& xw, const Tensor& w, const Tensor& h0, const Tensor& 
 
 void backward(const Tensor& s, const Tensor& hin_all, const OptT& rec, const OptT& gstat, const OptT& chat,
               const OptT& cstat, const Tensor& w, const OptT& gw, const OptT& cw, const OptT& kc, double kc_rate,
-              const OptT& kh, double kh_rate, const OptT& rm, const Tensor& dout, const Tensor& dh_t,
-              const Tensor& dc_t, const Tensor& dg, const OptT& drec, const Tensor& dh0, const Tensor& dc0,
-              const OptT& acc_g, const OptT& acc_c) {
-  const int64_t T = s.size(0), B = s.size(1), H = s.size(2) / 6, H4 = 4 * H, H6 = 6 * H;
+              const OptT& kh, double kh_rate, const OptT& rm, int64_t mode, const Tensor& dout,
+              const Tensor& dh_t, const Tensor& dc_t, const Tensor& dg, const OptT& drec, const Tensor& dh0,
+              const Tensor& dc0, const OptT& acc_g, const OptT& acc_c) {
+  const int64_t T = s.size(0), B = s.size(1), S = s.size(2), G = w.size(0), H = w.size(1), H4 = 4 * H;
   const bool ln = gw.has_value();
   const Keep kcs(kc, kc_rate), khs(kh, kh_rate);
   const float* rmp = ptr(rm);
@@ -1001,22 +1076,34 @@ void backward(const Tensor& s, const Tensor& hin_all, const OptT& rec, const Opt
     std::memcpy(dC, dc_t.data_ptr<float>(), sizeof(float) * B * H);
   }
   for (int64_t t = T - 1; t >= 0; --t) {
-    const float* s_t = sp + t * B * H6;
-    float* dg_t = dgp + t * B * H4;
+    const float* s_t = sp + t * B * S;
+    float* dg_t = dgp + t * B * G;
     at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
       std::vector<float> tmp(5 * H);
       float *kcr = tmp.data(), *khr = kcr + H, *dhe = khr + H, *dcn = dhe + H, *dy = dcn + H;
       for (int64_t b = b0; b < b1; ++b) {
-        const float* sr = s_t + b * H6;
+        const float* sr = s_t + b * S;
         float* dh = dH + b * H;
         float* dc = dC + b * H;
-        float* dgr = dg_t + b * H4;
+        float* dgr = dg_t + b * G;
         kcs.fill(kcr, t, b, H);
         khs.fill(khr, t, b, H);
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           dhe[j] = dh[j] * (1.0f - khr[j]);
           dh[j] = dh[j] * khr[j];  // zoneout's direct path to h_t, completed after the matmul
+        }
+        if (mode == 1) {
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) dh[j] += dhe[j];
+        } else if (mode == 2) {  // dhe becomes the gradient at h~, the LSTM's own output
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            const float tg = sr[6 * H + j];
+            dgr[4 * H + j] = dhe[j] * sr[7 * H + j];
+            dh[j] += dhe[j] * (1.0f - tg);
+            dhe[j] *= tg;
+          }
         }
         if (ln) {
           const float* ch = chp + (t * B + b) * H;
@@ -1097,13 +1184,13 @@ void backward(const Tensor& s, const Tensor& hin_all, const OptT& rec, const Opt
 TORCH_LIBRARY(longshort_recurrence, m) {
   m.def(
       "forward(Tensor xw, Tensor w, Tensor h0, Tensor c0, Tensor? gw, Tensor? gb, Tensor? cw, Tensor? cb, "
-      "Tensor? kc, float kc_rate, Tensor? kh, float kh_rate, Tensor? rm, float eps, Tensor(a!) hs, Tensor(b!) s, "
-      "Tensor(c!) c_t, Tensor(d!)? hin, Tensor(e!)? rec, Tensor(f!)? gstat, Tensor(g!)? chat, "
+      "Tensor? kc, float kc_rate, Tensor? kh, float kh_rate, Tensor? rm, float eps, int mode, Tensor(a!) hs, "
+      "Tensor(b!) s, Tensor(c!) c_t, Tensor(d!)? hin, Tensor(e!)? rec, Tensor(f!)? gstat, Tensor(g!)? chat, "
       "Tensor(h!)? cstat) -> ()");
   m.def(
       "backward(Tensor s, Tensor hin, Tensor? rec, Tensor? gstat, Tensor? chat, Tensor? cstat, Tensor w, "
-      "Tensor? gw, Tensor? cw, Tensor? kc, float kc_rate, Tensor? kh, float kh_rate, Tensor? rm, Tensor dout, "
-      "Tensor dh_t, Tensor dc_t, Tensor(a!) dg, Tensor(b!)? drec, Tensor(c!) dh0, Tensor(d!) dc0, "
+      "Tensor? gw, Tensor? cw, Tensor? kc, float kc_rate, Tensor? kh, float kh_rate, Tensor? rm, int mode, "
+      "Tensor dout, Tensor dh_t, Tensor dc_t, Tensor(a!) dg, Tensor(b!)? drec, Tensor(c!) dh0, Tensor(d!) dc0, "
       "Tensor(e!)? acc_g, Tensor(f!)? acc_c) -> ()");
 }
 
@@ -1119,6 +1206,7 @@ class _Recurrence(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any,
         eps: float,
+        mode: int,
         xw: Tensor,
         w: Tensor,
         h0: Tensor,
@@ -1133,10 +1221,10 @@ class _Recurrence(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor]:
         ops = _use_cpp(xw)
         if ops is not None:
-            out, h_t, c_t, saved = _forward_cpp(ops, eps, xw, w, h0, c0, gw, gb, cw, cb, kc, kh, rm)
+            out, h_t, c_t, saved = _forward_cpp(ops, eps, mode, xw, w, h0, c0, gw, gb, cw, cb, kc, kh, rm)
         else:
-            out, h_t, c_t, saved = _forward(eps, xw, w, h0, c0, gw, gb, cw, cb, kc, kh, rm)
-        ctx.saved = saved
+            out, h_t, c_t, saved = _forward(eps, mode, xw, w, h0, c0, gw, gb, cw, cb, kc, kh, rm)
+        ctx.saved, ctx.mode = saved, mode
         ctx.rates = (kc if not isinstance(kc, Tensor) else None, kh if not isinstance(kh, Tensor) else None)
         tensors = [w, gw, cw, cb, kc, kh, rm, out]
         ctx.save_for_backward(*(x if isinstance(x, Tensor) else None for x in tensors))
@@ -1152,10 +1240,10 @@ class _Recurrence(torch.autograd.Function):
         d_out = zeros(out.shape) if d_out is None else d_out.contiguous()
         d_ht = zeros(out.shape[1:]) if d_ht is None else d_ht
         d_ct = zeros(out.shape[1:]) if d_ct is None else d_ct
-        needs = ctx.needs_input_grad[1:9]
+        needs = ctx.needs_input_grad[2:10]
         if getattr(ctx.saved, "backend", "python") == "cpp":
-            grads = _backward_cpp(_cpp_ops(), ctx.saved, w, gw, cw, d_out, d_ht, d_ct, needs)
+            grads = _backward_cpp(_cpp_ops(), ctx.saved, ctx.mode, w, gw, cw, d_out, d_ht, d_ct, needs)
         else:
-            grads = _backward(ctx.saved, w, gw, cw, cb, kc, kh, rm, d_out, d_ht, d_ct, needs)
+            grads = _backward(ctx.saved, ctx.mode, w, gw, cw, cb, kc, kh, rm, d_out, d_ht, d_ct, needs)
         grads = tuple(gr if need else None for gr, need in zip(grads, needs, strict=True))
-        return (None, *grads, None, None, None)
+        return (None, None, *grads, None, None, None)
