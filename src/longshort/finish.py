@@ -27,14 +27,14 @@ def after_training(cfg: Config, run_dir: Path, console: Console) -> None:
             except Exception as exc:  # the trained model is saved: say what failed, go on
                 console.print(f"[yellow]diagnostics: analysis failed: {type(exc).__name__}: {exc}[/yellow]")
     elif d.analysis and cfg.task == "seq2seq" and "analysis" in d.model_fields_set:
-        # opt-in for seq2seq (diagnostics.analysis=true): the loss landscape only
+        # opt-in for seq2seq (diagnostics.analysis=true): the loss landscape and the information flow
         from longshort.diagnostics.analyse import analyse_seq2seq_run
 
         t0 = time.perf_counter()
         try:
             analyse_seq2seq_run(run_dir, n_batches=d.analysis_batches, seed=cfg.seed)
-            console.print(f"diagnostics: {run_dir / 'diagnostics' / 'landscape.json'} "
-                          f"({time.perf_counter() - t0:.0f} s)")
+            console.print(f"diagnostics: {run_dir / 'diagnostics'} (landscape.json, information.json; "
+                          f"{time.perf_counter() - t0:.0f} s)")
         except Exception as exc:  # as above
             console.print(f"[yellow]diagnostics: analysis failed: {type(exc).__name__}: {exc}[/yellow]")
     if d.report:

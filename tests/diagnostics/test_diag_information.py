@@ -127,3 +127,19 @@ def test_hidden_states_capture_the_last_block() -> None:
     assert len(model.lstms[1]._forward_hooks) == len(model.lstms[1].lstm._forward_hooks) == 1  # the test's own
     # eval mode for the capture: dropout off, so two captures of a training-mode model agree
     torch.testing.assert_close(hidden_states(model, x, lengths, block=0), hidden_states(model, x, lengths, block=0))
+
+
+def test_future_mi_of_discrete_tokens_picks_out_the_encoded_step() -> None:
+    """A seq2seq decoder's case: h_t encodes the token y_{t+1} (5 classes): Ross's estimator finds it at k = 1
+    only, near log(5) when the classes separate, at the baseline elsewhere."""
+    rng = np.random.default_rng(3)
+    n, t = 150, 8
+    tokens = rng.integers(0, 5, (n, t + 2)).astype(np.float64)
+    tokens[:, t + 1 :] = np.nan  # past the target's end
+    lengths = rng.integers(4, t + 1, n)
+    h = rng.standard_normal((n, t, 3)) * 0.1
+    h[..., 0] += tokens[:, 1 : t + 1]  # well separated classes along one axis
+    out = mi_with_future(h, tokens, [0, 1, 2], lengths, discrete=True)
+    assert out["k"] == [0, 1, 2]
+    assert 0.8 * math.log(5) < out["mi"][1] <= math.log(5) and max(out["baseline"]) < 0.1
+    assert out["mi"][0] < 0.1 and out["mi"][2] < 0.1

@@ -62,7 +62,7 @@ def test_a_run_records_it_and_the_report_shows_it(tmp_path: Path) -> None:
     assert 'id="parameter-space"' in html and "straightness" in html
 
 
-def test_a_seq2seq_run_opts_into_the_loss_landscape(tmp_path: Path) -> None:
+def test_a_seq2seq_run_opts_into_the_loss_landscape_and_information_flow(tmp_path: Path) -> None:
     import torch.nn.functional as F
 
     from longshort.data.pair_pipeline import encode_pairs, prepare_pairs
@@ -87,8 +87,16 @@ def test_a_seq2seq_run_opts_into_the_loss_landscape(tmp_path: Path) -> None:
     at_zero = ls["1d"]["loss"][ls["1d"]["alpha"].index(0.0)]
     assert math.isclose(at_zero, hand, rel_tol=1e-4)  # the slice passes through the trained weights' loss
     page = (tmp_path / "run" / "report.html").read_text()
-    section = page[page.index('<section id="loss-landscape">'):]
-    assert "<img" in section[: section.index("</section>")]  # the report draws it
+    for sid in ("loss-landscape", "information-flow"):
+        section = page[page.index(f'<section id="{sid}">'):]
+        assert "<img" in section[: section.index("</section>")], sid  # the report draws both
+    info = json.loads((tmp_path / "run" / "diagnostics" / "information.json").read_text())
+    future = info["future"]
+    assert future["k"] == [0, 1, 2, 3] and future["target"] == "target token y_(t+k)"
+    n_val = len(splits.val)
+    steps = int(data.tgt_lengths.sum())  # every teacher-forced decoder step of the validation pairs
+    assert info["n_sequences"] == n_val and future["n"][0] == min(steps, 2000)
+    assert future["n"] == sorted(future["n"], reverse=True)  # fewer pairs (t, t + k) inside a target as k grows
     without = {**cfg, "diagnostics": {"report": False}}
     longshort.train(without, out=tmp_path / "plain")  # not asked for: no landscape (it is opt-in for seq2seq)
     assert not (tmp_path / "plain" / "diagnostics" / "landscape.json").exists()

@@ -235,18 +235,31 @@ def analyse_run(run_dir: str | Path, n_batches: int = 2, seed: int = 0, *, batch
             "attention": {k: list(v.shape) for k, v in arrays.items()}}
 
 
+SEQ2SEQ_KS = (0, 1, 2, 3)  # target tokens ahead of the decoder step in the seq2seq information flow
+
+
 def analyse_seq2seq_run(run_dir: str | Path, n_batches: int = 1, seed: int = 0, *, batch_size: int | None = None,
                         alphas: Sequence[float] = ALPHAS_1D, grid: Sequence[float] = ALPHAS_2D,
                         hessian_iters: int = 20, hessian_tol: float = 1e-3,
-                        step_sizes: Sequence[float] = STEP_SIZES) -> dict[str, Any]:
-    """The loss landscape of a finished seq2seq run (``diagnostics/landscape.json``, as :func:`analyse_run`
-    writes it): 1-D and 2-D slices along filter-normalised directions, the Hessian's top eigenvalue and gradient
-    predictiveness, of the teacher-forced token cross-entropy on ``n_batches`` validation batches. Information
-    flow and attention maps stay the classifier's (they read its BiLSTM blocks and its self-attention)."""
+                        step_sizes: Sequence[float] = STEP_SIZES, info_sequences: int = 512,
+                        ks: Sequence[int] = SEQ2SEQ_KS) -> dict[str, Any]:
+    """The after-training analyses of a finished seq2seq run, on its validation pairs (else test, else train).
+
+    - ``diagnostics/landscape.json``, as :func:`analyse_run` writes it: 1-D and 2-D slices along
+      filter-normalised directions, the Hessian's top eigenvalue and gradient predictiveness, of the
+      teacher-forced token cross-entropy on ``n_batches`` batches;
+    - ``diagnostics/information.json``: seed 003's ``I_t = MI(h_t, y_{t+k})`` with ``h_t`` the decoder's
+      attentional state ``h~_t`` (what the output layer reads at step t, teacher-forced) and ``y_{t+k}`` the
+      target token k steps on (k = 0: the token step t predicts), pooled over ``info_sequences`` pairs and their
+      steps, with a permutation baseline (Ross's estimator for a discrete target, see
+      :mod:`longshort.diagnostics.information`).
+
+    The decoder's attention over the source is drawn by training itself (``plots/attention.png``)."""
     import torch.nn.functional as F
 
     from longshort.data.pair_pipeline import encode_pairs, prepare_pairs
     from longshort.data.pairs import PAD_ID
+    from longshort.diagnostics.information import BIAS, ESTIMATOR, mi_with_future
     from longshort.diagnostics.landscape import (
         DIRECTIONS,
         gradient_predictiveness,
@@ -285,7 +298,26 @@ def analyse_seq2seq_run(run_dir: str | Path, n_batches: int = 1, seed: int = 0, 
             "hessian_batches": len(batches),
             "gradient_predictiveness": gradient_predictiveness(model, loss_fn, step_sizes),
         }
+    info_batch = data.take(torch.arange(min(len(data), info_sequences)))
+    assert info_batch.tgt is not None and info_batch.tgt_lengths is not None
+    states: list[Tensor] = []  # h~_t of every step: the output layer's input (dropout is off in eval mode)
+    hook = model.out.register_forward_pre_hook(lambda _m, args: states.append(args[0].detach().float().cpu()))
+    try:
+        with torch.no_grad(), model_mode(model, False):
+            model(info_batch.src, info_batch.src_lengths, info_batch.decoder_input())
+    finally:
+        hook.remove()
+    tokens = info_batch.tgt.double().masked_fill(info_batch.tgt == PAD_ID, float("nan"))
+    information = {
+        "estimator": ESTIMATOR.replace("the class label", "the target token"), "bias": BIAS, "split": split,
+        "n_sequences": len(info_batch),
+        "hidden": {"future": "the decoder's attentional state h~_t = tanh(W_c [h_t; c_t]) under teacher forcing; "
+                             "k = 0 is the token step t predicts"},
+        "future": {**mi_with_future(torch.stack(states, 1), tokens, ks, info_batch.tgt_lengths, seed=seed,
+                                    discrete=True), "target": "target token y_(t+k)"},
+    }
     out = Path(run_dir) / "diagnostics"
     out.mkdir(exist_ok=True)
     (out / "landscape.json").write_text(json.dumps(json_safe(landscape), indent=1, allow_nan=False))
-    return json_safe(landscape)
+    (out / "information.json").write_text(json.dumps(json_safe(information), indent=1, allow_nan=False))
+    return {"landscape": json_safe(landscape), "information": json_safe(information)}

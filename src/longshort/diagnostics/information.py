@@ -235,7 +235,8 @@ def mi_with_label(h: Tensor | np.ndarray, y: Tensor | np.ndarray, lengths: Tenso
 
 def mi_with_future(h: Tensor | np.ndarray, series: Tensor | np.ndarray, ks: Sequence[int],
                    lengths: Tensor | np.ndarray | None = None, *, n_components: int = 3, k: int = 5,
-                   max_samples: int = 2000, min_samples: int = 20, seed: int = 0) -> dict[str, Any]:
+                   max_samples: int = 2000, min_samples: int = 20, seed: int = 0,
+                   discrete: bool = False) -> dict[str, Any]:
     """I(h_t; y_{t+k}) for each horizon in ``ks``, pooled over sequences and valid steps, with a baseline.
 
     ``h`` [N, T, D]; ``series`` [N, S] with ``series[n, s]`` the target at step ``s`` of sequence ``n`` (step 0
@@ -244,7 +245,8 @@ def mi_with_future(h: Tensor | np.ndarray, series: Tensor | np.ndarray, ks: Sequ
     ``t + k < S`` and a finite target, at most ``max_samples`` of them (a seeded random subset: the k-NN cost
     grows as N log N). Returns ``{"k": [...], "mi": [...], "baseline": [...], "n": [...]}``, NaN MI (and
     baseline) for a horizon with fewer than ``min_samples`` pairs; the baseline shuffles the targets of the
-    pairs."""
+    pairs. ``discrete``: the targets are class ids (a seq2seq run's target tokens, NaN where there is none),
+    estimated with :func:`ross_mi` instead of :func:`ksg_mi`."""
     h_np = _as_numpy(h)
     s_np = _as_numpy(series).astype(np.float64)
     n, t, _ = h_np.shape
@@ -272,6 +274,7 @@ def mi_with_future(h: Tensor | np.ndarray, series: Tensor | np.ndarray, ks: Sequ
             out["baseline"].append(float("nan"))
             continue
         zs = z[rows, steps]
-        out["mi"].append(ksg_mi(zs, target, k, seed))
-        out["baseline"].append(ksg_mi(zs, rng.permutation(target), k, seed))
+        estimate = ross_mi if discrete else ksg_mi
+        out["mi"].append(estimate(zs, target, k, seed))
+        out["baseline"].append(estimate(zs, rng.permutation(target), k, seed))
     return out

@@ -93,7 +93,8 @@ HINTS: dict[str, str] = {
 SEQ2SEQ_NOTES: dict[str, str] = {  # what a seq2seq run never records, said as such rather than as a hint
     "landscape": "not recorded: train with diagnostics.analysis=true (for a seq2seq run the loss landscape is "
                  "opt-in)",
-    "information": "not recorded: the information-flow analysis reads a classifier's BiLSTM blocks",
+    "information": "not recorded: train with diagnostics.analysis=true (for a seq2seq run the information flow "
+                   "is opt-in, beside the loss landscape)",
     "predictions": "not recorded: a seq2seq run has no class probabilities to calibrate",
 }
 
