@@ -133,7 +133,17 @@ def _raw_sequences(x: Any, lengths: Any) -> SequenceData:
 
 def check_finite(data: SequenceData, allow_nan: bool = False) -> None:
     """A NaN (unless ``allow_nan``: data.missing fills it) or an infinity at a real step is an error naming the
-    sequence, step and channel (as the readers do for files), never a NaN prediction."""
+    sequence, step and channel (as the readers do for files), never a NaN prediction. Windows of one series:
+    their rows are checked once, and the error names the row."""
+    if data.windows is not None:
+        rows = data.windows.covered().values
+        bad_rows = np.isinf(rows) if allow_nan else ~np.isfinite(rows)
+        if bad_rows.any():
+            r, c = (int(v) for v in np.argwhere(bad_rows)[0])
+            raise DataError(data.source, f"row {r + data.windows.span[0]} of the windowed series, channel {c} is "
+                                         f"{rows[r, c]} ({int(bad_rows.sum())} values are not finite); fill them "
+                                         "first, or train with data.missing=ffill, zero, mean or mask")
+        return
     valid = np.arange(data.X.shape[1])[None, :] < data.lengths[:, None]
     bad = (np.isinf(data.X) if allow_nan else ~np.isfinite(data.X)) & valid[..., None]
     if bad.any():

@@ -1,7 +1,8 @@
 """Model-ready tensors and deterministic, resumable batch order.
 
-Data sets here are small enough to live in memory as one padded tensor, so a batch is an index into it:
-no worker processes, and the order of an epoch is a pure function of (seed, epoch), which is what makes
+A data set lives in memory as one padded tensor, or, for windows of one series, as a strided view of the
+series' rows (:func:`window_tensor`, memory linear in rows), so a batch is an index into it: no worker
+processes, and the order of an epoch is a pure function of (seed, epoch), which is what makes
 resuming mid-epoch exact. Each batch is trimmed to its longest sequence.
 """
 
@@ -39,11 +40,26 @@ class Batch:
         return int(self.x.shape[0])
 
 
+def window_tensor(values: Tensor, start: int, stride: int, length: int, count: int) -> Tensor:
+    """[count, length, C] strided view of a series ``values`` [rows, C]: window ``i`` starts at row
+    ``start + i * stride`` (no copy; indexing it gathers only the rows of the windows asked for)."""
+    if count == 0:
+        return values.new_zeros(0, length, values.shape[1])
+    every = values.unfold(0, length, 1)  # [rows - length + 1, C, length]
+    return every[start : start + (count - 1) * stride + 1 : stride].transpose(1, 2)
+
+
 def to_tensors(data: SequenceData) -> TensorData:
     """``data.y`` must already hold class indices or scaled float targets (see
-    :class:`longshort.data.pipeline.Preprocessor`)."""
+    :class:`longshort.data.pipeline.Preprocessor`). Windows of one series stay a view of its rows."""
+    w = data.windows
+    if w is not None:
+        values = torch.from_numpy(np.require(w.values, np.float32, ["C", "W"]))
+        x = window_tensor(values, w.start, w.stride, w.length, w.count)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(data.X, dtype=np.float32))
     return TensorData(
-        X=torch.from_numpy(np.ascontiguousarray(data.X, dtype=np.float32)),
+        X=x,
         lengths=torch.from_numpy(np.asarray(data.lengths, dtype=np.int64)),
         y=None if data.y is None else torch.from_numpy(
             np.asarray(data.y, dtype=np.float32 if np.asarray(data.y).dtype.kind == "f" else np.int64)),

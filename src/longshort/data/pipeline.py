@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -67,14 +66,13 @@ class Preprocessor:
             ) -> Preprocessor:
         """``target="value"``: ``train.y`` is float [N, k], standardised per target when ``scale_target``;
         ``missing``: data.missing's policy for NaN features (fitted on the observed training values)."""
+        train = _windows_or_copy(train, missing, scale == "series")
         fill = None
         if missing != "error" and len(train):
-            with warnings.catch_warnings():  # a feature never observed: its fill is 0
-                warnings.simplefilter("ignore", RuntimeWarning)
-                fill = np.nan_to_num(np.nanmean(_valid_steps(train), 0))
+            fill = np.nan_to_num(_feature_moments(train, observed=True)[0])  # a feature never observed: 0
         names, n_raw = list(train.feature_names), train.X.shape[2]
         if fill is not None:  # the statistics below are of the filled training data
-            train = replace(train, X=fill_missing(train.X, train.lengths, missing, fill))
+            train = _fill(train, missing, fill)
             if missing == "mask":
                 names = names + [f"{n}_missing" for n in names]
         if target == "value":
@@ -92,10 +90,9 @@ class Preprocessor:
             prep = cls(layout=layout, class_names=list(classes), feature_names=names,
                        per_series=scale == "series", label_kind="int" if ints else "")
         if scale in ("standard", "series", "auto"):  # auto unresolved (no longshort.sizing): standard
-            valid = _valid_steps(replace(train, X=series_normalise(train.X, train.lengths)) if prep.per_series
-                                 else train)
-            std = valid.std(0)
-            prep.mean = valid.mean(0).astype(float).tolist()
+            mean, std = _feature_moments(replace(train, X=series_normalise(train.X, train.lengths))
+                                         if prep.per_series else train)
+            prep.mean = mean.astype(float).tolist()
             prep.std = np.where(std > 1e-12, std, 1.0).astype(float).tolist()
         if train.aux is not None and len(train.aux):
             prep.aux_mean = float(train.aux.mean())
@@ -128,10 +125,15 @@ class Preprocessor:
         """Class indices for ``data.y``; a label never seen in training is an error naming it and its row."""
         assert data.y is not None
         y = data.y
-        if data.class_names is not None and y.dtype.kind in "iu":
-            y = np.asarray(data.class_names)[y]  # readers with a fixed vocabulary give indices into it
-        keys = np.asarray([str(v) for v in y])
         index = {c: i for i, c in enumerate(self.class_names)}
+        if data.class_names is not None and y.dtype.kind in "iu":
+            # readers with a fixed vocabulary give indices into it: map the vocabulary, not every label
+            lut = np.asarray([index.get(str(c), -1) for c in data.class_names], dtype=np.int64)
+            codes = lut[y]
+            if (codes >= 0).all():
+                return codes
+            y = np.asarray(data.class_names)[y]
+        keys = np.asarray([str(v) for v in y])
         unknown = ~np.isin(keys, self.class_names)
         if unknown.any():
             i = int(np.argmax(unknown))
@@ -153,23 +155,34 @@ class Preprocessor:
                 f"has {data.n_features} features but the model was trained on {len(raw_names)} "
                 f"({', '.join(raw_names)})",
             )
-        x = data.X
+        data = _windows_or_copy(data, self.missing, self.per_series)
         if self.missing != "error":
-            x = fill_missing(x, data.lengths, self.missing, np.asarray(self.fill))
-        if self.per_series:
-            x = series_normalise(x, data.lengths)
-        if self.mean:
-            mask = np.arange(x.shape[1])[None, :] < data.lengths[:, None]
-            x = ((x - np.float32(self.mean)) / np.float32(self.std)) * mask[..., None]
+            data = _fill(data, self.missing, np.asarray(self.fill))
+        windows = data.windows
+        if windows is not None:  # full-length windows of one series: scale the rows once, keep the view
+            values = windows.values
+            if self.mean:
+                values = np.subtract(values, np.float32(self.mean), dtype=np.float32)
+                values /= np.float32(self.std)
+            windows = replace(windows, values=np.ascontiguousarray(values, dtype=np.float32))
+            x = windows.view()
+        else:
+            x = data.X
+            if self.per_series:
+                x = series_normalise(x, data.lengths)
+            if self.mean:
+                mask = np.arange(x.shape[1])[None, :] < data.lengths[:, None]
+                x = ((x - np.float32(self.mean)) / np.float32(self.std)) * mask[..., None]
+            x = x.astype(np.float32)
         if not labelled or data.y is None:
             y = None
         else:
             y = self.scale_targets(data.y, data) if self.regression else self.encode_labels(data)
         aux = None if data.aux is None else (data.aux - self.aux_mean) / self.aux_std
         return SequenceData(
-            X=x.astype(np.float32), lengths=data.lengths, y=y, feature_names=self.feature_names,
+            X=x, lengths=data.lengths, y=y, feature_names=self.feature_names,
             source=data.source, aux=None if aux is None else aux.astype(np.float32), order=data.order,
-            class_names=self.class_names, ids=data.ids,
+            class_names=self.class_names, ids=data.ids, windows=windows,
         )
 
     def save(self, path: Path) -> None:
@@ -218,9 +231,60 @@ def fill_missing(x: np.ndarray, lengths: np.ndarray, policy: str, fill: np.ndarr
     return out
 
 
-def _valid_steps(data: SequenceData) -> np.ndarray:
-    mask = np.arange(data.X.shape[1])[None, :] < data.lengths[:, None]
-    return data.X[mask].astype(np.float64)
+def _windows_or_copy(data: SequenceData, missing: str, per_series: bool) -> SequenceData:
+    """``data`` with its windows over only the rows they cover, or, where a step must be computed per window
+    (ffill looks back within each window, scale=series normalises each one), materialised windows."""
+    if data.windows is None:
+        return data
+    if missing == "ffill" or per_series:
+        return replace(data, X=np.ascontiguousarray(data.X), windows=None)
+    covered = data.windows.covered()
+    return replace(data, X=covered.view(), windows=covered)
+
+
+def _fill(data: SequenceData, missing: str, fill: np.ndarray) -> SequenceData:
+    """:func:`fill_missing` on the sequences, or on the rows once for windows (zero, mean, mask are per value)."""
+    if data.windows is None:
+        return replace(data, X=fill_missing(data.X, data.lengths, missing, fill))
+    rows = data.windows.values
+    windows = replace(data.windows, values=fill_missing(rows[None], np.array([len(rows)]), missing, fill)[0])
+    return replace(data, X=windows.view(), windows=windows)
+
+
+CHUNK_ROWS = 1 << 18  # rows per pass of the streaming statistics
+
+
+def _feature_moments(data: SequenceData, observed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (float64) over the valid steps; ``observed``: of the non-NaN values only
+    (NaN for a feature never observed). Windows of one series count each row once, read in chunks of
+    :data:`CHUNK_ROWS` rows and merged (Chan et al.'s pairwise update), so no float64 copy of the data exists."""
+    if data.windows is not None:
+        rows = data.windows.covered().values
+        chunks = (rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS))
+    else:
+        mask = np.arange(data.X.shape[1])[None, :] < data.lengths[:, None]
+        chunks = iter([data.X[mask]])
+    c = data.X.shape[2]
+    n, mean, m2 = np.zeros(c), np.zeros(c), np.zeros(c)
+    for chunk in chunks:
+        x = chunk.astype(np.float64)
+        seen = ~np.isnan(x) if observed else np.ones(x.shape, dtype=bool)
+        k = seen.sum(0)
+        if not k.any():
+            continue
+        safe = np.where(seen, x, 0.0)
+        kk = np.maximum(k, 1)
+        mu = safe.sum(0) / kk
+        sq = (np.where(seen, x - mu, 0.0) ** 2).sum(0)
+        total = n + k
+        delta = mu - mean
+        mean = np.where(total > 0, mean + delta * k / np.maximum(total, 1), mean)
+        m2 = m2 + sq + delta**2 * n * k / np.maximum(total, 1)
+        n = total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if observed:
+            return np.where(n > 0, mean, np.nan), np.sqrt(m2 / np.maximum(n, 1))
+        return mean, np.sqrt(m2 / np.maximum(n, 1))
 
 
 def _sorted_labels(y: np.ndarray | None) -> list[str]:

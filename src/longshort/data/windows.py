@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from longshort.data.config import SeriesFormat
-from longshort.data.types import SequenceData, SeriesData
+from longshort.data.types import SequenceData, SeriesData, Windows
 from longshort.errors import DataError
 
 CLASS_NAMES = ["down", "flat", "up"]
@@ -36,17 +35,22 @@ def direction_labels(
     if now.size and (now.min() < 0 or ahead.max() >= len(target)):
         raise ValueError(f"windows need target rows 0..{int(ahead.max())}, the series has {len(target)}")
     a = target[now].astype(np.float64)
-    b = target[ahead].astype(np.float64)
+    fwd = target[ahead].astype(np.float64)
+    del ahead
     if change == "pct":
         zero = np.flatnonzero(a == 0)
         if zero.size:
             row = first_row + int(now[zero[0]])
             raise DataError(source, f"column '{target_name}' is 0 at row {row}, so its percent change is "
                                     "undefined; use change: diff")
-        fwd = (b - a) / np.abs(a)
+        fwd -= a
+        fwd /= np.abs(a, out=a)
     else:
-        fwd = b - a
-    labels = np.where(fwd > flat_band, UP, np.where(fwd < -flat_band, DOWN, FLAT)).astype(np.int64)
+        fwd -= a
+    del a
+    labels = np.full(len(fwd), FLAT, dtype=np.int64)  # in place: one label array, not a where() per class
+    labels[fwd > flat_band] = UP
+    labels[fwd < -flat_band] = DOWN
     return labels, fwd.astype(np.float32)
 
 
@@ -77,8 +81,9 @@ def make_windows(series: SeriesData, cfg: SeriesFormat, labelled: bool = True) -
         what = "window + horizon" if labelled else "window"
         raise DataError(series.source, f"series has {n} rows but {what} needs {need}")
     ends = window_ends(n, cfg, labelled)
-    view = sliding_window_view(series.values, cfg.window, axis=0)  # [n - window + 1, C, window]
-    X = np.ascontiguousarray(view[ends - cfg.window].transpose(0, 2, 1), dtype=np.float32)
+    # a view of the series, not a copy per window (rows x window x channels): ends are evenly spaced
+    values = np.asarray(series.values, dtype=np.float32)
+    windows = Windows(values, int(ends[0]) - cfg.window if len(ends) else 0, cfg.stride, cfg.window, len(ends))
     y = aux = None
     if labelled:
         y, aux = direction_labels(series.target, ends, cfg.horizon, cfg.flat_band, cfg.change,
@@ -87,7 +92,8 @@ def make_windows(series: SeriesData, cfg: SeriesFormat, labelled: bool = True) -
         if series.aux is not None:
             aux = series.aux[ends - 1].astype(np.float32)
     return SequenceData(
-        X=X,
+        X=windows.view(),
+        windows=windows,
         lengths=np.full(len(ends), cfg.window, dtype=np.int64),
         y=y,
         feature_names=list(series.feature_names),

@@ -1,0 +1,170 @@
+"""Data at scale: windows of one long series as views, memory linear in rows (issue 22).
+
+Three measurements, one run:
+
+1. ``prepare`` (split, window, fit and apply the scaling) of one continuous series of 9 float32 columns
+   (window 50, horizon 5, stride 1), at each ``--rows`` (default 1M and 10M), each in a fresh process: wall
+   time of ``prepare`` and the process's peak RSS (``ru_maxrss``), with the RSS of the process with the series
+   built but not prepared beside it. Memory per row shows whether it grows with rows or with rows x window.
+2. Training throughput of the first ``--steps`` optimizer steps (AdamW, batch 64, the default classifier at
+   ``--hidden``) on windows drawn from the lazy view against the same windows materialised as one contiguous
+   tensor (the in-memory path), interleaved in rounds, same process, same model initialisation.
+3. Batches gathered from the view equal the materialised windows (checked, not timed).
+
+    python benchmarks/data_scale.py [--rows 1000000 10000000] [--steps 200] [--out PATH]
+
+Writes ``benchmarks/results/data_scale.json``. Prints the CPU, torch and thread count first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+WINDOW, HORIZON, COLUMNS = 50, 5, 9
+
+
+def _series(rows: int, seed: int = 0):  # -> SeriesData
+    from longshort.data.types import SeriesData
+
+    rng = np.random.default_rng(seed)
+    values = np.empty((rows, COLUMNS), dtype=np.float32)
+    for c in range(COLUMNS):  # a random walk per column, in chunks (no float64 copy of the whole series)
+        values[:, c] = np.cumsum(rng.standard_normal(rows, dtype=np.float32))
+    target = values[:, 0].astype(np.float64) + 1000.0  # the labels' column: up/flat/down of its change
+    names = [f"x{c}" for c in range(COLUMNS)]
+    return SeriesData(values=values, target=target, feature_names=names, target_name="x0", source="(bench)")
+
+
+def _config():  # -> DataConfig
+    from longshort.data.config import DataConfig
+
+    return DataConfig.model_validate({"layout": "series", "series": {"window": WINDOW, "horizon": HORIZON,
+                                                                      "stride": 1, "change": "diff"}})
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def prepare_child(rows: int) -> None:
+    """One measurement, printed as JSON (run in a fresh process so peak RSS is this measurement's own)."""
+    import torch  # noqa: F401  (the trainer's process has torch loaded: count it in the baseline)
+
+    from longshort.data.pipeline import prepare
+
+    raw = _series(rows)
+    before = _rss_mb()
+    t0 = time.perf_counter()
+    splits = prepare(_config(), 0, raw=raw)
+    seconds = time.perf_counter() - t0
+    out = {"rows": rows, "prepare_s": seconds, "peak_rss_mb": _rss_mb(), "rss_before_prepare_mb": before,
+           "series_mb": raw.values.nbytes / 2**20, "train_windows": len(splits.train),
+           "materialised_windows_mb": len(splits.train) * WINDOW * COLUMNS * 4 / 2**20,
+           "lazy": splits.train.windows is not None}
+    print(json.dumps(out))
+
+
+def throughput(steps: int, hidden: int, rows: int, rounds: int = 4) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from longshort.data.batching import TensorData, epoch_order, take, to_tensors
+    from longshort.data.pipeline import prepare
+    from longshort.nn.classifier import ClassifierConfig, SequenceClassifier
+
+    splits = prepare(_config(), 0, raw=_series(rows, seed=1))
+    lazy = to_tensors(splits.train)
+    dense = TensorData(lazy.X.contiguous(), lazy.lengths, lazy.y, lazy.aux)  # the same windows, materialised
+    assert not lazy.X.is_contiguous() and lazy.X.untyped_storage().nbytes() < dense.X.untyped_storage().nbytes()
+    order = epoch_order(len(lazy), 0, 0)
+    probe = order[:256]
+    same = bool(torch.equal(take(lazy, probe, torch.device("cpu")).x, take(dense, probe, torch.device("cpu")).x))
+    cfg = ClassifierConfig(hidden_dim=hidden)
+    torch.manual_seed(0)
+    models = {name: SequenceClassifier(COLUMNS, 3, cfg) for name in ("lazy", "in_memory")}
+    models["in_memory"].load_state_dict(models["lazy"].state_dict())
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, m in models.items()}
+    data = {"lazy": lazy, "in_memory": dense}
+    per_round = steps // rounds
+    seconds = {k: 0.0 for k in models}
+    gather = {k: 0.0 for k in models}
+    step = {k: 0 for k in models}
+    for r in range(rounds):
+        for name in (("lazy", "in_memory") if r % 2 == 0 else ("in_memory", "lazy")):
+            m, opt = models[name], opts[name]
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                i = step[name]
+                g0 = time.perf_counter()
+                b = take(data[name], order[i * 64 : (i + 1) * 64], torch.device("cpu"))
+                gather[name] += time.perf_counter() - g0
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(m(b.x, b.lengths).logits, b.y).backward()
+                opt.step()
+                step[name] += 1
+            seconds[name] += time.perf_counter() - t0
+    sps = {k: step[k] * 64 / seconds[k] for k in models}
+    return {"rows": rows, "train_windows": len(lazy), "steps": step["lazy"], "batch": 64, "hidden": hidden,
+            "samples_per_s": sps, "ratio_lazy_vs_in_memory": sps["lazy"] / sps["in_memory"],
+            "gather_ms_per_batch": {k: gather[k] / step[k] * 1e3 for k in models},
+            "view_batches_equal_materialised": same,
+            "storage_mb": {"lazy": lazy.X.untyped_storage().nbytes() / 2**20,
+                           "in_memory": dense.X.untyped_storage().nbytes() / 2**20}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--hidden", type=int, default=64, help="classifier hidden_dim of the throughput run")
+    ap.add_argument("--train-rows", type=int, default=200_000, help="series rows of the throughput run")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data_scale.json"))
+    args = ap.parse_args()
+    if args.child is not None:
+        prepare_child(args.child)
+        return
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    print(f"{cpu}; torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads")
+    rows_out = []
+    for rows in args.rows:
+        res = subprocess.run([sys.executable, __file__, "--child", str(rows)], capture_output=True, text=True,
+                             check=True)
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        rows_out.append(row)
+        print(f"prepare {rows:>11,} rows: {row['prepare_s']:6.2f} s, peak RSS {row['peak_rss_mb']:7.0f} MB "
+              f"(before prepare {row['rss_before_prepare_mb']:.0f} MB; series {row['series_mb']:.0f} MB; "
+              f"materialised windows would be {row['materialised_windows_mb']:,.0f} MB)")
+    if len(rows_out) >= 2:
+        a, b = rows_out[0], rows_out[-1]
+        growth = (b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["rows"] - a["rows"]) * 2**20
+        print(f"peak RSS grows {growth:.0f} bytes a row between {a['rows']:,} and {b['rows']:,} rows "
+              f"(the series is {COLUMNS * 4} bytes a row; materialised windows {COLUMNS * 4 * WINDOW})")
+    tp = throughput(args.steps, args.hidden, args.train_rows)
+    print(f"training, {tp['steps']} steps each, batch 64, hidden {tp['hidden']}: lazy "
+          f"{tp['samples_per_s']['lazy']:.0f} samples/s, in memory {tp['samples_per_s']['in_memory']:.0f} "
+          f"(ratio {tp['ratio_lazy_vs_in_memory']:.3f}); gather {tp['gather_ms_per_batch']['lazy']:.2f} vs "
+          f"{tp['gather_ms_per_batch']['in_memory']:.2f} ms a batch; batches equal: "
+          f"{tp['view_batches_equal_materialised']}")
+    doc = {"benchmark": "data_scale", "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "window": WINDOW, "horizon": HORIZON, "columns": COLUMNS, "prepare": rows_out, "throughput": tp}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=1))
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
