@@ -8,10 +8,15 @@ Three measurements, one run:
    built but not prepared beside it. Memory per row shows whether it grows with rows or with rows x window.
 2. Training throughput of the first ``--steps`` optimizer steps (AdamW, batch 64, the default classifier at
    ``--hidden``) on windows drawn from the lazy view against the same windows materialised as one contiguous
-   tensor (the in-memory path), interleaved in rounds, same process, same model initialisation.
+   tensor (the in-memory path), interleaved in 10 rounds (load from other work on the machine falls on
+   both), same process, same model initialisation.
 3. Batches gathered from the view equal the materialised windows (checked, not timed).
+4. Two processes on one machine (as two ranks would be), each preparing the same ``--rank-rows`` series and
+   holding its splits, with ``data.series.cache`` off (each its own scaled rows) and on (both map the one file
+   the first wrote): each process's RSS and PSS (``/proc/self/smaps_rollup``; PSS splits a shared page between
+   the processes that map it) once both hold their data, the raw series freed as training's set-up frees it.
 
-    python benchmarks/data_scale.py [--rows 1000000 10000000] [--steps 200] [--out PATH]
+    python benchmarks/data_scale.py [--rows 1000000 10000000] [--steps 200] [--rank-rows 10000000] [--out PATH]
 
 Writes ``benchmarks/results/data_scale.json``. Prints the CPU, torch and thread count first.
 """
@@ -73,7 +78,63 @@ def prepare_child(rows: int) -> None:
     print(json.dumps(out))
 
 
-def throughput(steps: int, hidden: int, rows: int, rounds: int = 4) -> dict:
+def _smaps() -> dict[str, float]:
+    out = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        out[key] = int(value.split()[0]) / 1024  # MB
+    return out
+
+
+def _wait_for(directory: Path, prefix: str, n: int) -> None:
+    while len(list(directory.glob(prefix + "*"))) < n:
+        time.sleep(0.05)
+
+
+def rank_child(rows: int, cache: str, rank: int, sync: str) -> None:
+    """One of two processes: prepare, free the raw series, touch every row, then report RSS and PSS while the
+    other process holds its data too (a file barrier in ``sync``)."""
+    import gc
+
+    import torch  # noqa: F401
+
+    from longshort.data.pipeline import prepare
+
+    d = Path(sync)
+    raw = _series(rows)
+    splits = prepare(_config(), 0, raw=raw, cache_dir=d / "cache" if cache == "on" else None)
+    del raw
+    gc.collect()
+    (d / f"mapped-{rank}").touch()
+    _wait_for(d, "mapped-", 2)
+    if rank == 0:
+        for path in splits.cached:  # as training does once every rank has mapped them
+            path.unlink(missing_ok=True)
+    total = sum(float(p.windows.values.sum(dtype=np.float64)) for p in (splits.train, splits.val, splits.test)
+                if p is not None and p.windows is not None)  # every page in, as an epoch would
+    (d / f"touched-{rank}").touch()
+    _wait_for(d, "touched-", 2)
+    m = _smaps()
+    print(json.dumps({"rank": rank, "cache": cache, "rss_mb": m["Rss"], "pss_mb": m["Pss"],
+                      "shared_mb": m.get("Shared_Clean", 0.0) + m.get("Shared_Dirty", 0.0), "checksum": total}))
+    (d / f"measured-{rank}").touch()
+    _wait_for(d, "measured-", 2)
+
+
+def two_ranks(rows: int) -> dict:
+    import tempfile
+
+    out: dict = {"rows": rows, "series_mb": rows * COLUMNS * 4 / 2**20}
+    for cache in ("off", "on"):
+        with tempfile.TemporaryDirectory(prefix="ls-ranks-") as sync:
+            procs = [subprocess.Popen([sys.executable, __file__, "--rank-child", str(rows), cache, str(r), sync],
+                                      stdout=subprocess.PIPE, text=True) for r in range(2)]
+            res = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        out[cache] = res
+    return out
+
+
+def throughput(steps: int, hidden: int, rows: int, rounds: int = 10) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -127,11 +188,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--hidden", type=int, default=64, help="classifier hidden_dim of the throughput run")
     ap.add_argument("--train-rows", type=int, default=200_000, help="series rows of the throughput run")
+    ap.add_argument("--rank-rows", type=int, default=10_000_000, help="series rows of the two-process run")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--rank-child", nargs=4, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data_scale.json"))
     args = ap.parse_args()
     if args.child is not None:
         prepare_child(args.child)
+        return
+    if args.rank_child is not None:
+        rows, cache, rank, sync = args.rank_child
+        rank_child(int(rows), cache, int(rank), sync)
         return
     import torch
 
@@ -159,8 +226,13 @@ def main() -> None:
           f"(ratio {tp['ratio_lazy_vs_in_memory']:.3f}); gather {tp['gather_ms_per_batch']['lazy']:.2f} vs "
           f"{tp['gather_ms_per_batch']['in_memory']:.2f} ms a batch; batches equal: "
           f"{tp['view_batches_equal_materialised']}")
+    ranks = two_ranks(args.rank_rows)
+    for cache in ("off", "on"):
+        per = ", ".join(f"rank {r['rank']} RSS {r['rss_mb']:.0f} MB / PSS {r['pss_mb']:.0f} MB" for r in ranks[cache])
+        print(f"two processes, {args.rank_rows:,} rows (series {ranks['series_mb']:.0f} MB), cache {cache}: {per}")
     doc = {"benchmark": "data_scale", "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "window": WINDOW, "horizon": HORIZON, "columns": COLUMNS, "prepare": rows_out, "throughput": tp}
+           "window": WINDOW, "horizon": HORIZON, "columns": COLUMNS, "prepare": rows_out, "throughput": tp,
+           "two_ranks": ranks}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1))
     print(f"written: {args.out}")

@@ -26,7 +26,7 @@ from longshort.config import Config, load_config, save_config, validate
 from longshort.data.batching import to_tensors
 from longshort.data.builtin import BUILTINS
 from longshort.data.pipeline import Splits, data_shape, prepare, read_source, target_kind
-from longshort.data.types import SequenceData
+from longshort.data.types import SequenceData, SeriesData
 from longshort.errors import ConfigError, RunDirError
 from longshort.evaluate.metrics import classification_metrics, regression_metrics
 from longshort.evaluate.predict import batched_head, batched_proba
@@ -302,8 +302,13 @@ def setup(cfg: Config, run_dir: Path, *, callbacks: Callable[[Config], list[Call
     if splits is None:
         raw = read_source(cfg.data.source, cfg.data, cfg.seed, target=target_kind(cfg.task))
         cfg, notes = resolve(cfg, DataShape(*data_shape(raw, cfg.data)), need_validation=need_validation)
+        share = cfg.data.series.cache == "on" or (cfg.data.series.cache == "auto" and ctx.world > 1)
         splits = prepare(cfg.data, cfg.seed, raw, target=target_kind(cfg.task),
-                         scale_target=cfg.regress.scale_target)
+                         scale_target=cfg.regress.scale_target,
+                         cache_dir=run_dir.parent / ".cache" if share and isinstance(raw, SeriesData) else None)
+        if ctx.world == 1:  # mapped: the mappings outlive the files (several processes: after their barrier)
+            for path in splits.cached:
+                path.unlink(missing_ok=True)
     check_fits(cfg, splits, resolve_device(cfg.train.device))
     model = SequenceClassifier(splits.train.n_features, head_size(cfg, splits.prep), cfg.model)
     outputs = len(splits.prep.target_names) if splits.prep.regression else len(splits.prep.class_names)
@@ -359,6 +364,9 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
     if ctx.is_main:
         splits.prep.save(run_dir / "preprocess.json")
     barrier(ctx)
+    if ctx.is_main:  # every process has mapped the cached rows: the mappings outlive the files
+        for path in splits.cached:
+            path.unlink(missing_ok=True)
     resumed = resume and trainer.restore("last")  # before any output: a damaged checkpoint is one line
     for note in recipe.notes:
         console.print(f"auto: {note}")

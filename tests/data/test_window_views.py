@@ -118,3 +118,47 @@ def test_missing_policies_on_windows_equal_the_per_window_result(missing: str) -
                            ).transform(copy)
     np.testing.assert_allclose(out.X, ref.X, rtol=1e-6, atol=1e-6)
     assert not np.isnan(out.X).any()
+
+
+def test_mapped_rows_are_written_once_and_equal_the_in_memory_splits(tmp_path) -> None:
+    s = _series(300)
+    cfg = DataConfig.model_validate({"layout": "series", "series": {"window": W, "horizon": H, "change": "diff"}})
+    plain = prepare(cfg, 0, raw=s)
+    first = prepare(cfg, 0, raw=s, cache_dir=tmp_path)
+    again = prepare(cfg, 0, raw=s, cache_dir=tmp_path)  # a second process: maps the file the first wrote
+    assert len(first.cached) == 3 and first.cached == again.cached
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in first.cached)  # no temporaries
+    for name in ("train", "val", "test"):
+        a, b = getattr(plain, name), getattr(first, name)
+        assert isinstance(b.windows.values, np.memmap) and not isinstance(a.windows.values, np.memmap)
+        np.testing.assert_array_equal(a.X, b.X)
+    for path in first.cached:  # what training does once every process has mapped them
+        path.unlink()
+    batch = take(to_tensors(first.train), torch.arange(5), torch.device("cpu"))  # the mapping outlives the file
+    assert torch.equal(batch.x, take(to_tensors(plain.train), torch.arange(5), torch.device("cpu")).x)
+
+
+def test_training_from_mapped_rows_equals_training_in_memory(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pandas as pd
+
+    import longshort
+
+    mapped: list[str] = []
+    real = pipeline.map_rows
+    monkeypatch.setattr(pipeline, "map_rows", lambda d, c, n: mapped.append(n) or real(d, c, n))
+
+    rng = np.random.default_rng(0)
+    close = 100.0 + np.cumsum(rng.normal(0.0, 0.5, 300))
+    path = tmp_path / "prices.csv"
+    pd.DataFrame({"close": close, "volume": rng.uniform(1.0, 2.0, 300)}).to_csv(path, index=False)
+    base = {"data": {"source": str(path), "series": {"window": 12, "horizon": 2}},
+            "model": {"hidden_dim": 8, "num_heads": 2, "num_lstm_layers": 1, "conv_dilations": [1]},
+            "train": {"epochs": 2, "batch_size": 32, "threads": 1, "progress": "off", "tensorboard": False},
+            "diagnostics": {"report": False, "analysis": False}}
+    runs = {}
+    for cache in ("off", "on"):
+        cfg = {**base, "data": {**base["data"], "series": {**base["data"]["series"], "cache": cache}}}
+        runs[cache] = longshort.train(cfg, out=tmp_path / cache)
+    assert mapped[0] == "train" and mapped[-1] == "test"  # the "on" run alone (this small set has no val split)
+    assert runs["on"].metrics["test"] == runs["off"].metrics["test"]
+    assert not any((tmp_path / ".cache").glob("*"))  # removed once mapped

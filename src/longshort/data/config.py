@@ -82,6 +82,14 @@ class SeriesFormat(_Strict):
         "horizon. Never a feature; ignored when predicting or evaluating",
     )
 
+    cache: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="on: the scaled rows the windows are cut from are written once beside the run directory "
+        "(RUN_DIR/../.cache, removed once every process has mapped them) and memory-mapped, so the processes of "
+        "one machine share them and the OS can page them out; auto: on under torchrun with more than one "
+        "process; off: every process keeps its own copy in memory",
+    )
+
     @model_validator(mode="after")
     def _aux_column(self) -> SeriesFormat:
         _check_aux_column(self.aux, self.features, {"time": self.time, "target": self.target})

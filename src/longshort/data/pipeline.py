@@ -12,8 +12,10 @@ Leakage rules enforced here:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -204,6 +206,7 @@ class Splits:
     test: SequenceData | None
     prep: Preprocessor
     notes: list[str] = field(default_factory=list)  # what was done, for the user (sizes, gap, source)
+    cached: list[Path] = field(default_factory=list)  # the row files the splits' windows are mapped from
 
 
 def fill_missing(x: np.ndarray, lengths: np.ndarray, policy: str, fill: np.ndarray) -> np.ndarray:
@@ -428,10 +431,11 @@ def data_shape(raw: SequenceData | SeriesData,
 
 
 def prepare(cfg: DataConfig, seed: int, raw: SequenceData | SeriesData | None = None, *,
-            target: Target = "label", scale_target: bool = True) -> Splits:
+            target: Target = "label", scale_target: bool = True, cache_dir: Path | None = None) -> Splits:
     """Read, split, window and scale the data named by ``cfg`` (and ``cfg.test_source`` when set); ``raw``: the
     data already read from ``cfg.source`` (it is not read again). ``target="value"``: task regress's numeric
-    targets, split at random and standardised on the training split when ``scale_target``."""
+    targets, split at random and standardised on the training split when ``scale_target``. ``cache_dir``: the
+    scaled rows of windowed splits go to files there and are memory-mapped (:func:`map_rows`)."""
     if raw is None:
         raw = read_source(cfg.source, cfg, seed, target=target)
     layout = layout_of(raw)
@@ -467,7 +471,43 @@ def prepare(cfg: DataConfig, seed: int, raw: SequenceData | SeriesData | None = 
     else:
         test = None if parts[2] is None else prep.transform(parts[2])
     val = None if parts[1] is None else prep.transform(parts[1])
-    return Splits(train=prep.transform(train), val=val, test=test, prep=prep, notes=notes)
+    out = Splits(train=prep.transform(train), val=val, test=test, prep=prep, notes=notes)
+    if cache_dir is not None:
+        for name in ("train", "val", "test"):
+            part = getattr(out, name)
+            if part is not None and part.windows is not None:
+                mapped, path = map_rows(part, cache_dir, name)
+                setattr(out, name, mapped)
+                out.cached.append(path)
+    return out
+
+
+def map_rows(data: SequenceData, cache_dir: Path, name: str) -> tuple[SequenceData, Path]:
+    """``data``'s windows over a copy-on-write memory map of their rows, written once to
+    ``cache_dir/<name>-<digest of the rows>.npy``: processes that map the same file (the ranks of one machine)
+    share its pages through the page cache, and the OS can page them out (data larger than memory). The file
+    is created exclusively (a hard link from a private temporary), so ranks that race write it once; its name
+    is the content's digest, so a file another run left is reused only for the same rows."""
+    assert data.windows is not None
+    rows = np.ascontiguousarray(data.windows.values, dtype=np.float32)
+    digest = hashlib.blake2b(memoryview(rows).cast("B"), digest_size=10).hexdigest()
+    path = cache_dir / f"{name}-{rows.shape[0]}x{rows.shape[1]}-{digest}.npy"
+    if not path.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_dir / f".{path.name}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, rows)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another rank was first: its file has the same content
+            pass
+        except OSError:  # a file system without hard links
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    mapped = np.load(path, mmap_mode="c")
+    windows = replace(data.windows, values=mapped)
+    return replace(data, X=windows.view(), windows=windows), path
 
 
 def load_for_model(source: str, cfg: DataConfig, prep: Preprocessor, seed: int,
