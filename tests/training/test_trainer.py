@@ -117,9 +117,53 @@ def test_class_weights_are_balanced_from_training_labels() -> None:
     assert torch.allclose(w, torch.tensor([4 / 9, 4 / 3, 0.0]))
 
 
-def test_cpu_defaults_to_fp32_and_cuda_to_bf16_when_supported() -> None:
-    assert resolve_precision("auto", torch.device("cpu")) is None
+def test_explicit_precisions_map_to_their_autocast_dtype() -> None:
     assert resolve_precision("fp16", torch.device("cpu")) == torch.float16
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_precision("fp32", torch.device("cpu")) is None
+
+
+def _cpu(monkeypatch: pytest.MonkeyPatch, features: list[str], speedup: float) -> list[int]:
+    """Pretend this CPU has ``features`` and the probe measures ``speedup``; returns the widths probed."""
+    from longshort.training import precision
+
+    monkeypatch.delenv("LONGSHORT_CPU_BF16", raising=False)
+    probed: list[int] = []
+    monkeypatch.setattr(precision, "cpu_bf16_features", lambda: features)
+    monkeypatch.setattr(precision, "probe_bf16_speedup", lambda w: probed.append(w) or speedup)
+    return probed
+
+
+def test_auto_stays_fp32_on_a_cpu_without_native_bf16_whatever_a_probe_would_say(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    probed = _cpu(monkeypatch, [], speedup=5.0)
+    tr = _trainer(tmp_path, epochs=1, precision="auto")
+    assert tr.amp_dtype is None and tr.cfg.precision == "fp32"  # written back: config.yaml records fp32
+    assert probed == []  # emulated bf16 is never tried
+    assert "auto: train.precision=fp32 (this CPU has no native bf16" in capsys.readouterr().out
+
+
+def test_auto_picks_bf16_autocast_on_a_native_bf16_cpu_only_when_the_probe_shows_it_faster(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from longshort.training.precision import MIN_SPEEDUP
+
+    probed = _cpu(monkeypatch, ["AVX512-BF16"], speedup=MIN_SPEEDUP + 0.5)
+    tr = _trainer(tmp_path / "fast", epochs=1, precision="auto")
+    assert tr.amp_dtype == torch.bfloat16 and tr.cfg.precision == "bf16"
+    assert probed == [16]  # the commonest linear width: the heads read mean+max pooling, 2 x hidden_dim 8
+    out = capsys.readouterr().out
+    assert "auto: train.precision=bf16 (bf16 autocast: this CPU has AVX512-BF16" in out and "1.70x" in out
+    hist = tr.fit()
+    assert math.isfinite(hist[0]["train_loss"])
+
+    _cpu(monkeypatch, ["AMX-BF16", "AVX512-BF16"], speedup=MIN_SPEEDUP - 0.15)
+    tr = _trainer(tmp_path / "slow", epochs=1, precision="auto")
+    assert tr.amp_dtype is None and tr.cfg.precision == "fp32"
+    assert "bf16 only 1.05x as fast as fp32" in capsys.readouterr().out
+
+    probed = _cpu(monkeypatch, ["AVX512-BF16"], speedup=3.0)
+    monkeypatch.setenv("LONGSHORT_CPU_BF16", "0")  # the opt-out: no probe, fp32
+    assert resolve_precision("auto", torch.device("cpu")) is None and probed == []
 
 
 def test_checkpoint_tags_point_only_at_complete_checkpoints(tmp_path: Path) -> None:

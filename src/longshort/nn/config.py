@@ -187,7 +187,8 @@ class ClassifierConfig(BaseModel):
         "none, which model.size=auto chooses (the convolutions and the LSTM know the order; +0.8 points of test "
         "accuracy on average over the accuracy suite, docs/accuracy.md)"
     )
-    lstm_fp32: bool = Field(True, description="run the LSTM in float32 even under bf16/fp16 autocast")
+    lstm_fp32: bool = Field(True, description="run the LSTM in float32 even under bf16/fp16 autocast or FSDP's "
+                            "bf16/fp16 parameters (distributed.mixed_precision); false: in the compute dtype")
     cell: CellConfig = Field(CellConfig(), description="LSTM cell variant of every BiLSTM block")
     stack: StackConfig = Field(StackConfig(skip="residual"), description="how the BiLSTM blocks are connected")
     spectral_norm: bool = Field(

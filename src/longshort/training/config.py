@@ -456,7 +456,9 @@ class TrainConfig(BaseModel):
     )
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA GPUs that support it, fp32 elsewhere"
+        "auto", description="autocast dtype of the forward; auto: bf16 on CUDA GPUs that support it and on CPUs "
+        "with native bf16 (AMX-BF16, AVX512-BF16) where a short probe runs it faster, fp32 elsewhere (the run "
+        "says which; LONGSHORT_CPU_BF16=0 keeps CPUs at fp32); model.lstm_fp32 keeps the LSTM in float32"
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice")
@@ -513,6 +515,23 @@ class TrainConfig(BaseModel):
 
 # -- from training/distributed.py ----------
 
+class PrefetchConfig(BaseModel):
+    """``distributed.prefetch``: how far ahead FSDP2 all-gathers the units' parameters (its explicit
+    ``set_modules_to_forward_prefetch`` / ``set_modules_to_backward_prefetch``); 0 leaves FSDP2's own implicit
+    prefetch of the next unit."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    forward: int = Field(
+        0, ge=0, description="fsdp: when a unit's forward starts, all-gather the next N units (in forward order); "
+        "0: FSDP2's default (each unit gathered in turn, the next one overlapped implicitly)"
+    )
+    backward: int = Field(
+        0, ge=0, description="fsdp: when a unit's backward starts, all-gather the N units before it (seed 000's "
+        "BACKWARD_PRE with N=1); 0: FSDP2's default (the previous unit, implicitly)"
+    )
+
+
 class DistributedConfig(BaseModel):
     """``distributed:`` how the same run spreads over the processes torchrun starts."""
 
@@ -526,12 +545,15 @@ class DistributedConfig(BaseModel):
         "them until the backward (SHARD_GRAD_OP: more memory, less communication)"
     )
     mixed_precision: Literal["none", "bf16", "fp16"] = Field(
-        "none", description="fsdp on CUDA: parameters in bf16/fp16 for compute, gradients reduced in fp32"
+        "none", description="fsdp: parameters all-gathered in bf16/fp16 for compute, gradients reduced in fp32; "
+        "the BiLSTM blocks keep float32 parameters under model.lstm_fp32 (their own policy); fp16 steps through "
+        "a sharded GradScaler"
     )
     cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters and optimizer state on the CPU")
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in the backward")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
     timeout_s: int = Field(300, ge=10, description="collective timeout: a lost rank fails the job after this")
+    prefetch: PrefetchConfig = PrefetchConfig()
 
 
 # -- from training/seq2seq_task.py ----------

@@ -12,7 +12,12 @@ broadcast, so every rank starts from one set of initial weights), then :func:`pa
   each rank), then on the root (seed 000's wrap policy, as torchtitan applies it): parameters,
   gradients and optimizer state are sharded across ranks; ``reshard_after_forward`` true frees the gathered
   parameters after each block's forward (the seed's FULL_SHARD), false keeps them for the backward (SHARD_GRAD_OP).
-  Mixed precision (bf16/fp16 parameters, fp32 gradient reduction) and pinned CPU offload are CUDA paths; CPU
+  Mixed precision (``distributed.mixed_precision``: bf16/fp16 parameters for compute, fp32 gradient reduction)
+  is one ``MixedPrecisionPolicy`` per unit: the BiLSTM blocks of a ``model.lstm_fp32`` model get their own
+  float32-parameter policy (inputs cast to float32 on entry, outputs back to the compute dtype on exit), so the
+  recurrence runs in float32 with or without autocast while every other unit computes in bf16/fp16; it runs on
+  CPU too (gloo). fp16 steps through torch's sharded GradScaler. ``distributed.prefetch`` sets FSDP2's explicit
+  forward/backward all-gather prefetch over the units in forward order. Pinned CPU offload is a CUDA path; CPU
   offload without an accelerator is plain (unpinned) offload.
 - activation checkpointing per block (both strategies): the block's activations are recomputed in the backward.
 
@@ -67,9 +72,9 @@ def setup(cfg: DistributedConfig, device: torch.device) -> DistContext:
             raise ConfigError(f"started by torchrun with {world} processes but distributed.strategy=none: set "
                               "distributed.strategy=ddp or fsdp")
         return DistContext()
-    if cfg.mixed_precision != "none" and device.type != "cuda":
-        raise ConfigError(f"distributed.mixed_precision={cfg.mixed_precision} needs CUDA (fp32 on CPU: LSTMs "
-                          "under CPU autocast are not supported)")
+    if cfg.mixed_precision != "none" and cfg.strategy != "fsdp":
+        raise ConfigError(f"distributed.mixed_precision={cfg.mixed_precision} is FSDP2's parameter policy: set "
+                          "distributed.strategy=fsdp (ddp: train.precision=bf16 autocasts instead)")
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
@@ -102,16 +107,37 @@ def device_for(ctx: DistContext, device: torch.device) -> torch.device:
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
-    """The units FSDP shards and activation checkpointing recomputes, in forward order."""
+    """The units FSDP shards and activation checkpointing recomputes, in forward order: the classifier's conv
+    blocks, then each BiLSTM block followed by its attention block (if any); a seq2seq model's encoders (not
+    the decoder's per-step cells)."""
     units: list[nn.Module] = []
-    for name in ("convs", "lstms", "encoders"):  # classifier blocks; seq2seq encoders (not the per-step cells)
-        seq = getattr(model, name, None)
-        if isinstance(seq, nn.ModuleList):
-            units += list(seq)
-    attns = getattr(model, "attns", None)
-    if isinstance(attns, nn.ModuleDict):
-        units += list(attns.values())
+    convs, lstms, attns, encoders = (getattr(model, n, None) for n in ("convs", "lstms", "attns", "encoders"))
+    if isinstance(convs, nn.ModuleList):
+        units += list(convs)
+    if isinstance(lstms, nn.ModuleList):
+        for i, block in enumerate(lstms):  # the classifier's attention block i follows BiLSTM block i
+            units.append(block)
+            if isinstance(attns, nn.ModuleDict) and str(i) in attns:
+                units.append(attns[str(i)])
+    if isinstance(encoders, nn.ModuleList):
+        units += list(encoders)
     return units
+
+
+def inner(block: nn.Module) -> nn.Module:
+    """The block under an activation-checkpointing wrapper (the block itself when there is none)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    return block._checkpoint_wrapped_module if isinstance(block, CheckpointWrapper) else block
+
+
+def keeps_fp32(block: nn.Module) -> bool:
+    """Whether ``block`` runs its recurrence in float32 whatever the compute dtype (a BiLSTM block of a
+    ``model.lstm_fp32`` model)."""
+    from longshort.nn.classifier import BiLSTMBlock
+
+    b = inner(block)
+    return isinstance(b, BiLSTMBlock) and b.fp32
 
 
 def broadcast_parameters(model: nn.Module) -> None:
@@ -153,14 +179,33 @@ def parallelize(model: nn.Module, cfg: DistributedConfig, ctx: DistContext, devi
 
     mesh = init_device_mesh(device.type, (ctx.world,))
     kw: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": cfg.reshard_after_forward}
+    kw["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
+    policy = fp32_policy = MixedPrecisionPolicy()
     if cfg.mixed_precision != "none":
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
-        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    kw["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
-    for block in blocks(model):
-        fully_shard(block, **kw)
-    fully_shard(model, **kw)
+        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        # the recurrence's own unit: float32 parameters and inputs, its output handed on in the compute dtype
+        fp32_policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, output_dtype=dtype)
+    units = blocks(model)
+    for block in units:
+        fully_shard(block, mp_policy=fp32_policy if keeps_fp32(block) else policy, **kw)
+    fully_shard(model, mp_policy=policy, **kw)
+    set_prefetch(units, cfg.prefetch.forward, cfg.prefetch.backward)
     return model
+
+
+def set_prefetch(units: list[nn.Module], forward: int, backward: int) -> None:
+    """FSDP2's explicit prefetch over ``units`` (in forward order): each unit's forward all-gathers the next
+    ``forward`` units, each unit's backward the ``backward`` units before it; 0 keeps FSDP2's implicit default."""
+    for i, unit in enumerate(units):
+        if forward:
+            after = units[i + 1:i + 1 + forward]
+            if after:
+                unit.set_modules_to_forward_prefetch(after)  # type: ignore[operator]
+        if backward:
+            before = units[max(i - backward, 0):i][::-1]  # nearest first: the backward runs in reverse order
+            if before:
+                unit.set_modules_to_backward_prefetch(before)  # type: ignore[operator]
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from longshort.data.batching import batch_indices
 from longshort.diagnostics.monitor import DiagnosticsConfig, Rollback, TrainingMonitor
 from longshort.training import curriculum as cur
+from longshort.training import precision
 from longshort.training.callbacks import Callback, EarlyStopping
 from longshort.training.checkpoint import (
     checkpoint_path,
@@ -72,13 +73,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. CPU defaults to fp32: autocast there breaks ``nn.LSTM``."""
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+def resolve_precision(name: str, device: torch.device, model: nn.Module | None = None) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32 (``auto``: :func:`longshort.training.precision.resolve`)."""
+    return precision.resolve(name, device, model).dtype
 
 
 def _seed_for(*parts: int) -> int:
@@ -180,7 +177,7 @@ class Trainer:
         self.dist = ctx or DistContext()
         self.dist_cfg = distributed or DistributedConfig()
         self.device = device_for(self.dist, resolve_device(cfg.device))
-        self.amp_dtype = resolve_precision(cfg.precision, self.device)
+        self.amp_dtype = self._resolve_precision(model)
         self.model = parallelize(model.to(self.device), self.dist_cfg, self.dist, self.device)
         if self.dist.enabled:  # one set of initial weights (broadcast), then each rank its own dropout stream
             torch.manual_seed(_seed_for(seed, 7, self.dist.rank))
@@ -204,7 +201,7 @@ class Trainer:
         }
         self.steps_per_epoch = self.steps_in_epoch(0)
         self.schedule = build_schedule(self.optimizer, cfg.schedule, self._schedule_length(), cfg.optim.lr)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.scaler = self._grad_scaler()
         self.early = EarlyStopping(cfg.early_stopping, default_metric=task.default_metric)
         self.ckpt_dir = run_dir / "checkpoints"
         self.finished = False
@@ -219,6 +216,42 @@ class Trainer:
                                        fsdp=self.dist_cfg.strategy == "fsdp", tensorboard=cfg.tensorboard
                                        ) if diag.enabled else None
         self._has_checkpoint = False
+
+    def _resolve_precision(self, model: nn.Module) -> torch.dtype | None:
+        """The autocast dtype of ``train.precision``. ``auto`` on a CPU is decided once (rank 0's probe, for
+        every rank), said on rank 0's output and written back into the config (``config.yaml`` then records it,
+        so a resumed run computes as this one did)."""
+        choice = precision.resolve(self.cfg.precision, self.device, model) if self.dist.is_main else None
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            shared = [None if choice is None else (choice.name, choice.note)]
+            dist.broadcast_object_list(shared, src=0)
+            name, note = shared[0]  # type: ignore[misc]
+            choice = precision.Choice(precision.resolve(name, self.device).dtype, note)
+        assert choice is not None
+        if choice.note is not None and self.dist.is_main:
+            print(f"auto: {choice.note}")
+        if self.cfg.precision == "auto" and self.device.type == "cpu":
+            self.cfg.precision = choice.name  # type: ignore[assignment]
+        mp = self.dist_cfg.mixed_precision if self.dist.enabled and self.dist_cfg.strategy == "fsdp" else "none"
+        if mp != "none" and choice.dtype is not None and choice.name != mp:
+            from longshort.errors import ConfigError
+
+            raise ConfigError(f"train.precision={choice.name} autocasts to another dtype than "
+                              f"distributed.mixed_precision={mp}: set train.precision={mp} or fp32")
+        return choice.dtype
+
+    def _grad_scaler(self) -> torch.amp.GradScaler:
+        """fp16 (autocast or FSDP's fp16 parameters) steps through a loss scaler; under FSDP torch's sharded one,
+        which agrees on a skipped step across ranks (its inf/NaN check is all-reduced over the shards)."""
+        fsdp = self.dist.enabled and self.dist_cfg.strategy == "fsdp"
+        fp16 = self.amp_dtype == torch.float16 or (fsdp and self.dist_cfg.mixed_precision == "fp16")
+        if fsdp:
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            return ShardedGradScaler(self.device.type, enabled=fp16)
+        return torch.amp.GradScaler(self.device.type, enabled=fp16)
 
     # -- phases: what an epoch looks like -----------------------------------------------------------------
 
