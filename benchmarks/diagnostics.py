@@ -42,7 +42,8 @@ from train_step import (  # this script's folder
 def trainer_loop(model: torch.nn.Module, data: TensorData, probe: TensorData, device: str, steps: int,
                  diagnostics: bool) -> float:
     """Seconds per step of longshort's Trainer, diagnostics on (defaults) or off, over one whole fit()."""
-    cfg = TrainConfig(epochs=1, batch_size=BATCH, device=device, progress="off", tensorboard=False)
+    cfg = TrainConfig(epochs=1, batch_size=BATCH, device=device, progress="off", tensorboard=False,
+                      precision="fp32")  # as the plain loop computes
     cfg.loss.class_weights = False
     diag = DiagnosticsConfig(enabled=diagnostics)
     with tempfile.TemporaryDirectory() as tmp:

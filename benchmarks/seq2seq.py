@@ -127,8 +127,8 @@ def plain_train(model: PlainSeq2Seq, bs: list[PairBatch]) -> tuple[float, int]:
 
 
 def ours_train(model: Seq2Seq, data: EncodedPairs, bs: list[PairBatch], tmp: Path) -> tuple[float, int]:
-    cfg = TrainConfig(epochs=1, batch_size=BATCH, progress="off", tensorboard=False,
-                      optim={"grad_clip": 1.0})  # type: ignore[arg-type]
+    cfg = TrainConfig(epochs=1, batch_size=BATCH, progress="off", tensorboard=False, precision="fp32",
+                      optim={"grad_clip": 1.0})  # type: ignore[arg-type]  # fp32: as the plain loop computes
     tr = seq2seq_trainer(cfg, Seq2SeqSection(), model, data, None, seed=0, run_dir=tmp)
     tr.model.train()
     tokens = 0
