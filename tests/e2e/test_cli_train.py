@@ -95,14 +95,19 @@ def test_npz_run_directory_and_metrics(npz_run) -> None:
 
 
 def test_config_yaml_reloads_into_the_config_used(npz_run) -> None:
+    import torch
+
     from longshort.data.pipeline import data_shape, read_source
     from longshort.sizing import DataShape, resolve
+    from longshort.training.precision import resolve as resolve_precision
 
     saved = load_config(npz_run.dir / "config.yaml")
     given = load_config(None, npz_run.overrides)
     raw = read_source(given.data.source, given.data, given.seed)
     used, _ = resolve(given, DataShape(*data_shape(raw, given.data)))  # what the run chose from its data
-    assert saved == used
+    # and what its trainer chose on the CPU: train.precision=auto resolved once and recorded
+    used.train.precision = resolve_precision(used.train.precision, torch.device("cpu")).name  # type: ignore[assignment]
+    assert saved.train.precision == "fp32" and saved == used
     assert resolve(saved, DataShape(10**6, 5000, 3, 2))[0] == saved  # nothing left to choose on reload
     assert saved.model.hidden_dim == 8 and saved.model.conv_dilations == [1]
     assert saved.train.epochs == 2 and saved.train.progress == "off"
