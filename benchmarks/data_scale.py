@@ -42,7 +42,7 @@ def _series(rows: int, seed: int = 0):  # -> SeriesData
 
     rng = np.random.default_rng(seed)
     values = np.empty((rows, COLUMNS), dtype=np.float32)
-    for c in range(COLUMNS):  # a random walk per column, in chunks (no float64 copy of the whole series)
+    for c in range(COLUMNS):  # a float32 random walk per column (no float64 copy of the series)
         values[:, c] = np.cumsum(rng.standard_normal(rows, dtype=np.float32))
     target = values[:, 0].astype(np.float64) + 1000.0  # the labels' column: up/flat/down of its change
     names = [f"x{c}" for c in range(COLUMNS)]
