@@ -364,7 +364,7 @@ def _train_classifier(cfg: Config, run_dir: Path, resume: bool, console: Console
     if ctx.is_main:
         splits.prep.save(run_dir / "preprocess.json")
     barrier(ctx)
-    if ctx.is_main:  # every process has mapped the cached rows: the mappings outlive the files
+    if ctx.world > 1 and ctx.is_main:  # every process has mapped the cached rows (one process: in setup)
         for path in splits.cached:
             path.unlink(missing_ok=True)
     resumed = resume and trainer.restore("last")  # before any output: a damaged checkpoint is one line
