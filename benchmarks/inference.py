@@ -119,7 +119,7 @@ def streaming_rows(run_dir: Path, x: np.ndarray, calls: int, root: Path, overrid
 
 
 def multiply_adds(model: torch.nn.Module, steps: int) -> dict[str, float]:
-    """Multiply-adds of one batch-1 sequence of ``steps`` steps: torch's ``FlopCounterMode`` over the export twin
+    """Multiply-adds of one batch-1 sequence of ``steps`` steps: torch's ``FlopCounterMode`` over the exported forward
     (every matrix product, attention and the convolutions written as products), plus the LSTMs counted from their
     weight shapes (``FlopCounterMode`` has no formula for ``aten.lstm``): each step multiplies every ``W_ih`` and
     ``W_hh`` once, per direction."""

@@ -163,8 +163,10 @@ def _saved_storages(model: nn.Module) -> Iterator[dict[int, int]]:
         yield seen
 
 
-def _add_outputs(seen: dict[int, int], *outputs: Tensor) -> int:
+def _add_outputs(seen: dict[int, int], *outputs: Tensor | None) -> int:
     for t in outputs:
+        if t is None:  # ClassifierOutput.cache of a forward without a cache
+            continue
         s = t.untyped_storage()
         seen.setdefault(s.data_ptr(), s.nbytes())
     return sum(seen.values())
@@ -412,7 +414,7 @@ def plan(cfg: Config, nprocs: list[int] | None = None, measure_steps: int = 3, r
     cfg, _ = resolve(cfg, DataShape(*data_shape(raw, cfg.data)))  # the model and budget a run would choose
     splits = prepare(cfg.data, cfg.seed, raw)
     input_dim, num_classes = splits.train.n_features, len(splits.prep.class_names)
-    length = int(splits.train.X.shape[1])
+    length = splits.train.steps
     device = resolve_device(cfg.train.device)
     model = SequenceClassifier(input_dim, num_classes, cfg.model).to(device)
 

@@ -18,7 +18,7 @@ from longshort.deploy.export import ExportError
 from longshort.deploy.runtime import InputError, OnnxStreamer
 from longshort.deploy.stream_export import export_stream
 from longshort.nn.classifier import ClassifierConfig, SequenceClassifier
-from longshort.nn.lstm import StackConfig
+from longshort.nn.lstm import CellConfig, StackConfig
 from longshort.run import Run
 from longshort.training.checkpoint import save_weights
 
@@ -74,6 +74,44 @@ def test_every_onnx_step_equals_the_full_model_on_that_prefix(cfg: ClassifierCon
     with torch.no_grad():
         np.testing.assert_allclose(aux, run.model(scaled).aux.numpy() * 2.0 + 3.0, rtol=0, atol=1e-5)
     assert streamer.state["keys1"].shape[2] == 11  # one attention cache slot per step
+
+
+# every cell option in its evaluation form, and the other skips between blocks (attention after every block)
+CELLS = {
+    "layer-norm-dense": CAUSAL.model_copy(update={"cell": CellConfig(layer_norm=True), "attention_every": 1,
+                                                  "stack": StackConfig(skip="dense")}),
+    "zoneout-highway": CAUSAL.model_copy(update={"cell": CellConfig(zoneout_c=0.3, zoneout_h=0.1),
+                                                 "stack": StackConfig(skip="highway")}),
+    "time-highway-none": CAUSAL.model_copy(update={"cell": CellConfig(time_skip="highway"),
+                                                   "stack": StackConfig(skip="none")}),
+    "time-residual-layer-norm": CAUSAL.model_copy(update={"cell": CellConfig(time_skip="residual",
+                                                                             layer_norm=True)}),
+    "self-attention-cell": CAUSAL.model_copy(update={"cell": CellConfig(self_attention=True, layer_norm=True)}),
+}
+
+
+@pytest.mark.parametrize("cfg", list(CELLS.values()), ids=list(CELLS))
+def test_every_cell_option_streams_in_onnx_and_eager(cfg: ClassifierConfig, tmp_path: Path) -> None:
+    run_dir = _run_dir(tmp_path, cfg, seed=2)
+    manifest = export_stream(run_dir)  # raises when a step misses the full model by more than 1e-4
+    assert manifest["parity"]["max_abs_diff_logits"] < 1e-5
+    names = [item["name"] for item in manifest["state"]]
+    assert ("mem0" in names) == cfg.cell.self_attention
+    run = Run.load(run_dir)
+    raw = _raw(2, 7, seed=7)
+    onnx, eager = OnnxStreamer(run_dir / "export" / "stream", batch_size=2), run.streamer(batch_size=2)
+    for t in range(7):
+        want = run.predict_proba(raw[:, : t + 1])
+        np.testing.assert_allclose(onnx.step(raw[:, t]), want, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(eager.step(raw[:, t]), want, rtol=0, atol=1e-5)
+    # an idle stream and a chunk: both runtimes still give each stream's own prefix
+    onnx.reset(batch_size=2)
+    eager.reset(batch_size=2)
+    for streamer in (onnx, eager):
+        streamer.step(raw[:, :3], lengths=[3, 0])
+        got = streamer.step(raw[:, 3:])
+        np.testing.assert_allclose(got, run.predict_proba(np.stack([raw[0], np.pad(raw[1, 3:], ((0, 3), (0, 0)))]),
+                                                          np.array([7, 4])), rtol=0, atol=1e-5)
 
 
 def test_idle_streams_chunks_branches_and_resets_follow_the_eager_streamer(causal_run: Path) -> None:

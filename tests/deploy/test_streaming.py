@@ -87,11 +87,51 @@ def test_saved_state_branches_and_reset_restarts_one_stream() -> None:
         StreamingClassifier(_model(CAUSAL.model_copy(update={"conv_dilations": [1]}))).set_state(saved)
 
 
-def test_refuses_bidirectional_and_self_attention_models() -> None:
+def test_refuses_bidirectional_and_stem_models() -> None:
     with pytest.raises(StreamingError, match="bidirectional=false"):
         StreamingClassifier(_model(CAUSAL.model_copy(update={"bidirectional": True})))
-    with pytest.raises(StreamingError, match="self_attention"):
-        StreamingClassifier(_model(CAUSAL.model_copy(update={"cell": CellConfig(self_attention=True)})))
+    with pytest.raises(StreamingError, match="stem_stride=1"):
+        StreamingClassifier(_model(CAUSAL.model_copy(update={"stem_stride": 2})))
+
+
+SELF_ATTENTION = CAUSAL.model_copy(update={"cell": CellConfig(self_attention=True)})
+
+
+def test_self_attention_cell_streams_with_its_memory_in_the_cache() -> None:
+    m = _model(SELF_ATTENTION)
+    _assert_prefix_outputs(m, torch.randn(2, 9, 4))
+    stream = StreamingClassifier(m, 2)
+    assert [t.shape for t in stream.state.memory] == [(2, 0, 12)] * 3
+    x = torch.randn(2, 9, 4)
+    stream.step(x[:, :3], lengths=[3, 0])  # stream 1 idle: its memory slots are marked empty
+    stream.step(x[:, 3:5], lengths=[1, 2])
+    out = stream.step(x[:, 5:])
+    assert stream.state.memory[0].shape == (2, 9, 12) and stream.state.slots.sum(1).tolist() == [8, 6]
+    seqs = [torch.cat([x[0, :4], x[0, 5:]]), x[1, 3:]]
+    for i, seq in enumerate(seqs):
+        torch.testing.assert_close(out.logits[i], m(seq[None]).logits[0], rtol=0, atol=1e-5)
+    stream.reset([0])  # a restarted stream attends to none of its old states
+    out = stream.step(x[:, :2])
+    torch.testing.assert_close(out.logits[0], m(x[:1, :2]).logits[0], rtol=0, atol=1e-5)
+
+
+def test_the_stream_is_the_models_own_forward_with_a_cache() -> None:
+    m = _model()
+    x = torch.randn(2, 6, 4)
+    cache = m.initial_cache(2)
+    out = m(x[:, :4], None, cache)
+    assert out.cache is not None and cache.position.tolist() == [0, 0]  # the given cache is left as it was
+    assert out.cache.position.tolist() == [4, 4] and out.cache.keys["1"].shape == (2, 3, 4, 4)
+    assert [t.shape for t in out.cache.conv] == [(2, 2, 12), (2, 4, 12)]
+    seen: list[torch.Tensor] = []
+    handle = m.convs[1].register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    m(x[:, :4])
+    handle.remove()
+    torch.testing.assert_close(out.cache.conv[1], seen[0][:, -4:])  # the left context: its last 4 inputs
+    again = m(x[:, 4:], None, out.cache)
+    torch.testing.assert_close(again.logits, m(x).logits, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="causal model"):
+        _model(CAUSAL.model_copy(update={"bidirectional": True})).initial_cache(1)
 
 
 def _run(tmp_path: Path) -> Run:

@@ -114,7 +114,7 @@ def test_hidden_states_capture_the_last_block() -> None:
     model = SequenceClassifier(3, 2, cfg).train()
     x, lengths = torch.randn(4, 6, 3), torch.tensor([6, 3, 5, 2])
     seen: dict[str, torch.Tensor] = {}
-    model.lstms[1].register_forward_hook(lambda _m, _a, out: seen.__setitem__("block", out))
+    model.lstms[1].register_forward_hook(lambda _m, _a, out: seen.__setitem__("block", out[0]))  # (y, cache)
     model.lstms[1].lstm.register_forward_hook(lambda _m, _a, out: seen.__setitem__("lstm", out[0]))
     h = hidden_states(model, x, lengths)
     assert model.training  # mode restored (the capture itself ran in eval mode: deterministic)

@@ -91,7 +91,7 @@ def test_highway_block_is_gate_weighted_mix_of_input_and_lstm() -> None:
     x = torch.randn(2, 5, 8)
     y = block.lstm(x)[0]
     t = torch.sigmoid(block.gate(x))
-    torch.testing.assert_close(block(x, None), block.norm(t * y + (1 - t) * x))
+    torch.testing.assert_close(block(x, None)[0], block.norm(t * y + (1 - t) * x))
 
 
 @pytest.mark.parametrize("skip", ["none", "residual", "dense"])

@@ -5,7 +5,8 @@ on a machine without torch):
 
 - :mod:`longshort.deploy.export`: ONNX and ``torch.export`` artefacts with dynamic batch and length, each
   checked against the eager model (``longshort export``);
-- :mod:`longshort.deploy.exportable`: the export-friendly twin of the classifier the exports trace;
+- :mod:`longshort.deploy.exportable`: the classifier with its LSTMs and convolutions swapped for traceable
+  modules, whose own forward the exports trace;
 - :mod:`longshort.deploy.quantize`: dynamic 8-bit quantization of the ONNX export with onnxruntime;
 - :mod:`longshort.deploy.runtime`: :class:`~longshort.deploy.runtime.OnnxPredictor`, numpy and onnxruntime only;
 - :mod:`longshort.deploy.predictor`: the fastest available way to predict with a run;

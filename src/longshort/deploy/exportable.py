@@ -1,21 +1,24 @@
-"""An export-friendly twin of :class:`~longshort.nn.classifier.SequenceClassifier`: same weights, same numbers,
-no data-dependent control flow.
+"""The classifier in exportable form: the model's own forward, with two modules swapped for traceable ones.
 
-Why a twin and not the model itself: the eager model takes two paths that no graph exporter can capture with a
-dynamic batch and sequence length. ``SequenceClassifier.forward`` skips masking when ``bool((lengths == T).all())``
-(a branch on tensor values), and :class:`longshort.nn.lstm.LSTM` handles ``lengths`` by packing
-(``pack_padded_sequence`` has data-dependent shapes) or by its custom recurrence (an autograd Function, partly
-C++). Rather than teach ``nn/`` about exporters, this module reuses the classifier's own submodules (projection,
-convolution, BiLSTM, attention and head blocks; parameters are shared, not copied) and swaps each block's LSTM for
-:class:`MaskedLSTM`, which gets variable lengths right with masks and gathers only:
+:class:`~longshort.nn.classifier.SequenceClassifier` has no branch on tensor values and writes its attention
+and position codes in traceable ops, so exporting it is "copy, swap, call its forward" (:func:`export_copy`):
 
-- forward direction: run over the whole padded tensor (a recurrence is causal, so padded steps after a
-  sequence's end cannot reach its valid steps) and zero the outputs at padded steps, as ``LSTM`` does;
-- reverse direction: reverse each sequence *within its own length* with one gather (``index[t, b] =
-  len_b - 1 - t`` on valid steps, ``t`` on padded ones; the permutation is its own inverse), run a forward
-  recurrence with the reverse weights, gather back. Each sequence's reverse pass thus starts at its own last step.
+- each LSTM block's :class:`longshort.nn.lstm.LSTM` becomes :class:`MaskedLSTM` (same parameters). The LSTM
+  handles ``lengths`` by packing (``pack_padded_sequence`` has data-dependent shapes) or by its custom
+  recurrence (an autograd Function, partly C++); :class:`MaskedLSTM` gets variable lengths right with masks
+  and gathers only:
 
-The recurrence itself comes in two forms, because the two exporters want different things:
+  - forward direction: run over the whole padded tensor (a recurrence is causal, so padded steps after a
+    sequence's end cannot reach its valid steps) and zero the outputs at padded steps, as ``LSTM`` does;
+  - reverse direction: reverse each sequence *within its own length* with one gather (``index[t, b] =
+    len_b - 1 - t`` on valid steps, ``t`` on padded ones; the permutation is its own inverse), run a forward
+    recurrence with the reverse weights, gather back. Each sequence's reverse pass thus starts at its own end.
+
+- each convolution's :class:`~longshort.nn.classifier.TimeConv` becomes :class:`TapsConv`: one matrix product
+  over the ``kernel`` shifted copies of its input. onnxruntime's ``ConvInteger`` runs this shape at about half
+  the speed of its 8-bit ``MatMul``, and the ``Conv`` form also needs a transpose to [B, C, T] and back.
+
+The recurrence of :class:`MaskedLSTM` comes in two forms, because the two exporters want different things:
 
 - ``"op"`` (ONNX): :class:`_OnnxLSTM`, one ONNX ``LSTM`` node per layer with both directions and
   ``sequence_lens``, so onnxruntime itself starts each reverse pass at the sequence's own end (no gathers in the
@@ -25,20 +28,17 @@ The recurrence itself comes in two forms, because the two exporters want differe
   prototype API in torch 2.13); ``torch.export`` keeps the loop as one ``scan`` node with a symbolic trip count.
   ``torch.lstm`` is no good there: ``torch.export`` decomposes it into a Python loop and specialises the length.
 
-Batch-1 latency in onnxruntime is partly a matter of node count (a few microseconds each), so the rest of the
-twin is written to trace small: convolutions as one matrix product over shifted copies (:func:`conv_as_matmul`),
-position codes without strided assignment (:func:`graph_positions`), and reshapes with constant shapes
-(:class:`_Reshape`). The default model's graph as onnxruntime runs it went from 365 nodes to 131, and its
-batch-1 latency down by about a fifth, float32 and 8-bit alike (``benchmarks/inference.py``).
+The streaming step graph (:mod:`longshort.deploy.stream_export`) swaps only the convolutions: one step of any
+LSTM cell traces as it is (the LSTM's plain ops for one step, every cell option included).
 
-:func:`check_exportable` names the options neither form can express (layer norm, zoneout, the self-attention
-LSTM, skip connections inside one ``LSTM``): the ONNX LSTM operator and the plain cell have no place for them.
+:func:`check_exportable` names the options the whole-sequence forms cannot express (layer norm, zoneout, the
+self-attention LSTM, skips through time or inside one ``LSTM``): the ONNX LSTM operator and the plain cell have
+no place for them, and the LSTM's own loop would trace to a graph of one fixed length.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Literal
 
 import torch
@@ -46,14 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longshort.errors import LongshortError
-from longshort.nn.classifier import (
-    AttentionBlock,
-    BiLSTMBlock,
-    SequenceClassifier,
-    TemporalConvBlock,
-    length_mask,
-    masked_mean_max,
-)
+from longshort.nn.classifier import BiLSTMBlock, SequenceClassifier, TemporalConvBlock, TimeConv
 from longshort.nn.lstm import LSTM
 
 Recurrence = Literal["op", "scan"]
@@ -129,7 +122,7 @@ class _OnnxLSTM(torch.autograd.Function):
     reverse pass from its own last step and zero-fills padded outputs. The TorchScript exporter on its own writes
     one ``LSTM`` node per direction plus the reverse gathers and their index arithmetic, about 45 nodes per
     block; at batch 1 those small nodes cost as much as a block's arithmetic in onnxruntime. ``forward``
-    computes the same numbers with ``torch.lstm`` (what the tracer runs, and what eager calls of the twin get).
+    computes the same numbers with ``torch.lstm`` (what the tracer runs, and what eager calls of MaskedLSTM get).
     """
 
     @staticmethod
@@ -230,139 +223,57 @@ class MaskedLSTM(nn.Module):
         return (x.transpose(0, 1) if m.batch_first else x), None
 
 
-class _Reshape(torch.autograd.Function):
-    """``x`` reshaped to ``shape``, where 0 keeps ``x``'s size at that place (ONNX ``Reshape`` semantics), exported
-    as one ``Reshape`` with a constant shape. A plain ``reshape``/``unflatten`` traces to a run-time computation
-    of the target shape (``Shape``, ``Gather``, ``Unsqueeze``, ``Concat``), five nodes per reshape. A shape with
-    a 0 also needs a -1: the exporter's shape inference asserts on one without."""
+class TapsConv(nn.Module):
+    """Evaluation-mode stand-in for a :class:`~longshort.nn.classifier.TimeConv` (sharing its parameters): the
+    convolution as one matrix product of the ``kernel`` shifted copies of the input (stacked along features, oldest
+    tap first) with the [C_out, C_in, k] kernel as a [k * C_in, C_out] matrix, then GELU, in the [B, T, C] layout.
+    The shifts are slices with constant bounds (the tracer keeps them shape-free), and the kernel folds into one
+    constant."""
 
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, shape: tuple[int, ...]) -> Tensor:
-        return x.reshape([x.shape[i] if n == 0 else n for i, n in enumerate(shape)])
-
-    @staticmethod
-    def symbolic(g: Any, x: Any, shape: tuple[int, ...]) -> Any:
-        return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(shape, dtype=torch.int64)))
-
-
-def _reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """:class:`_Reshape` under the ONNX exporter, a plain reshape otherwise (eager calls, ``torch.export``)."""
-    if torch.onnx.is_in_onnx_export():
-        return _Reshape.apply(x, shape)
-    return _Reshape.forward(None, x, shape)
-
-
-class GraphAttention(nn.Module):
-    """Evaluation-mode stand-in for an ``nn.MultiheadAttention`` (self-attention, sharing its parameters).
-
-    ``nn.MultiheadAttention`` does not trace with a dynamic shape: in evaluation it takes a fused kernel
-    (``_native_multi_head_attention``) that has no ONNX form, and its unfused path reshapes with Python integers,
-    which the TorchScript tracer records as constants of the example's batch and length. This is the same
-    arithmetic (in-projection, scaled dot product per head with padded keys at -inf, out-projection) with
-    shape-free reshapes. Called like the module it replaces; returns ``(output, None)``.
-    """
-
-    def __init__(self, mha: nn.MultiheadAttention) -> None:
+    def __init__(self, conv: TimeConv) -> None:
         super().__init__()
-        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn or not mha.batch_first:
-            raise ExportError("cannot export attention with separate key/value sizes, bias_k or add_zero_attn")
-        self.mha = mha
-        self.heads = mha.num_heads
-        self.head_dim = mha.embed_dim // mha.num_heads
+        self.conv = conv
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
-                need_weights: bool = False, attn_mask: Tensor | None = None) -> tuple[Tensor, None]:
-        """Boolean masks only (True = may not attend), as the classifier's attention blocks pass them:
-        ``key_padding_mask`` [B, T], ``attn_mask`` [T, T] (the causal model's future steps)."""
-        m = self.mha
-        w, b = m.in_proj_weight, m.in_proj_bias
-        e, split = m.embed_dim, (0, 0, -1, self.head_dim)
-        if query is key and key is value:  # self-attention, as in the classifier: one projection, then split
-            qkv = _reshape(F.linear(query, w, b), (0, 0, 3, -1, self.head_dim)).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]  # each [B, h, T, d]
-        else:
-            q, k, v = (_reshape(F.linear(t, w[i * e:(i + 1) * e], None if b is None else b[i * e:(i + 1) * e]),
-                                split).transpose(1, 2) for i, t in enumerate((query, key, value)))  # [B, h, T, d]
-        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
-        if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        if attn_mask is not None:
-            scores = scores.masked_fill(attn_mask, float("-inf"))
-        y = _reshape((torch.softmax(scores, -1) @ v).transpose(1, 2), (0, 0, -1))  # [B, T, E]
-        return m.out_proj(y), None
+    def forward(self, x: Tensor) -> Tensor:
+        conv = self.conv
+        k, d, pad = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
+        span = d * (k - 1)
+        if pad:
+            x = F.pad(x, (0, 0, pad, pad))
+        taps = torch.cat([x[:, j * d: (j * d - span) or None] for j in range(k)], -1)  # [B, T_out, k * C]
+        y = taps @ conv.weight.permute(2, 1, 0).reshape(k * conv.in_channels, conv.out_channels)
+        if conv.bias is not None:
+            y = y + conv.bias
+        return F.gelu(y)
+
+
+def export_copy(model: SequenceClassifier, recurrence: Recurrence | None) -> SequenceClassifier:
+    """A :func:`frozen_copy` of ``model`` with every convolution a :class:`TapsConv` and, for a ``recurrence``,
+    every LSTM a :class:`MaskedLSTM`; its own forward is then what the exporters trace."""
+    m = frozen_copy(model)
+    for block in m.convs:
+        assert isinstance(block, TemporalConvBlock) and isinstance(block.conv, TimeConv)
+        block.conv = TapsConv(block.conv)
+    if recurrence is not None:
+        for block in m.lstms:
+            assert isinstance(block, BiLSTMBlock) and isinstance(block.lstm, LSTM)
+            block.lstm = MaskedLSTM(block.lstm, recurrence)  # type: ignore[assignment]
+    return m
 
 
 class ExportClassifier(nn.Module):
-    """``forward(x [B, T, C] float32 (scaled), lengths [B] int64) -> (probabilities [B, K], logits [B, K])``.
-
-    The arithmetic of :meth:`SequenceClassifier.forward` in evaluation mode, always along its masked path (the
-    eager model's "nothing is padded" shortcut computes the same numbers; a graph cannot branch on it), with each
-    BiLSTM block's LSTM replaced by :class:`MaskedLSTM`. Built on a deep copy: ``model`` itself is left as it is.
-    Parity with the eager model is checked by every export (see :mod:`longshort.deploy.export`).
-    """
+    """``forward(x [B, T, C] float32 (scaled), lengths [B] int64) -> (probabilities [B, K], logits [B, K])``:
+    :meth:`SequenceClassifier.forward` of an :func:`export_copy` of ``model`` (``model`` itself is left as it is).
+    Parity with the eager model is checked by every export (see :mod:`longshort.deploy.export`)."""
 
     def __init__(self, model: SequenceClassifier, recurrence: Recurrence = "op") -> None:
         super().__init__()
         check_exportable(model)
-        m = frozen_copy(model)
-        for block in m.lstms:
-            assert isinstance(block, BiLSTMBlock) and isinstance(block.lstm, LSTM)
-            block.lstm = MaskedLSTM(block.lstm, recurrence)  # type: ignore[assignment]
-        for block in m.attns.values():
-            assert isinstance(block, AttentionBlock)
-            block.attn = GraphAttention(block.attn)  # type: ignore[assignment]
-        self.model = m
+        self.model = export_copy(model, recurrence)
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        # SequenceClassifier._encode along its masked path, then the classification head
-        m = self.model
-        z = m.input_proj(x)
-        if m.stem is not None:  # strided convolutions: ONNX Conv with stride 2, lengths halved (rounded up)
-            z, lengths = m.stem(z, lengths)
-        steps = z.shape[1]
-        mask = length_mask(lengths, steps)
-        if m.cfg.positions:
-            z = z + graph_positions(steps, m.cfg.hidden_dim, z)
-        for conv in m.convs:
-            z = conv_as_matmul(conv, z, mask)
-        outputs = [z]
-        dense = m.cfg.stack.skip == "dense"
-        for i, block in enumerate(m.lstms):
-            z = block(torch.cat(outputs, -1) if dense else z, lengths)
-            if str(i) in m.attns:
-                z = m.attns[str(i)](z, mask)
-            outputs.append(z)
-        logits = m.head(masked_mean_max(z, mask))
+        logits = self.model(x, lengths).logits
         return torch.softmax(logits, -1), logits
-
-
-def conv_as_matmul(block: TemporalConvBlock, x: Tensor, mask: Tensor) -> Tensor:
-    """``block(x, mask)`` in evaluation mode, its dilated convolution written as one matrix product over the
-    ``kernel`` shifted copies of ``x`` (stacked along features), in ``x``'s [B, T, C] layout.
-
-    Why: onnxruntime's ``ConvInteger`` runs this shape at about half the speed of its 8-bit ``MatMul``, and the
-    ``Conv`` form also needs a transpose to [B, C, T] and back. The shifts are slices with constant bounds (the
-    tracer keeps them shape-free), and the [C_out, C_in, k] kernel becomes a [k * C_in, C_out] constant."""
-    conv = block.conv
-    k, d = conv.kernel_size[0], conv.dilation[0]
-    span = d * (k - 1)
-    left = span if block.causal else span // 2
-    x = x * mask[..., None]
-    xp = F.pad(x, (0, 0, left, span - left))  # [B, T + span, C]
-    taps = torch.cat([xp[:, j * d: (j * d - span) or None] for j in range(k)], -1)  # [B, T, k * C]
-    return conv_taps_output(block, x, taps)
-
-
-def conv_taps_output(block: TemporalConvBlock, x: Tensor, taps: Tensor) -> Tensor:
-    """The rest of ``block`` in evaluation mode once its kernel's inputs are gathered: ``taps`` [..., k * C_in]
-    (oldest tap first) times the [C_out, C_in, k] kernel as a [k * C_in, C_out] matrix, bias, GELU, the residual
-    ``x`` and LayerNorm. Shared by the whole-sequence twin and the streaming step graph."""
-    conv = block.conv
-    w = conv.weight.permute(2, 1, 0).reshape(conv.kernel_size[0] * conv.in_channels, conv.out_channels)
-    y = taps @ w
-    if conv.bias is not None:
-        y = y + conv.bias
-    return block.norm(x + block.act(y))
 
 
 def frozen_copy(model: SequenceClassifier) -> SequenceClassifier:
@@ -373,22 +284,6 @@ def frozen_copy(model: SequenceClassifier) -> SequenceClassifier:
         p.requires_grad_(False)
     _bake_parametrizations(m)
     return m
-
-
-def graph_positions(steps: Tensor | int, dim: int, like: Tensor) -> Tensor:
-    """:func:`longshort.nn.classifier.sinusoidal_positions` for ``steps`` steps, to the bit, written without the
-    strided assignments (``pe[..., 0::2] = ...``) that trace to ``ScatterND`` and a dozen shape nodes."""
-    return position_codes(torch.arange(steps, device=like.device), dim, like)
-
-
-def position_codes(positions: Tensor, dim: int, like: Tensor) -> Tensor:
-    """[..., dim] codes of the step indices ``positions`` [...] (:func:`longshort.nn.classifier.sinusoidal_at`,
-    to the bit, in ``like``'s dtype): every column ``j`` gets ``sin`` or ``cos`` of ``position * freq[j // 2]``,
-    picked by ``where``. The column terms depend on ``dim`` only and fold into constants."""
-    col = torch.arange(dim, device=like.device)
-    freq = torch.exp((col - col % 2).to(torch.float32) * (-math.log(10000.0) / dim))
-    angle = positions.to(torch.float32)[..., None] * freq
-    return torch.where(col % 2 == 0, torch.sin(angle), torch.cos(angle)).to(like.dtype)
 
 
 def _bake_parametrizations(model: nn.Module) -> None:

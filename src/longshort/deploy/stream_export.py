@@ -1,23 +1,23 @@
 """One streaming step of a causal classifier as an ONNX graph: state in, state out, for onnxruntime.
 
 :class:`longshort.deploy.streaming.StreamingClassifier` runs a step in torch eager, where each of its few hundred
-small operators costs more than its arithmetic (a step took about as long as a whole 8-bit sequence in
-onnxruntime). :class:`StepGraph` is the same step written as one traceable function of explicit state tensors,
-so the TorchScript exporter records it as one graph, which onnxruntime runs without Python between operators
-and can quantize like the whole-sequence export.
+small operators costs more than its arithmetic. :class:`StepGraph` traces the same step, the classifier's own
+forward with its cache (:class:`~longshort.nn.classifier.ClassifierCache`) as explicit state tensors, into one
+graph, which onnxruntime runs without Python between operators and can quantize like the whole-sequence export.
+Only the convolutions are swapped, for the matrix product over their taps (:func:`~longshort.deploy.exportable.
+export_copy`); one step of the LSTM traces as it is, whatever its cell options (layer norm, zoneout's
+evaluation blend, skips through time, the self-attention cell with its memory), and so do every
+``model.stack.skip`` and spectral norm (baked into plain weights).
 
-``StepGraph.forward(x, position, slots, *state) -> (proba, logits, position', slots', *state')``, every stream
-taking one real step (the eager streamer handles idle streams and chunks):
+``StepGraph.forward(x, position, slots, *state) -> (proba, logits, aux, position', slots', *state')``, every
+stream taking one real step (:class:`longshort.deploy.runtime.OnnxStreamer` handles idle streams and chunks):
 
 - ``x`` [B, C] one scaled step per stream; ``position`` [B] int64 its index; ``slots`` [B, S] bool which
   attention cache slots hold a step of this stream (false after a reset of that stream);
-- then, in :func:`state_spec` order: per convolution its last ``dilation * (kernel - 1)`` inputs [B, pad, H];
-  per LSTM block ``h`` and ``c`` [B, H]; per attention block the cached keys and values [B, heads, S, d]; the
-  running sum [B, H], count [B] (float32) and maximum [B, H] of the pooled features.
-
-The arithmetic is the model's own, on a copy of its parameters (the step is checked against every prefix of the full
-model at export): input projection plus the position code; each causal convolution as one product over its
-kernel taps; the LSTM cell equations; attention of the new step over its cache; pooling and the heads.
+- then, in :func:`~longshort.nn.classifier.cache_tensors` order: per convolution its last
+  ``dilation * (kernel - 1)`` inputs [B, pad, H]; per LSTM block ``h`` and ``c`` [B, H] (and, for the
+  self-attention cell, ``mem`` [B, S, H], its earlier hidden states); per attention block the cached keys and
+  values [B, heads, S, d]; the running sum [B, H], count [B] (float32) and maximum [B, H] of the pooled features.
 
 :func:`export_stream` (``longshort export RUN_DIR --format stream | stream-quantized``) writes the graph, float32
 or with onnxruntime's dynamic 8-bit quantization, and holds it step by step to the full eager model on every
@@ -27,7 +27,6 @@ only, idle streams and chunks included.
 
 from __future__ import annotations
 
-import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -35,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longshort.deploy.export import (
@@ -50,9 +48,9 @@ from longshort.deploy.export import (
     write_manifest,
     write_sidecars,
 )
-from longshort.deploy.exportable import check_exportable, conv_taps_output, frozen_copy, position_codes
-from longshort.deploy.streaming import RunStreamer, StreamingError, check_streamable, lstm_cell
-from longshort.nn.classifier import BiLSTMBlock, SequenceClassifier
+from longshort.deploy.exportable import export_copy
+from longshort.deploy.streaming import RunStreamer, StreamingError, check_streamable, slot_axis
+from longshort.nn.classifier import SequenceClassifier, cache_from_tensors, cache_tensors
 
 __all__ = ["StepGraph", "export_stream", "initial_state", "state_dtype", "state_spec", "stream_parity"]
 
@@ -60,16 +58,13 @@ __all__ = ["StepGraph", "export_stream", "initial_state", "state_dtype", "state_
 def state_spec(model: SequenceClassifier) -> list[tuple[str, list[int | str]]]:
     """``(name, shape)`` of every carried state tensor after ``x``, in the graph's input order; ``"batch"`` and
     ``"slots"`` are the dynamic sizes. ``position`` and ``slots`` come first (int64 and bool), the rest is float32."""
-    h = model.cfg.hidden_dim
-    spec: list[tuple[str, list[int | str]]] = [("position", ["batch"]), ("slots", ["batch", "slots"])]
-    spec += [(f"conv{i}", ["batch", c.left_pad, h]) for i, c in enumerate(model.convs)]
-    for i, block in enumerate(model.lstms):
-        width = block.lstm.hidden_size
-        spec += [(f"h{i}", ["batch", width]), (f"c{i}", ["batch", width])]
-    for k, block in model.attns.items():
-        cache: list[int | str] = ["batch", block.attn.num_heads, "slots", h // block.attn.num_heads]
-        spec += [(f"keys{k}", cache), (f"values{k}", cache)]
-    spec += [("total", ["batch", h]), ("count", ["batch"]), ("maximum", ["batch", h])]
+    spec: list[tuple[str, list[int | str]]] = []
+    for name, t in cache_tensors(model.initial_cache(1)).items():
+        shape: list[int | str] = ["batch", *t.shape[1:]]
+        axis = slot_axis(name)
+        if axis is not None:
+            shape[axis] = "slots"
+        spec.append((name, shape))
     return spec
 
 
@@ -88,65 +83,24 @@ def initial_state(model: SequenceClassifier, batch: int) -> dict[str, np.ndarray
 
 
 class StepGraph(nn.Module):
-    """One step of every stream of a causal ``model`` as pure tensor operations (see the module docstring).
-    Built on a copy of the model in evaluation mode (``model`` itself is left as it is); raises
-    :class:`ExportError` or :class:`StreamingError` for a model that cannot be streamed or exported."""
+    """One step of every stream of a causal ``model``: its forward with the cache as flat tensors (see the module
+    docstring). Built on an :func:`~longshort.deploy.exportable.export_copy` of the model in evaluation mode
+    (``model`` itself is left as it is); raises :class:`StreamingError` for a model that cannot be streamed."""
 
     def __init__(self, model: SequenceClassifier) -> None:
         super().__init__()
         check_streamable(model)
-        check_exportable(model)
-        for block in model.lstms:
-            lstm = block.lstm
-            if lstm.num_layers != 1 or lstm.bidirectional:
-                raise StreamingError("the streaming step graph needs one-layer forward LSTM blocks")
-        self.model = frozen_copy(model)  # spectral norm baked into plain weights, as for --format onnx
+        self.model = export_copy(model, recurrence=None)
+        self.like = model.initial_cache(1)  # the cache's structure (which blocks carry what)
         self.names = [n for n, _ in state_spec(model)]
         self.train(False)
 
     def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        m = self.model
-        s = dict(zip(self.names, state, strict=True))
-        hidden = m.cfg.hidden_dim
-        out: dict[str, Tensor] = {}
-        z = m.input_proj(x) + position_codes(s["position"], hidden, x)
-        for i, block in enumerate(m.convs):
-            full = torch.cat([s[f"conv{i}"], z[:, None]], 1)  # [B, pad + 1, H]: the left context, then this step
-            out[f"conv{i}"] = full[:, 1:]
-            z = conv_taps_output(block, z, full[:, :: block.conv.dilation[0]].flatten(1))  # taps oldest first
-        out["slots"] = torch.cat([s["slots"], torch.ones_like(s["position"], dtype=torch.bool)[:, None]], 1)
-        outputs = [z]
-        dense = m.cfg.stack.skip == "dense"
-        for i, block in enumerate(m.lstms):
-            assert isinstance(block, BiLSTMBlock)
-            inp = torch.cat(outputs, -1) if dense else z
-            h, c = lstm_cell(block.lstm, inp, s[f"h{i}"], s[f"c{i}"])
-            out[f"h{i}"], out[f"c{i}"] = h, c
-            z = block.join(inp, h)
-            if str(i) in m.attns:
-                z = self._attend(str(i), z, s, out)
-            outputs.append(z)
-        out["total"] = s["total"] + z
-        out["count"] = s["count"] + 1
-        out["maximum"] = torch.maximum(s["maximum"], z)
-        out["position"] = s["position"] + 1
-        pooled = torch.cat([out["total"] / out["count"][:, None], out["maximum"]], -1)
-        logits = m.head(pooled)
-        return (torch.softmax(logits, -1), logits, m.aux_head(pooled)[:, 0], *(out[n] for n in self.names))
-
-    def _attend(self, key: str, z: Tensor, s: dict[str, Tensor], out: dict[str, Tensor]) -> Tensor:
-        block = self.model.attns[key]
-        mha = block.attn
-        heads = mha.num_heads
-        d = mha.embed_dim // heads
-        q, k, v = F.linear(z, mha.in_proj_weight, mha.in_proj_bias).unflatten(-1, (3, heads, d)).unbind(1)
-        keys = torch.cat([s[f"keys{key}"], k[:, :, None]], 2)  # [B, heads, S + 1, d]
-        values = torch.cat([s[f"values{key}"], v[:, :, None]], 2)
-        out[f"keys{key}"], out[f"values{key}"] = keys, values
-        scores = (keys @ q[..., None])[..., 0] * (1.0 / math.sqrt(d))  # [B, heads, S + 1]
-        scores = scores.masked_fill(~out["slots"][:, None], float("-inf"))
-        y = (torch.softmax(scores, -1)[:, :, None] @ values)[:, :, 0].flatten(1)  # [B, H]
-        return block.norm(z + mha.out_proj(y))
+        cache = cache_from_tensors(self.like, dict(zip(self.names, state, strict=True)))
+        out = self.model(x[:, None], None, cache)
+        assert out.cache is not None
+        new = cache_tensors(out.cache)
+        return (torch.softmax(out.logits, -1), out.logits, out.aux, *(new[n] for n in self.names))
 
 
 OUTPUTS = ("proba", "logits", "aux")

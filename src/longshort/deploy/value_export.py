@@ -53,7 +53,7 @@ VALUE_TASKS = ("regress", "forecast")
 
 
 class RegressGraph(nn.Module):
-    """Raw sequences -> the regressor's prediction and quantiles in target units (the classifier's export twin
+    """Raw sequences -> the regressor's prediction and quantiles in target units (the classifier's exported forward
     for the backbone, the run's feature and target scaling as constants)."""
 
     def __init__(self, run: Any) -> None:

@@ -326,7 +326,7 @@ class LSTM(nn.Module):
 
     def forward(
         self, input: Tensor | PackedSequence, hx: Hidden | None = None, lengths: Tensor | None = None,
-        need_state: bool = True,
+        need_state: bool = True, memory: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor | PackedSequence, Hidden]:
         """Run the stack; returns ``(output, (h_n, c_n))`` like ``nn.LSTM``.
 
@@ -338,6 +338,11 @@ class LSTM(nn.Module):
 
         ``need_state=False`` says the caller discards ``(h_n, c_n)``: variable-length CPU batches then take
         :meth:`_forward_padded` (returning ``hx`` unchanged in their place).
+
+        ``memory`` (the self-attention cell, one unidirectional layer): the hidden states of earlier steps
+        [B, S, H] and which of them are real [B, S], which every step attends over besides this call's own. A
+        stream run a chunk at a time passes its earlier chunks' outputs, so that each chunk computes what one
+        call over the whole stream would.
         """
         if self.record_masks:
             self.last_masks = {}
@@ -371,6 +376,9 @@ class LSTM(nn.Module):
         if packed is None and lengths is not None:
             lengths = self._check_lengths(lengths, batch, x.shape[1 if self.batch_first else 0])
 
+        if memory is not None and (not self.cell.self_attention or self.num_layers != 1 or self.bidirectional
+                                   or packed is not None):
+            raise ValueError("memory is for a one-layer unidirectional self-attention LSTM over a padded tensor")
         fused = self.uses_fused_path
         if (fused and not need_state and packed is None and lengths is not None and x.device.type == "cpu"
                 and self.num_layers == 1 and not self._layerwise()):
@@ -384,7 +392,7 @@ class LSTM(nn.Module):
                 x = steps
             elif self.batch_first:
                 x = x.transpose(0, 1)
-            out, h_n = self._forward_stack(x, lengths, hx, fused)
+            out, h_n = self._forward_stack(x, lengths, hx, fused, memory)
             if packed is not None:
                 out = _pack_like(out, packed)
             elif self.batch_first:
@@ -421,6 +429,13 @@ class LSTM(nn.Module):
     ) -> tuple[Tensor | PackedSequence, Hidden]:
         """All layers in one ``_VF.lstm`` call, exactly as ``nn.LSTM.forward``."""
         weights = self._flat_weights(range(self.num_layers))
+        steps = x.shape[1 if self.batch_first else 0]
+        if (packed is None and lengths is None and steps == 1 and self.num_layers == 1 and not self.bidirectional
+                and not torch.jit.is_tracing()):
+            # one step (a stream's): the cell kernel; the sequence kernel's set-up costs more than the step itself.
+            # Not when traced: the sequence kernel exports as one ONNX LSTM node, which quantizes (the cell does not)
+            h, c = torch.lstm_cell(x[:, 0] if self.batch_first else x[0], (hx[0][0], hx[1][0]), *weights)
+            return (h[:, None] if self.batch_first else h[None]), (h[None], c[None])
         args = (self.bias, self.num_layers, self._rate(self.dropout), self.training, self.bidirectional)
         if packed is None and lengths is None:
             out, h, c = _VF.lstm(x, hx, weights, *args, self.batch_first)
@@ -474,7 +489,8 @@ class LSTM(nn.Module):
         self._record(name, mask)
         return mask
 
-    def _forward_stack(self, x: Tensor, lengths: Tensor | None, hx: Hidden, fused: bool) -> tuple[Tensor, Hidden]:
+    def _forward_stack(self, x: Tensor, lengths: Tensor | None, hx: Hidden, fused: bool,
+                       memory: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Hidden]:
         """Layer by layer on a time-major padded ``x`` [T, B, F]; ``lengths`` on CPU or None (all full)."""
         steps, batch, _ = x.shape
         d, c = self.num_directions, self.cell
@@ -506,7 +522,7 @@ class LSTM(nn.Module):
             if fused:
                 out, h_k, c_k = self._fused_layer(k, xin, lengths, h0, c0, w_hh)
             else:
-                out, h_k, c_k = self._custom_layer(k, xin, lens_dev, rev, h0, c0, w_hh, stats)
+                out, h_k, c_k = self._custom_layer(k, xin, lens_dev, rev, h0, c0, w_hh, stats, memory)
             if p_out > 0:
                 out = out * self._drop_mask((batch, out.shape[-1]), p_out, out, f"output_l{k}")
             if k > 0 and self._skip == "residual":
@@ -551,6 +567,7 @@ class LSTM(nn.Module):
         c0: Tensor,
         w_hh: dict[str, Tensor],
         stats: dict[str, dict[str, float]] | None,
+        memory: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One layer, each direction through ``lstm_recurrence`` (or the self-attention loop)."""
         steps, batch, _ = x.shape
@@ -588,7 +605,8 @@ class LSTM(nn.Module):
             want = stats is not None
             if c.self_attention:
                 wch, wq = getattr(self, f"weight_ch_l{k}{sfx}"), getattr(self, f"weight_q_l{k}{sfx}")
-                out, h, cc, gs = _attention_recurrence(xw, whh, wch, wq, h0[d], c0[d], lengths, ln, zc, zh, rmask, want)
+                out, h, cc, gs = _attention_recurrence(xw, whh, wch, wq, h0[d], c0[d], lengths, ln, zc, zh, rmask, want,
+                                                       memory)
             else:
                 out, h, cc, gs = lstm_recurrence(
                     xw, whh, h0[d], c0[d], lengths, ln, zc, zh, rmask, want, time_skip=c.time_skip
@@ -658,6 +676,7 @@ def _attention_recurrence(
     zoneout_h: Keep,
     recurrent_mask: Tensor | None,
     stats: bool,
+    memory: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, GateStats | None]:
     """The self-attention LSTM of seed 003, same interface and options as ``lstm_recurrence``.
 
@@ -665,9 +684,13 @@ def _attention_recurrence(
     ``h_1 .. h_{t-1}`` already produced (none at the first step: the context is zero), and the context ``a_t``
     enters the gates as ``W_ih x_t + b + W_hh h_{t-1} + W_ch a_t``; layer norm (if on) normalises only the
     ``W_hh`` term. Padded steps come after each row's valid ones, so valid steps only ever attend to valid states.
+
+    ``memory``: hidden states of earlier steps [B, S, H] and their validity [B, S], attended before this call's
+    own (a stream's earlier chunks). Invalid slots get the lowest score and weight 0, so a row with no valid
+    state yet gets a zero context, as the first step of a sequence does.
     """
     steps, batch, four_h = xw.shape
-    hid = four_h // 4
+    hid = w_hh.shape[1]  # from the weight, not the input: a tracer keeps it a constant (layer norm needs one)
     scale = 1.0 / math.sqrt(hid)
     valid = None if lengths is None else torch.arange(steps, device=xw.device)[:, None] < lengths
     gs = None
@@ -675,7 +698,8 @@ def _attention_recurrence(
         z = xw.new_zeros
         gs = GateStats(z(()), z(3), z(3), z(hid), z(hid))
     h, c = h0, c0
-    memory: list[Tensor] = []
+    past, past_valid = memory if memory is not None else (None, None)
+    memory_list: list[Tensor] = []
     outs = []
     for t in range(steps):
         rec = (h if recurrent_mask is None else h * recurrent_mask) @ w_hh.t()
@@ -683,8 +707,15 @@ def _attention_recurrence(
             r = F.layer_norm(rec.view(batch, 4, hid), (hid,), eps=ln.eps)
             rec = (r * ln.gates_weight + ln.gates_bias).reshape(batch, four_h)
         gates = xw[t] + rec
-        if memory:
-            keys = torch.stack(memory, 1)  # [B, t, H]
+        if past is not None and past_valid is not None:
+            keys = torch.cat([past, *(m[:, None] for m in memory_list)], 1)  # [B, S + t, H]
+            ok = torch.cat([past_valid, past_valid.new_ones(batch, t)], 1)
+            q = (h @ w_q.t()) * scale
+            scores = torch.einsum("bh,bsh->bs", q, keys).masked_fill(~ok, torch.finfo(xw.dtype).min)
+            att = torch.softmax(scores, dim=-1) * ok
+            gates = gates + torch.einsum("bs,bsh->bh", att, keys) @ w_ch.t()
+        elif memory_list:
+            keys = torch.stack(memory_list, 1)  # [B, t, H]
             q = (h @ w_q.t()) * scale
             att = torch.softmax(torch.einsum("bh,bsh->bs", q, keys), dim=-1)
             gates = gates + torch.einsum("bs,bsh->bh", att, keys) @ w_ch.t()
@@ -714,6 +745,6 @@ def _attention_recurrence(
                 gs.total_sq += (acts**2).mean(-1) @ w
                 gs.cell_abs += w @ c_new
                 gs.cell_sq += w @ c_new**2
-        memory.append(h_new)
+        memory_list.append(h_new)
         h, c = h_new, c_new
     return torch.stack(outs), h, c, gs

@@ -115,13 +115,14 @@ def lstm_recurrence(
     last valid step. ``zoneout_c``/``zoneout_h``: keep mask [T, B, H] (or anything broadcasting to it), a rate,
     or None; ``recurrent_mask`` [B, H]; ``lengths`` [B] (any device).
 
-    Runs the fast path unless ``stats`` is set (gate statistics come from the reference loop). Under autocast
+    Runs the fast path unless ``stats`` is set (gate statistics come from the reference loop) or a tracer is
+    recording (the fast path's autograd Function and C++ loops have no graph form). Under autocast
     the fast path computes in the promoted dtype of ``xw`` and ``w_hh`` with autocast off (float32 when either
     is float32), and returns that dtype.
     """
-    if stats:
+    if stats or torch.jit.is_tracing():  # the tracer (an ONNX export) records the reference's plain ops
         return lstm_recurrence_reference(
-            xw, w_hh, h0, c0, lengths, ln, zoneout_c, zoneout_h, recurrent_mask, stats=True, time_skip=time_skip
+            xw, w_hh, h0, c0, lengths, ln, zoneout_c, zoneout_h, recurrent_mask, stats=stats, time_skip=time_skip
         )
     mode = _time_mode(time_skip, ln)
     out, h, c = _fast_recurrence(xw, w_hh, h0, c0, lengths, ln, zoneout_c, zoneout_h, recurrent_mask, mode)
