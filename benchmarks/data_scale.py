@@ -11,12 +11,19 @@ Three measurements, one run:
    tensor (the in-memory path), interleaved in 10 rounds (load from other work on the machine falls on
    both), same process, same model initialisation.
 3. Batches gathered from the view equal the materialised windows (checked, not timed).
-4. Two processes on one machine (as two ranks would be), each preparing the same ``--rank-rows`` series and
+4. A variable-length set of ``--sequences`` (default 100k) sequences of 3 float32 channels, lengths
+   log-normal around 100 steps between 10 and 1,344 (PLAID's longest; padding to it would be about 10x the
+   real steps), built as the readers build it (the steps back to back): ``prepare``'s time and peak RSS in a
+   fresh process against the bytes of the real steps and of the padded array; and training throughput of
+   ``--steps`` steps with batches gathered from the back-to-back steps against the same sequences as one padded
+   tensor (20,000 of them, interleaved as in 2), with the batches checked equal.
+5. Two processes on one machine (as two ranks would be), each preparing the same ``--rank-rows`` series and
    holding its splits, with ``data.series.cache`` off (each its own scaled rows) and on (both map the one file
    the first wrote): each process's RSS and PSS (``/proc/self/smaps_rollup``; PSS splits a shared page between
    the processes that map it) once both hold their data, the raw series freed as training's set-up frees it.
 
-    python benchmarks/data_scale.py [--rows 1000000 10000000] [--steps 200] [--rank-rows 10000000] [--out PATH]
+    python benchmarks/data_scale.py [--rows 1000000 10000000] [--steps 200] [--rank-rows 10000000]
+                                    [--sequences 100000] [--out PATH]
 
 Writes ``benchmarks/results/data_scale.json``. Prints the CPU, torch and thread count first.
 """
@@ -54,6 +61,86 @@ def _config():  # -> DataConfig
 
     return DataConfig.model_validate({"layout": "series", "series": {"window": WINDOW, "horizon": HORIZON,
                                                                       "stride": 1, "change": "diff"}})
+
+
+VAR_CHANNELS, VAR_LONGEST = 3, 1344
+
+
+def _variable(n: int, seed: int = 0):  # -> SequenceData, kept as the readers keep a variable-length set
+    from longshort.data.types import Ragged, SequenceData, offsets_of
+
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.round(rng.lognormal(np.log(100), 0.8, n)), 10, VAR_LONGEST).astype(np.int64)
+    lengths[0] = VAR_LONGEST
+    values = rng.standard_normal((int(lengths.sum()), VAR_CHANNELS), dtype=np.float32)
+    y = (rng.random(n) < 0.5).astype(np.int64)
+    return SequenceData(X=None, lengths=lengths, y=y, feature_names=[f"x{c}" for c in range(VAR_CHANNELS)],
+                        source="(bench)", ragged=Ragged(values, offsets_of(lengths)))
+
+
+def variable_child(n: int) -> None:
+    """``prepare`` of the variable-length set, printed as JSON (a fresh process: its own peak RSS)."""
+    import torch  # noqa: F401
+
+    from longshort.data.config import DataConfig
+    from longshort.data.pipeline import prepare
+
+    raw = _variable(n)
+    before = _rss_mb()
+    t0 = time.perf_counter()
+    splits = prepare(DataConfig(source="(bench)", scale="standard"), 0, raw=raw)
+    seconds = time.perf_counter() - t0
+    steps = int(raw.lengths.sum())
+    print(json.dumps({"sequences": n, "prepare_s": seconds, "peak_rss_mb": _rss_mb(), "rss_before_prepare_mb": before,
+                      "real_steps_mb": steps * VAR_CHANNELS * 4 / 2**20,
+                      "padded_mb": n * VAR_LONGEST * VAR_CHANNELS * 4 / 2**20,
+                      "mean_length": steps / n, "ragged": splits.train.ragged is not None}))
+
+
+def variable_throughput(steps: int, hidden: int, n: int = 20_000, rounds: int = 10) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from longshort.data.batching import TensorData, epoch_order, take, to_tensors
+    from longshort.data.config import DataConfig
+    from longshort.data.pipeline import prepare
+    from longshort.nn.classifier import ClassifierConfig, SequenceClassifier
+
+    splits = prepare(DataConfig(source="(bench)", scale="standard"), 0, raw=_variable(n, seed=1))
+    ragged = to_tensors(splits.train)
+    padded = TensorData(torch.from_numpy(splits.train.X), ragged.lengths, ragged.y, ragged.aux)
+    order = epoch_order(len(ragged), 0, 0)
+    cpu = torch.device("cpu")
+    same = all(bool(torch.equal(take(ragged, order[i : i + 64], cpu).x, take(padded, order[i : i + 64], cpu).x))
+               for i in range(0, 64 * 20, 64))
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(hidden_dim=hidden, stem_stride=8)  # what model.size=auto picks for 1,344 steps
+    models = {name: SequenceClassifier(VAR_CHANNELS, 2, cfg) for name in ("ragged", "padded")}
+    models["padded"].load_state_dict(models["ragged"].state_dict())
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, m in models.items()}
+    data = {"ragged": ragged, "padded": padded}
+    seconds, gather, step = dict.fromkeys(models, 0.0), dict.fromkeys(models, 0.0), dict.fromkeys(models, 0)
+    for r in range(rounds):
+        for name in (("ragged", "padded") if r % 2 == 0 else ("padded", "ragged")):
+            m, opt = models[name], opts[name]
+            t0 = time.perf_counter()
+            for _ in range(steps // rounds):
+                i = step[name]
+                g0 = time.perf_counter()
+                start = (i * 64) % max(len(order) - 64, 1)  # wraps around on a small set
+                b = take(data[name], order[start : start + 64], cpu)
+                gather[name] += time.perf_counter() - g0
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(m(b.x, b.lengths).logits, b.y).backward()
+                opt.step()
+                step[name] += 1
+            seconds[name] += time.perf_counter() - t0
+    sps = {k: step[k] * 64 / seconds[k] for k in models}
+    return {"sequences": len(ragged), "steps": step["ragged"], "batch": 64, "hidden": hidden, "samples_per_s": sps,
+            "ratio_ragged_vs_padded": sps["ragged"] / sps["padded"],
+            "gather_ms_per_batch": {k: gather[k] / step[k] * 1e3 for k in models}, "batches_equal": same,
+            "storage_mb": {"ragged": ragged.X.untyped_storage().nbytes() / 2**20,
+                           "padded": padded.X.untyped_storage().nbytes() / 2**20}}
 
 
 def _rss_mb() -> float:
@@ -189,12 +276,17 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64, help="classifier hidden_dim of the throughput run")
     ap.add_argument("--train-rows", type=int, default=200_000, help="series rows of the throughput run")
     ap.add_argument("--rank-rows", type=int, default=10_000_000, help="series rows of the two-process run")
+    ap.add_argument("--sequences", type=int, default=100_000, help="sequences of the variable-length set")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--variable-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--rank-child", nargs=4, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data_scale.json"))
     args = ap.parse_args()
     if args.child is not None:
         prepare_child(args.child)
+        return
+    if args.variable_child is not None:
+        variable_child(args.variable_child)
         return
     if args.rank_child is not None:
         rows, cache, rank, sync = args.rank_child
@@ -226,12 +318,25 @@ def main() -> None:
           f"(ratio {tp['ratio_lazy_vs_in_memory']:.3f}); gather {tp['gather_ms_per_batch']['lazy']:.2f} vs "
           f"{tp['gather_ms_per_batch']['in_memory']:.2f} ms a batch; batches equal: "
           f"{tp['view_batches_equal_materialised']}")
+    res = subprocess.run([sys.executable, __file__, "--variable-child", str(args.sequences)], capture_output=True,
+                         text=True, check=True)
+    var = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"prepare {var['sequences']:,} variable-length sequences (mean {var['mean_length']:.0f} steps, longest "
+          f"{VAR_LONGEST:,}): {var['prepare_s']:.2f} s, peak RSS {var['peak_rss_mb']:.0f} MB (before prepare "
+          f"{var['rss_before_prepare_mb']:.0f} MB; real steps {var['real_steps_mb']:.0f} MB, padded would be "
+          f"{var['padded_mb']:,.0f} MB)")
+    vtp = variable_throughput(args.steps, args.hidden)
+    print(f"training on variable-length batches, {vtp['steps']} steps each: back to back "
+          f"{vtp['samples_per_s']['ragged']:.0f} samples/s, padded {vtp['samples_per_s']['padded']:.0f} (ratio "
+          f"{vtp['ratio_ragged_vs_padded']:.3f}); gather {vtp['gather_ms_per_batch']['ragged']:.2f} vs "
+          f"{vtp['gather_ms_per_batch']['padded']:.2f} ms a batch; batches equal: {vtp['batches_equal']}")
     ranks = two_ranks(args.rank_rows)
     for cache in ("off", "on"):
         per = ", ".join(f"rank {r['rank']} RSS {r['rss_mb']:.0f} MB / PSS {r['pss_mb']:.0f} MB" for r in ranks[cache])
         print(f"two processes, {args.rank_rows:,} rows (series {ranks['series_mb']:.0f} MB), cache {cache}: {per}")
     doc = {"benchmark": "data_scale", "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "window": WINDOW, "horizon": HORIZON, "columns": COLUMNS, "prepare": rows_out, "throughput": tp,
+           "variable_length": {"prepare": var, "throughput": vtp},
            "two_ranks": ranks}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1))

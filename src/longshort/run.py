@@ -338,10 +338,10 @@ def check_fits(cfg: Config, splits: Splits, device: torch.device) -> None:
         return
     n_classes = head_size(cfg, splits.prep)
     need, what = training_memory(cfg.model, splits.train.n_features, n_classes,
-                                 min(cfg.train.batch_size, len(splits.train)), int(splits.train.X.shape[1]),
+                                 min(cfg.train.batch_size, len(splits.train)), splits.train.steps,
                                  min(cfg.train.eval_batch_size, max(len(splits.train), 1)))
     if need > free:
-        steps = int(splits.train.X.shape[1])
+        steps = splits.train.steps
         stem = f", raise model.stem_stride for sequences of {steps:,} steps" if steps > LONG_SERIES else ""
         raise ConfigError(
             f"this model and batch need at least {_gb(need)} on {device.type} (mostly {what}), more than the "

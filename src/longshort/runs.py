@@ -144,6 +144,16 @@ def check_finite(data: SequenceData, allow_nan: bool = False) -> None:
                                          f"{rows[r, c]} ({int(bad_rows.sum())} values are not finite); fill them "
                                          "first, or train with data.missing=ffill, zero, mean or mask")
         return
+    if data.ragged is not None:
+        r = data.ragged
+        bad_steps = np.isinf(r.values) if allow_nan else ~np.isfinite(r.values)
+        if bad_steps.any():
+            k, c = (int(v) for v in np.argwhere(bad_steps)[0])
+            i = int(np.searchsorted(r.offsets, k, side="right")) - 1
+            raise DataError(data.source, f"sequence {i}, step {k - int(r.offsets[i])}, channel {c} is "
+                                         f"{r.values[k, c]} ({int(bad_steps.sum())} values are not finite); fill "
+                                         "them first, or train with data.missing=ffill, zero, mean or mask")
+        return
     valid = np.arange(data.X.shape[1])[None, :] < data.lengths[:, None]
     bad = (np.isinf(data.X) if allow_nan else ~np.isfinite(data.X)) & valid[..., None]
     if bad.any():

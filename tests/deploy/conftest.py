@@ -63,8 +63,7 @@ def deploy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     g = torch.Generator().manual_seed(0)
     for _ in range(40):
         idx = torch.randint(len(train), (16,), generator=g)
-        # ``rows`` pads a batch of back-to-back (ragged) sequences; older TensorData held X padded [N, T, C]
-        x = train.rows(idx) if hasattr(train, "rows") else train.X[idx]
+        x = train.rows(idx)  # padded to the batch's longest (variable-length sets are kept back to back)
         loss = F.cross_entropy(model(x, train.lengths[idx]).logits, train.y[idx])
         opt.zero_grad()
         loss.backward()

@@ -1,7 +1,8 @@
 """Model-ready tensors and deterministic, resumable batch order.
 
-A data set lives in memory as one padded tensor, or, for windows of one series, as a strided view of the
-series' rows (:func:`window_tensor`, memory linear in rows), so a batch is an index into it: no worker
+A data set lives in memory as one padded tensor; for windows of one series, as a strided view of the
+series' rows (:func:`window_tensor`, memory linear in rows); for variable-length sequences, as their steps back
+to back with offsets (memory linear in real steps), so a batch is an index into it: no worker
 processes, and the order of an epoch is a pure function of (seed, epoch), which is what makes
 resuming mid-epoch exact. Each batch is trimmed to its longest sequence.
 """
@@ -20,13 +21,39 @@ from longshort.data.types import SequenceData
 
 @dataclass
 class TensorData:
-    X: Tensor  # float32 [N, T, C]
+    """Model-ready tensors. ``X`` is [N, T, C] padded (or a strided view of a series' windows); with ``offsets``
+    it is the variable-length sequences back to back, [total steps, C] (sequence ``i`` is
+    ``X[offsets[i]:offsets[i + 1]]``), and :meth:`rows` pads a batch to its own longest sequence."""
+
+    X: Tensor  # float32 [N, T, C], or [total steps, C] with offsets
     lengths: Tensor  # int64 [N]
     y: Tensor | None  # int64 [N] class indices, or float32 [N, k] scaled regression targets
     aux: Tensor | None  # float32 [N]
+    offsets: Tensor | None = None  # int64 [N + 1] when X holds the sequences back to back
 
     def __len__(self) -> int:
-        return int(self.X.shape[0])
+        return int(self.lengths.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.X.shape[-1])
+
+    def rows(self, idx: Tensor) -> Tensor:
+        """[len(idx), longest of them, C]: sequences ``idx``, zero after each one's end."""
+        lengths = self.lengths[idx]
+        t = int(lengths.max()) if len(idx) else 0
+        if self.offsets is None:
+            return self.X[idx, :t]
+        # one gather of every (sequence, step) position, the padding read from step 0 and zeroed
+        pos = self.offsets[idx][:, None] + torch.arange(t)[None, :]
+        valid = torch.arange(t)[None, :] < lengths[:, None]
+        return self.X[torch.where(valid, pos, 0)] * valid[..., None].to(self.X.dtype)
+
+    def head(self, n: int) -> TensorData:
+        """The first ``n`` sequences, padded to their longest (a plain [n, T, C] tensor)."""
+        idx = torch.arange(min(n, len(self)))
+        return TensorData(self.rows(idx), self.lengths[idx], None if self.y is None else self.y[idx],
+                          None if self.aux is None else self.aux[idx])
 
 
 @dataclass
@@ -52,10 +79,13 @@ def window_tensor(values: Tensor, start: int, stride: int, length: int, count: i
 def to_tensors(data: SequenceData) -> TensorData:
     """``data.y`` must already hold class indices or scaled float targets (see
     :class:`longshort.data.pipeline.Preprocessor`). Windows of one series stay a view of its rows."""
-    w = data.windows
+    w, offsets = data.windows, None
     if w is not None:
         values = torch.from_numpy(np.require(w.values, np.float32, ["C", "W"]))
         x = window_tensor(values, w.start, w.stride, w.length, w.count)
+    elif data.ragged is not None:  # variable-length sequences stay back to back: batches pad themselves
+        x = torch.from_numpy(np.require(data.ragged.values, np.float32, ["C", "W"]))
+        offsets = torch.from_numpy(np.asarray(data.ragged.offsets, dtype=np.int64))
     else:
         x = torch.from_numpy(np.ascontiguousarray(data.X, dtype=np.float32))
     return TensorData(
@@ -64,6 +94,7 @@ def to_tensors(data: SequenceData) -> TensorData:
         y=None if data.y is None else torch.from_numpy(
             np.asarray(data.y, dtype=np.float32 if np.asarray(data.y).dtype.kind == "f" else np.int64)),
         aux=None if data.aux is None else torch.from_numpy(np.asarray(data.aux, dtype=np.float32)),
+        offsets=offsets,
     )
 
 
@@ -79,10 +110,9 @@ def batch_indices(order: Tensor, batch_size: int) -> list[Tensor]:
 
 def take(data: TensorData, idx: Tensor, device: torch.device) -> Batch:
     lengths = data.lengths[idx]
-    t = int(lengths.max())
     nb = device.type != "cpu"
     return Batch(
-        x=data.X[idx, :t].to(device, non_blocking=nb),
+        x=data.rows(idx).to(device, non_blocking=nb),
         lengths=lengths.to(device, non_blocking=nb),
         y=None if data.y is None else data.y[idx].to(device, non_blocking=nb),
         aux=None if data.aux is None else data.aux[idx].to(device, non_blocking=nb),

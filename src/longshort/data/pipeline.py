@@ -24,9 +24,9 @@ import numpy as np
 
 from longshort.data.builtin import BUILTINS
 from longshort.data.config import DataConfig, SeriesFormat
-from longshort.data.scaling import scale_spread, series_normalise
+from longshort.data.scaling import ragged_moments, ragged_normalise, scale_spread, series_normalise
 from longshort.data.sources import Target, read_any
-from longshort.data.types import SequenceData, SeriesData
+from longshort.data.types import Ragged, SequenceData, SeriesData
 from longshort.data.windows import make_windows
 from longshort.errors import ConfigError, DataError, RunDirError, read_json_object
 
@@ -72,7 +72,7 @@ class Preprocessor:
         fill = None
         if missing != "error" and len(train):
             fill = np.nan_to_num(_feature_moments(train, observed=True)[0])  # a feature never observed: 0
-        names, n_raw = list(train.feature_names), train.X.shape[2]
+        names, n_raw = list(train.feature_names), train.n_features
         if fill is not None:  # the statistics below are of the filled training data
             train = _fill(train, missing, fill)
             if missing == "mask":
@@ -92,8 +92,7 @@ class Preprocessor:
             prep = cls(layout=layout, class_names=list(classes), feature_names=names,
                        per_series=scale == "series", label_kind="int" if ints else "")
         if scale in ("standard", "series", "auto"):  # auto unresolved (no longshort.sizing): standard
-            mean, std = _feature_moments(replace(train, X=series_normalise(train.X, train.lengths))
-                                         if prep.per_series else train)
+            mean, std = _feature_moments(_series_normalised(train) if prep.per_series else train)
             prep.mean = mean.astype(float).tolist()
             prep.std = np.where(std > 1e-12, std, 1.0).astype(float).tolist()
         if train.aux is not None and len(train.aux):
@@ -160,8 +159,14 @@ class Preprocessor:
         data = _windows_or_copy(data, self.missing, self.per_series)
         if self.missing != "error":
             data = _fill(data, self.missing, np.asarray(self.fill))
-        windows = data.windows
-        if windows is not None:  # full-length windows of one series: scale the rows once, keep the view
+        windows, ragged = data.windows, data.ragged
+        x: np.ndarray | None
+        if ragged is not None:  # variable-length sequences back to back: every value is a real step
+            values = ragged_normalise(ragged.values, ragged.offsets) if self.per_series else ragged.values
+            if self.mean:
+                values = (values - np.float32(self.mean)) / np.float32(self.std)
+            ragged, x = Ragged(np.ascontiguousarray(values, dtype=np.float32), ragged.offsets), None
+        elif windows is not None:  # full-length windows of one series: scale the rows once, keep the view
             values = windows.values
             if self.mean:
                 values = np.subtract(values, np.float32(self.mean), dtype=np.float32)
@@ -182,9 +187,9 @@ class Preprocessor:
             y = self.scale_targets(data.y, data) if self.regression else self.encode_labels(data)
         aux = None if data.aux is None else (data.aux - self.aux_mean) / self.aux_std
         return SequenceData(
-            X=x, lengths=data.lengths, y=y, feature_names=self.feature_names,
+            X=x, lengths=data.lengths, y=y, feature_names=self.feature_names,  # type: ignore[arg-type]
             source=data.source, aux=None if aux is None else aux.astype(np.float32), order=data.order,
-            class_names=self.class_names, ids=data.ids, windows=windows,
+            class_names=self.class_names, ids=data.ids, windows=windows, ragged=ragged,
         )
 
     def save(self, path: Path) -> None:
@@ -220,7 +225,8 @@ def fill_missing(x: np.ndarray, lengths: np.ndarray, policy: str, fill: np.ndarr
         # forward fill along time by the index of the last observed step (numpy has no ffill of its own)
         t = np.arange(x.shape[1])[None, :, None]
         last = np.maximum.accumulate(np.where(gap, -1, t), axis=1)
-        first = np.argmax(~gap, axis=1)  # [N, C]: the first observed step (0 when none is)
+        # [N, C]: the first observed real step (0, a NaN, when none is: a padding zero is not an observation)
+        first = np.argmax(~gap & valid, axis=1)
         idx = np.where(last >= 0, last, first[:, None, :])
         out = np.take_along_axis(x, idx, axis=1)
         out = np.where(np.isnan(out), fill.astype(np.float32), out)
@@ -240,18 +246,51 @@ def _windows_or_copy(data: SequenceData, missing: str, per_series: bool) -> Sequ
     if data.windows is None:
         return data
     if missing == "ffill" or per_series:
-        return replace(data, X=np.ascontiguousarray(data.X), windows=None)
+        return data.replace(X=np.ascontiguousarray(data.X), windows=None)
     covered = data.windows.covered()
-    return replace(data, X=covered.view(), windows=covered)
+    return data.replace(X=covered.view(), windows=covered)
+
+
+def _series_normalised(data: SequenceData) -> SequenceData:
+    """``data`` with each sequence normalised over its own steps (``data.scale=series``)."""
+    if data.ragged is not None:
+        r = data.ragged
+        return data.replace(ragged=Ragged(ragged_normalise(r.values, r.offsets), r.offsets))
+    return data.replace(X=series_normalise(data.X, data.lengths))
 
 
 def _fill(data: SequenceData, missing: str, fill: np.ndarray) -> SequenceData:
-    """:func:`fill_missing` on the sequences, or on the rows once for windows (zero, mean, mask are per value)."""
+    """:func:`fill_missing` on the sequences, or on the rows once for windows (zero, mean, mask are per value);
+    ragged sequences on their steps (ffill within each sequence)."""
+    if data.ragged is not None:
+        r = data.ragged
+        return data.replace(ragged=Ragged(fill_ragged(r.values, r.offsets, missing, fill), r.offsets))
     if data.windows is None:
-        return replace(data, X=fill_missing(data.X, data.lengths, missing, fill))
+        return data.replace(X=fill_missing(data.X, data.lengths, missing, fill))
     rows = data.windows.values
     windows = replace(data.windows, values=fill_missing(rows[None], np.array([len(rows)]), missing, fill)[0])
-    return replace(data, X=windows.view(), windows=windows)
+    return data.replace(X=windows.view(), windows=windows)
+
+
+def fill_ragged(values: np.ndarray, offsets: np.ndarray, policy: str, fill: np.ndarray) -> np.ndarray:
+    """:func:`fill_missing` of sequences kept back to back ([steps, C] -> [steps, C], or [steps, 2C] under mask):
+    ffill carries a value forward only within its own sequence, and before a sequence's first observed value
+    uses that value (``fill`` when the sequence never observes the feature), as the padded form does."""
+    x = np.asarray(values, dtype=np.float32)
+    gap = np.isnan(x)
+    if policy != "ffill" or not gap.any():
+        return fill_missing(x[None], np.array([len(x)]), policy, fill)[0]
+    n = len(x)
+    lengths = np.diff(offsets)
+    start = np.repeat(offsets[:-1], lengths)[:, None]  # [steps, 1]: the first step of each step's sequence
+    stop = np.repeat(offsets[1:], lengths)[:, None]
+    idx = np.arange(n)[:, None]
+    last = np.maximum.accumulate(np.where(gap, -1, idx), axis=0)  # the last observed step so far (any sequence)
+    nxt = np.minimum.accumulate(np.where(gap, n, idx)[::-1], axis=0)[::-1]  # the next observed step on
+    first = np.take_along_axis(nxt, np.broadcast_to(start, x.shape), axis=0)  # a sequence's first observed
+    src = np.where(last >= start, last, np.where(first < stop, first, -1))
+    out = np.take_along_axis(x, np.maximum(src, 0), axis=0)
+    return np.where(src >= 0, out, fill.astype(np.float32)).astype(np.float32)
 
 
 CHUNK_ROWS = 1 << 18  # rows per pass of the streaming statistics
@@ -261,13 +300,9 @@ def _feature_moments(data: SequenceData, observed: bool = False) -> tuple[np.nda
     """Per-feature mean and std (float64) over the valid steps; ``observed``: of the non-NaN values only
     (NaN for a feature never observed). Windows of one series count each row once, read in chunks of
     :data:`CHUNK_ROWS` rows and merged (Chan et al.'s pairwise update), so no float64 copy of the data exists."""
-    if data.windows is not None:
-        rows = data.windows.covered().values
-        chunks = (rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS))
-    else:
-        mask = np.arange(data.X.shape[1])[None, :] < data.lengths[:, None]
-        chunks = iter([data.X[mask]])
-    c = data.X.shape[2]
+    rows = data.valid_steps()
+    chunks = (rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS))
+    c = data.n_features
     n, mean, m2 = np.zeros(c), np.zeros(c), np.zeros(c)
     for chunk in chunks:
         x = chunk.astype(np.float64)
@@ -424,7 +459,11 @@ def data_shape(raw: SequenceData | SeriesData,
         windows = max(0, (len(raw) - s.window - s.horizon) // s.stride + 1)
         return windows, s.window, len(raw.feature_names), 3, 1.0, ()
     classes = len(raw.class_names) if raw.class_names else (0 if raw.y is None else len(np.unique(raw.y)))
-    spread = scale_spread(raw.X, raw.lengths) if cfg.scale == "auto" else 1.0
+    spread = 1.0
+    if cfg.scale == "auto" and raw.ragged is not None:
+        spread = scale_spread(raw.ragged.values, raw.lengths, ragged_moments(raw.ragged.values, raw.ragged.offsets)[1])
+    elif cfg.scale == "auto":
+        spread = scale_spread(raw.X, raw.lengths)
     varies = len(raw) > 0 and bool(raw.lengths.min() < raw.lengths.max())
     quantiles = tuple(np.quantile(raw.lengths, (np.arange(100) + 0.5) / 100).tolist()) if varies else ()
     return len(raw), int(raw.lengths.max()) if len(raw) else 0, raw.n_features, classes, spread, quantiles
@@ -507,7 +546,7 @@ def map_rows(data: SequenceData, cache_dir: Path, name: str) -> tuple[SequenceDa
             tmp.unlink(missing_ok=True)
     mapped = np.load(path, mmap_mode="c")
     windows = replace(data.windows, values=mapped)
-    return replace(data, X=windows.view(), windows=windows), path
+    return data.replace(X=windows.view(), windows=windows), path
 
 
 def load_for_model(source: str, cfg: DataConfig, prep: Preprocessor, seed: int,

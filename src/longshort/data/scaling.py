@@ -24,12 +24,33 @@ def series_normalise(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return (((x.astype(np.float64) - mean) / np.where(std > 1e-12, std, 1.0)) * mask).astype(np.float32)
 
 
-def scale_spread(x: np.ndarray, lengths: np.ndarray) -> float:
+def ragged_moments(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [N, C], std [N, C]) in float64 of sequences kept back to back (``values[offsets[i]:offsets[i+1]]``)."""
+    lengths = np.diff(offsets)
+    seq = np.repeat(np.arange(len(lengths)), lengths)
+    n = np.maximum(lengths, 1)[:, None].astype(np.float64)
+    x = values.astype(np.float64)
+    mean = np.stack([np.bincount(seq, x[:, c], len(lengths)) for c in range(x.shape[1])], 1) / n
+    dev = (x - mean[seq]) ** 2
+    std = np.sqrt(np.stack([np.bincount(seq, dev[:, c], len(lengths)) for c in range(x.shape[1])], 1) / n)
+    return mean, std
+
+
+def ragged_normalise(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """:func:`series_normalise` of sequences kept back to back: float32 values of the same shape."""
+    mean, std = ragged_moments(values, offsets)
+    seq = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    return ((values.astype(np.float64) - mean[seq]) / np.where(std > 1e-12, std, 1.0)[seq]).astype(np.float32)
+
+
+def scale_spread(x: np.ndarray, lengths: np.ndarray, std: np.ndarray | None = None) -> float:
     """How far the sequences' scales spread: the largest, over features, 90th / 10th percentile of the
-    per-sequence standard deviations (inf when a tenth of the sequences are constant)."""
-    if len(x) < 2:
+    per-sequence standard deviations (inf when a tenth of the sequences are constant). ``std`` [N, C]: those
+    deviations already computed (``x`` is then not read)."""
+    if len(lengths) < 2:
         return 1.0
-    std = series_moments(x, lengths)[2][:, 0, :]  # [N, C]
+    if std is None:
+        std = series_moments(x, lengths)[2][:, 0, :]  # [N, C]
     p10, p90 = np.percentile(std, 10, axis=0), np.percentile(std, 90, axis=0)
     ratio = np.where(p10 > 1e-12, p90 / np.maximum(p10, 1e-12), np.where(p90 > 1e-12, np.inf, 1.0))
     return float(ratio.max())

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from longshort.data.config import DataConfig, LongFormat, SeriesFormat
-from longshort.data.types import SequenceData, SeriesData
+from longshort.data.types import Ragged, SequenceData, SeriesData, offsets_of
 from longshort.errors import DataError
 
 #: while set (``data.missing`` other than error), the readers let NaN feature values through for the
@@ -85,6 +85,9 @@ def read_npz(path: Path, with_aux: bool = True, target: Target = "label") -> Seq
     X = np.where(valid[:, :, None], X, np.float32(0))
     _check_finite_x(path, X, valid)
     names = [f"x{i}" for i in range(X.shape[2])]
+    if bool((lengths < t).any()):  # variable length: kept as the real steps only (the padding is dropped)
+        return SequenceData(X=None, lengths=lengths, y=y, feature_names=names,  # type: ignore[arg-type]
+                            source=str(path), aux=aux, ragged=Ragged.from_padded(X, lengths))
     return SequenceData(X=X, lengths=lengths, y=y, feature_names=names, source=str(path), aux=aux)
 
 
@@ -244,13 +247,17 @@ def read_ts(path: Path, target: Target = "label") -> SequenceData:
     if not cases:
         raise DataError(path, "contains no sequences (no data lines after @data)")
     lengths = _ts_lengths(path, cases, line_nos, header)
-    X = _ts_pad(cases, lengths)
     y, aux = _ts_labels(path, labels, line_nos, classes, has_target)
     if target == "value" and aux is not None:
         y, aux = aux[:, None], None
-    names = [f"dim{i}" for i in range(X.shape[2])]
-    return SequenceData(X=X, lengths=lengths, y=y, feature_names=names, source=str(path), aux=aux,
-                        class_names=classes)
+    names = [f"dim{i}" for i in range(len(cases[0]))]
+    # the steps back to back (no padding); an equal-length set is that one array reshaped, without a copy
+    values = np.concatenate([np.stack(case, axis=1) for case in cases]).astype(np.float32, copy=False)
+    if bool((lengths == lengths[0]).all()):
+        return SequenceData(X=values.reshape(len(cases), int(lengths[0]), -1), lengths=lengths, y=y,
+                            feature_names=names, source=str(path), aux=aux, class_names=classes)
+    return SequenceData(X=None, lengths=lengths, y=y, feature_names=names,  # type: ignore[arg-type]
+                        source=str(path), aux=aux, class_names=classes, ragged=Ragged(values, offsets_of(lengths)))
 
 
 def _read_text(path: Path) -> list[str]:
@@ -354,13 +361,6 @@ def _ts_lengths(path: Path, cases: list[list[np.ndarray]], line_nos: list[int],
             raise DataError(path, f"line {line_nos[i]}: length {lengths[i]}, but @equalLength true "
                                   f"and the series length is {expected}")
     return lengths
-
-
-def _ts_pad(cases: list[list[np.ndarray]], lengths: np.ndarray) -> np.ndarray:
-    X = np.zeros((len(cases), int(lengths.max()), len(cases[0])), dtype=np.float32)
-    for i, case in enumerate(cases):
-        X[i, : lengths[i]] = np.stack(case, axis=1)
-    return X
 
 
 def _ts_labels(path: Path, labels: list[str], line_nos: list[int], classes: list[str] | None,
@@ -548,14 +548,14 @@ def read_long(df: pd.DataFrame, cfg: LongFormat, path: Path, require_label: bool
     aux = None if aux_col is None else _per_series_value(df, cfg.series_id, aux_col, codes, path, "aux")
 
     order = _time_then_series_order(df, time, codes, path)
-    codes_sorted = codes[order]
     lengths = np.bincount(codes).astype(np.int64)
-    starts = np.cumsum(lengths) - lengths
-    pos = np.arange(len(order)) - starts[codes_sorted]
-    X = np.zeros((len(lengths), int(lengths.max()), len(features)), dtype=np.float32)
-    X[codes_sorted, pos] = values[order]
-    return SequenceData(X=X, lengths=lengths, y=y, feature_names=list(features), source=str(path),
-                        aux=aux, ids=np.asarray(uniques))
+    # the rows in (series, time) order are the sequences back to back: kept so, padded only per batch
+    flat = np.ascontiguousarray(values[order], dtype=np.float32)
+    if bool((lengths == lengths[0]).all()):
+        return SequenceData(X=flat.reshape(len(lengths), int(lengths[0]), -1), lengths=lengths, y=y,
+                            feature_names=list(features), source=str(path), aux=aux, ids=np.asarray(uniques))
+    return SequenceData(X=None, lengths=lengths, y=y, feature_names=list(features),  # type: ignore[arg-type]
+                        source=str(path), aux=aux, ids=np.asarray(uniques), ragged=Ragged(flat, offsets_of(lengths)))
 
 
 def _time_then_series_order(df: pd.DataFrame, time: str | None, codes: np.ndarray, path: Path) -> np.ndarray:

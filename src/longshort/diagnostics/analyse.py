@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from longshort.data.batching import Batch, TensorData, sequential_batches, to_tensors
+from longshort.data.batching import Batch, sequential_batches, to_tensors
 from longshort.diagnostics._util import json_safe, model_mode
 from longshort.errors import LongshortError, RunDirError
 from longshort.training.classify import ClassifierObjective
@@ -83,14 +83,6 @@ def training_loss(cfg: Config, train_y: Tensor, num_classes: int) -> Callable[[S
         return objective(model(batch.x, batch.lengths), batch.y, batch.aux)
 
     return loss
-
-
-def _head(data: TensorData, n: int) -> TensorData:
-    """The first ``n`` sequences, trimmed to their longest."""
-    n = min(n, len(data))
-    t = int(data.lengths[:n].max())
-    return TensorData(data.X[:n, :t], data.lengths[:n], None if data.y is None else data.y[:n],
-                      None if data.aux is None else data.aux[:n])
 
 
 def _future_series(cfg: Config, split: str, data: SequenceData, ks: Sequence[int]) -> tuple[np.ndarray, str] | str:
@@ -166,7 +158,7 @@ def analyse_run(run_dir: str | Path, n_batches: int = 2, seed: int = 0, *, batch
                        if s is not None and len(s))
     tensors = to_tensors(data)
     bs = batch_size or cfg.train.batch_size
-    loss_data = _head(tensors, n_batches * bs)
+    loss_data = tensors.head(n_batches * bs)
     batches = list(sequential_batches(loss_data, bs, torch.device("cpu")))
     per_batch = training_loss(cfg, to_tensors(splits.train).y, len(splits.prep.class_names))  # type: ignore[arg-type]
 
@@ -195,7 +187,7 @@ def analyse_run(run_dir: str | Path, n_batches: int = 2, seed: int = 0, *, batch
     gates = {**common, "healthy_ranges": {g: list(r) for g, r in HEALTHY_RANGES.items()},
              "rows": gate_statistics(model, loss_data.X, loss_data.lengths, seed=seed)}
 
-    info_data = _head(tensors, info_sequences)
+    info_data = tensors.head(info_sequences)
     h = hidden_states(model, info_data.X, info_data.lengths)
     assert info_data.y is not None
     label = mi_with_label(h, info_data.y, info_data.lengths, seed=seed)
@@ -216,7 +208,7 @@ def analyse_run(run_dir: str | Path, n_batches: int = 2, seed: int = 0, *, batch
         n = len(info_data)
         information["future"] = {**mi_with_future(fwd, series[:n], ks, info_data.lengths, seed=seed), "target": name}
 
-    att_data = _head(tensors, attention_sequences)
+    att_data = tensors.head(attention_sequences)
     maps = capture_attention(model, att_data.X, att_data.lengths)
     arrays: dict[str, np.ndarray] = {f"attn_{i}": w for i, w in zip(model.attention_after, maps, strict=True)}
     arrays["lengths"] = att_data.lengths.numpy().astype(np.int64)

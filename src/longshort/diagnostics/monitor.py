@@ -207,9 +207,9 @@ class TrainingMonitor:
         if callable(self.probe):  # a forward over the fixed probe batch that reaches the LSTMs (seq2seq: encode)
             rows = gate_statistics(self.model, call=self.probe)
         else:
-            n = min(self.cfg.gate_sequences, len(self.probe.lengths))
-            x = self.probe.X[:n].to(next(self.model.parameters()).device)
-            rows = gate_statistics(self.model, x, self.probe.lengths[:n].to(x.device))
+            head = self.probe.head(self.cfg.gate_sequences)
+            x = head.X.to(next(self.model.parameters()).device)
+            rows = gate_statistics(self.model, x, head.lengths.to(x.device))
         for r in rows:
             memory = r["gate"] == "memory"
             layer = r["layer"].removesuffix(".lstm") + (f".l{r['sublayer']}" if r["sublayer"] else "")

@@ -103,7 +103,7 @@ class ClassifyTask:
         if self.scores is not None or not cur.needs_scores(c, epoch):
             return
         scorer = tr.model if c.scorer == "self" else cur.load_scorer(
-            c.scorer, tr.device, int(self.train_data.X.shape[-1]), self.num_classes)
+            c.scorer, tr.device, self.train_data.channels, self.num_classes)
         self.scores = cur.score_examples(scorer, self.train_data, self.cfg.eval_batch_size, tr.device, tr.autocast)
 
     def _update_task_weights(self, epoch: int) -> None:
